@@ -1,0 +1,6 @@
+"""MobileNet V1 and V2, faithful to the papers, with an exact cost model."""
+
+from mobilenet.models import create_model, list_models
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "list_models", "__version__"]

@@ -1,0 +1,145 @@
+"""The building blocks of the MobileNet papers, with the papers' names.
+
+State-dict keys read like the papers: a depthwise separable block has `depthwise` and `pointwise`
+parts (V1, Figure 3), an inverted residual has `expand`, `depthwise` and `project` parts (V2,
+Table 1). Every convolution is followed by BatchNorm; optional parts are `nn.Identity`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a scaled channel count to the nearest multiple of `divisor`, never dropping below 90%.
+
+    This is the V2 rule shared by the reference implementations (TF-slim, torchvision, timm):
+    hardware likes channel counts that are multiples of 8. V1 uses the paper's plain `int(c * alpha)`
+    instead (see `v1.py`).
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:  # never lose more than 10% of the channels to rounding
+        rounded += divisor
+    return rounded
+
+
+def check_width(width_mult: float) -> float:
+    """Validate the width multiplier alpha: a finite number in (0, 4]."""
+    try:
+        alpha = float(width_mult)
+    except (TypeError, ValueError):
+        raise ValueError(f"width must be a number in (0, 4], got {width_mult!r}") from None
+    if not math.isfinite(alpha) or not 0 < alpha <= 4:
+        raise ValueError(f"width must be a finite number in (0, 4], got {width_mult!r}")
+    return alpha
+
+
+def check_num_classes(num_classes: int) -> int:
+    """Validate the number of classes: an integer of at least 1."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    return num_classes
+
+
+def check_activation(activation: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    return activation
+
+
+class ConvBNAct(nn.Sequential):
+    """Convolution (no bias) + BatchNorm + activation: the unit every MobileNet layer is made of.
+
+    `groups == in_channels` makes it a depthwise convolution; `activation=None` leaves it linear
+    (V2's projection, the "linear bottleneck").
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        activation: str | None = "relu",
+        bn_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding=(kernel_size - 1) // 2,
+            groups=groups, bias=False,
+        )
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps)
+        self.act = ACTIVATIONS[activation](inplace=True) if activation else nn.Identity()
+
+
+class DepthwiseSeparable(nn.Module):
+    """V1 Figure 3: a 3x3 depthwise convolution that filters each channel, then a 1x1 pointwise
+    convolution that combines them; each followed by BatchNorm and the activation."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int,
+        activation: str = "relu", bn_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.depthwise = ConvBNAct(in_channels, in_channels, 3, stride, groups=in_channels,
+                                   activation=activation, bn_eps=bn_eps)
+        self.pointwise = ConvBNAct(in_channels, out_channels, 1, activation=activation, bn_eps=bn_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+class InvertedResidual(nn.Module):
+    """V2 Table 1: 1x1 expansion by t (+ReLU6), 3x3 depthwise (+ReLU6), linear 1x1 projection.
+
+    The expansion is absent when t = 1. The shortcut joins the thin bottlenecks, and exists only
+    where the block keeps both the resolution (stride 1) and the channel count.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, expand_ratio: float,
+        activation: str = "relu6", bn_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        hidden = int(round(in_channels * expand_ratio))
+        self.use_shortcut = stride == 1 and in_channels == out_channels
+        self.expand = (
+            ConvBNAct(in_channels, hidden, 1, activation=activation, bn_eps=bn_eps)
+            if expand_ratio != 1 else nn.Identity()
+        )
+        self.depthwise = ConvBNAct(hidden, hidden, 3, stride, groups=hidden,
+                                   activation=activation, bn_eps=bn_eps)
+        self.project = ConvBNAct(hidden, out_channels, 1, activation=None, bn_eps=bn_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return x + out if self.use_shortcut else out
+
+
+def init_weights(model: nn.Module) -> None:
+    """The initialisation of the reference implementations, applied once after construction.
+
+    Convolutions: Kaiming normal over the fan-out, counted per group as timm does: a depthwise
+    filter feeds k*k outputs, not k*k*channels (PyTorch's own fan-out ignores groups and would
+    start depthwise filters ~sqrt(channels) times too small). BatchNorm: identity; classifier:
+    N(0, 0.01).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)

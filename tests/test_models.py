@@ -1,0 +1,173 @@
+"""The models against the papers' architectures and the reference implementations' counts."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mobilenet import create_model, list_models
+from mobilenet.models import InvertedResidual
+
+# Parameter counts of the same architectures in the reference implementations (1000 classes,
+# BatchNorm included): TF-slim / timm for V1, torchvision for V2.
+REFERENCE_PARAMS = [
+    ("mobilenet_v1", 1.0, 4_231_976),
+    ("mobilenet_v1", 0.75, 2_585_560),
+    ("mobilenet_v1", 0.5, 1_331_592),
+    ("mobilenet_v1", 0.25, 470_072),
+    ("mobilenet_v2", 1.0, 3_504_872),
+    ("mobilenet_v2", 0.5, 1_968_680),
+    ("mobilenet_v2", 1.4, 6_108_776),
+]
+
+MODELS = ["mobilenet_v1", "mobilenet_v2", "conv_mobilenet_v1"]
+WIDTHS = [1.0, 0.75, 0.5, 0.25, 1.4]
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry():
+    assert list_models() == ["conv_mobilenet_v1", "mobilenet_v1", "mobilenet_v2"]
+
+
+@pytest.mark.parametrize("name,width,expected", REFERENCE_PARAMS)
+def test_parameter_counts_match_reference_implementations(name, width, expected):
+    assert n_params(create_model(name, width_mult=width)) == expected
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("resolution,small_input", [(224, False), (160, False), (97, False), (32, True)])
+def test_output_shape_any_resolution(name, width, resolution, small_input):
+    if name == "conv_mobilenet_v1" and resolution > 100:
+        resolution = 64  # the full-convolution baseline is slow; its shapes follow the same strides
+    model = create_model(name, width_mult=width, num_classes=7, small_input=small_input).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, resolution, resolution)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+@pytest.mark.parametrize("small_input,final_size", [(False, 1), (True, 4)])
+def test_small_input_keeps_a_4x4_map_on_32x32(name, small_input, final_size):
+    model = create_model(name, num_classes=10, small_input=small_input).eval()
+    assert model.features(torch.randn(1, 3, 32, 32)).shape[-2:] == (final_size, final_size)
+    assert model.output_stride == (8 if small_input else 32)
+
+
+def test_seed_cifar_model_is_v1_with_imagenet_strides():
+    model = create_model("mobilenet_v1", num_classes=10)
+    strides = [m.stride[0] for m in model.modules() if isinstance(m, nn.Conv2d)]
+    # Table 1: stem s2, then dw s1, s2, s1, s2, s1, s2, s1 x5, s2, s1 (pointwise all s1)
+    assert [s for s in strides if s == 2] == [2] * 5
+    assert n_params(model) == 4_231_976 - 1024 * 990 - 990
+
+
+def test_v2_shortcut_only_where_stride_1_and_channels_match():
+    # V2 Table 2, n = 1, 2, 3, 4, 3, 3, 1: the first block of each stage changes stride or
+    # channels, every repeat keeps both. features.1..17 are the 17 bottleneck blocks.
+    expected = {3, 5, 6, 8, 9, 10, 12, 13, 15, 16}
+    model = create_model("mobilenet_v2")
+    blocks = {i: m for i, m in enumerate(model.features) if isinstance(m, InvertedResidual)}
+    assert sorted(blocks) == list(range(1, 18))
+    assert {i for i, b in blocks.items() if b.use_shortcut} == expected
+
+
+def test_v2_shortcut_adds_the_input():
+    block = InvertedResidual(16, 16, 1, 6).eval()
+    nn.init.zeros_(block.project.bn.weight)  # the branch now outputs exactly zero
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(block(x), x)
+    strided = InvertedResidual(16, 16, 2, 6).eval()
+    assert not strided.use_shortcut
+
+
+def test_v2_first_block_has_no_expansion_and_head_is_1280():
+    model = create_model("mobilenet_v2", width_mult=0.5)
+    assert isinstance(model.features[1].expand, nn.Identity)
+    assert model.classifier.in_features == 1280  # kept for width < 1
+    assert create_model("mobilenet_v2", width_mult=1.4).classifier.in_features == 1792  # scaled above 1
+    assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.2
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_depthwise_convolutions_have_one_group_per_channel(name):
+    model = create_model(name, width_mult=0.5)
+    depthwise = [m for n, m in model.named_modules() if n.endswith("depthwise.conv")]
+    if name == "conv_mobilenet_v1":
+        assert depthwise == []
+        assert all(m.groups == 1 for m in model.modules() if isinstance(m, nn.Conv2d))
+        return
+    assert len(depthwise) == (13 if name == "mobilenet_v1" else 17)
+    for conv in depthwise:
+        assert conv.groups == conv.in_channels == conv.out_channels
+        assert conv.kernel_size == (3, 3) and conv.bias is None
+
+
+def test_state_dict_names_read_like_the_papers():
+    v1 = create_model("mobilenet_v1").state_dict()
+    assert "features.1.depthwise.conv.weight" in v1 and "features.1.pointwise.bn.running_mean" in v1
+    v2 = create_model("mobilenet_v2").state_dict()
+    for part in ("expand", "depthwise", "project"):
+        assert f"features.2.{part}.conv.weight" in v2
+    assert "classifier.weight" in v1 and "classifier.weight" in v2
+
+
+@pytest.mark.parametrize("width", [0.3, 0.6, 1.3, 0.01])
+def test_v1_width_rule_is_int_c_alpha_never_below_one(width):
+    model = create_model("mobilenet_v1", width_mult=width)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].out_channels == max(1, int(32 * width))
+    assert convs[-1].out_channels == max(1, int(1024 * width))
+
+
+def test_activation_options():
+    assert any(isinstance(m, nn.ReLU6) for m in create_model("mobilenet_v1", activation="relu6").modules())
+    v1 = create_model("mobilenet_v1")
+    assert any(isinstance(m, nn.ReLU) for m in v1.modules())
+    assert not any(isinstance(m, nn.ReLU6) for m in v1.modules())
+    assert any(isinstance(m, nn.ReLU6) for m in create_model("mobilenet_v2").modules())
+
+
+def test_depthwise_init_uses_per_group_fan_out():
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v1")
+    dw = model.features[13].depthwise.conv.weight  # 1024 filters of 3x3
+    assert dw.std().item() == pytest.approx(math.sqrt(2 / 9), rel=0.05)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_config_rebuilds_the_same_model(name):
+    model = create_model(name, width_mult=0.5, num_classes=3, small_input=True)
+    config = dict(model.config)
+    rebuilt = create_model(config.pop("name"), **config)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"width_mult": 0}, "width"),
+    ({"width_mult": -0.5}, "width"),
+    ({"width_mult": 4.01}, "width"),
+    ({"width_mult": float("nan")}, "width"),
+    ({"width_mult": float("inf")}, "width"),
+    ({"width_mult": "wide"}, "width"),
+    ({"num_classes": 0}, "num_classes"),
+    ({"num_classes": 2.5}, "num_classes"),
+    ({"num_classes": True}, "num_classes"),
+    ({"activation": "gelu"}, "activation"),
+])
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_arguments_raise_value_error(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_model(name, **kwargs)
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ValueError, match="mobilenet_v1, mobilenet_v2"):
+        create_model("mobilenet_v3")
+
+
+def test_width_4_is_allowed():
+    assert create_model("mobilenet_v2", width_mult=4.0, num_classes=2).classifier.in_features == 5120
