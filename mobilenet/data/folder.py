@@ -1,0 +1,232 @@
+"""Image folders in the ImageNet layout, decoded with Pillow, and their train and eval transforms.
+
+Layout: ``ROOT/train/<class>/...`` and ``ROOT/val/<class>/...`` (``test`` is accepted as another
+name for ``val``). Class names are the sorted sub-folder names and must be the same in both
+splits, so that a label means the same class in training and evaluation. Images are found
+recursively by extension; hidden files and other files (a README, ``.DS_Store``) are ignored.
+
+Every image is converted to 8-bit RGB (see ``decode_image``) and transformed to a uint8
+``3 x R x R`` tensor; normalisation happens per batch in the loader. The transforms are the
+standard ImageNet ones (Inception-style, as in the MobileNet papers):
+
+* training: a random crop covering 8% to 100% of the image area with aspect ratio in [3/4, 4/3]
+  (torchvision's ``RandomResizedCrop`` semantics, 10 tries then a centre-crop fallback), resized
+  to ``R x R``, then a horizontal flip with probability 1/2;
+* evaluation: the short side resized to ``round(R / 0.875)`` and a centre ``R x R`` crop.
+
+``R`` is the resolution, so this is where the MobileNet resolution multiplier acts. The random
+choices of one image are drawn from ``numpy.random.default_rng([seed, epoch, index])``: they depend
+on nothing else (not the worker process, not the number of workers), so a resumed run sees the
+same crops.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mobilenet.data.memory import check_resolution, class_positions
+
+SPLITS = {"train": "train", "val": "val", "test": "val"}
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+# ImageNet statistics (0..1 scale), the usual normalisation for ImageNet-like folders.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+EVAL_CROP_FRACTION = 0.875  # resize to R / 0.875, then centre-crop R: 256 -> 224 at R = 224
+TRAIN_SCALE = (0.08, 1.0)
+TRAIN_RATIO = (3 / 4, 4 / 3)
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+
+
+def decode_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file as 8-bit RGB; errors name the file.
+
+    ``load()`` forces the whole file to be decoded now, so a truncated file fails here (Pillow's
+    ``LOAD_TRUNCATED_IMAGES`` is left off) instead of yielding a partly grey image. Conversions:
+    grayscale (L, 1) and CMYK by Pillow; palette (P) through RGBA when it has transparency;
+    images with alpha (RGBA, LA, PA) composited onto white, since the colour under a fully
+    transparent pixel is arbitrary; 16- and 32-bit integer grayscale (I;16*, I) scaled from
+    0..65535 to 0..255 (Pillow's own conversion would clip everything above 255 to white).
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _to_rgb(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot decode image {path}: {error}") from error
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a decoded Pillow image of any common mode to 8-bit RGB (see ``decode_image``)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I: integer grayscale, 16-bit range
+        values = np.asarray(image).astype(np.float64)
+        grey = np.clip(np.round(values * (255 / 65535)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB Pillow image as a uint8 ``3 x H x W`` tensor."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A random crop ``(left, top, right, bottom)`` with torchvision ``RandomResizedCrop`` semantics.
+
+    Try 10 times to draw an area fraction in ``TRAIN_SCALE`` and a log-uniform aspect ratio in
+    ``TRAIN_RATIO`` that fit in the image; otherwise fall back to the largest centred crop whose
+    aspect ratio is within ``TRAIN_RATIO``.
+    """
+    area = width * height
+    log_ratio = (math.log(TRAIN_RATIO[0]), math.log(TRAIN_RATIO[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*TRAIN_SCALE)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    ratio = width / height
+    if ratio < TRAIN_RATIO[0]:
+        w, h = width, round(width / TRAIN_RATIO[0])
+    elif ratio > TRAIN_RATIO[1]:
+        w, h = round(height * TRAIN_RATIO[1]), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def train_transform(image: Image.Image, resolution: int, rng: np.random.Generator) -> torch.Tensor:
+    """Random resized crop to ``resolution`` squared, then a horizontal flip with probability 1/2."""
+    box = random_resized_crop_box(image.width, image.height, rng)
+    crop = image.resize((resolution, resolution), Image.Resampling.BILINEAR, box=box)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return to_tensor(crop)
+
+
+def eval_transform(image: Image.Image, resolution: int,
+                   crop_fraction: float = EVAL_CROP_FRACTION) -> torch.Tensor:
+    """Resize the short side to ``round(resolution / crop_fraction)``, then take the centre square crop.
+
+    ``crop_fraction`` is 0.875 for ImageNet-style evaluation; 1.0 keeps the whole short side, which
+    suits files shown to a model trained on whole images (digits, CIFAR-10).
+    """
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
+    short = round(resolution / crop_fraction)
+    scale = short / min(image.width, image.height)
+    # The short side is set exactly; the long side keeps the aspect ratio (truncated, like torchvision).
+    if image.width <= image.height:
+        size = (short, int(image.height * scale))
+    else:
+        size = (int(image.width * scale), short)
+    resized = image.resize(size, Image.Resampling.BILINEAR)
+    left = int(round((resized.width - resolution) / 2))
+    top = int(round((resized.height - resolution) / 2))
+    return to_tensor(resized.crop((left, top, left + resolution, top + resolution)))
+
+
+def find_classes(split_dir: Path) -> list[str]:
+    """Sorted names of the class sub-folders of ``split_dir``; ValueError if there are none."""
+    if not split_dir.is_dir():
+        raise FileNotFoundError(
+            f"no folder {split_dir}; an image folder needs train/<class>/ and val/<class>/ sub-folders"
+        )
+    with os.scandir(split_dir) as entries:
+        classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{split_dir} has no class sub-folders; expected {split_dir}/<class>/<image files>")
+    return classes
+
+
+def find_images(class_dir: Path) -> list[Path]:
+    """Image files under ``class_dir`` (recursively, sorted); ValueError if there are none."""
+    found = []
+    for parent, dirs, files in os.walk(class_dir, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(parent, f) for f in sorted(files) if f.lower().endswith(EXTENSIONS) and f[0] != "."]
+    if not found:
+        raise ValueError(f"class folder {class_dir} has no images (looked for {', '.join(EXTENSIONS)})")
+    return found
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """One split of an ImageNet-layout folder; items are ``(uint8 3 x R x R image, label)``, eval-transformed.
+
+    The training transform is applied by the training loader (``mobilenet.data.loader``) through
+    ``load(index, train=True, rng=...)``; plain indexing gives the deterministic eval transform.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, resolution: int = 224) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"image folder split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"no image folder at {self.root}")
+        self.resolution = check_resolution(resolution)
+        self.split = SPLITS[split]
+        self.classes = find_classes(self.root / self.split)
+        other = "val" if self.split == "train" else "train"
+        other_classes = find_classes(self.root / other)
+        if other_classes != self.classes:
+            differ = sorted(set(self.classes) ^ set(other_classes))
+            raise ValueError(
+                f"train/ and val/ of {self.root} must have the same class folders; "
+                f"differing: {', '.join(differ)}"
+            )
+        paths, labels = [], []
+        for label, name in enumerate(self.classes):
+            found = find_images(self.root / self.split / name)
+            paths += [os.fsencode(path) for path in found]
+            labels += [label] * len(found)
+        # One numpy bytes array rather than a list of Path objects: forked DataLoader workers read it
+        # without touching reference counts, so they share it instead of each copying it
+        # (the copy-on-read memory growth of pytorch/pytorch#13246, large at ImageNet's 1.28M files).
+        self.paths = np.array(paths)
+        self.labels = np.array(labels, dtype=np.int64)
+        self.mean, self.std = MEAN, STD
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int, *, train: bool = False,
+             rng: np.random.Generator | None = None) -> tuple[torch.Tensor, int]:
+        """Decode image ``index`` and apply the train transform (drawing from ``rng``) or the eval one."""
+        image, label = decode_image(os.fsdecode(self.paths[index])), int(self.labels[index])
+        if train:
+            if rng is None:
+                raise ValueError("the training transform needs rng, a numpy Generator for its random draws")
+            return train_transform(image, self.resolution, rng), label
+        return eval_transform(image, self.resolution), label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.load(index)
+
+    def select_classes(self, names: Sequence[str]) -> ImageFolder:
+        """A copy keeping only the classes ``names``, renumbered from 0 in the order given."""
+        relabel = np.full(len(self.classes), -1, dtype=np.int64)
+        relabel[class_positions(self.classes, names)] = np.arange(len(names))
+        new_labels = relabel[self.labels]
+        keep = new_labels >= 0
+        subset = copy.copy(self)
+        subset.classes, subset.paths, subset.labels = list(names), self.paths[keep], new_labels[keep]
+        return subset

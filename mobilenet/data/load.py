@@ -1,0 +1,82 @@
+"""``load_dataset``: the one entry point from a data name or path to a dataset object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from mobilenet.data import cifar
+from mobilenet.data.digits import load_digits
+from mobilenet.data.folder import ImageFolder
+from mobilenet.data.memory import InMemoryDataset, check_resolution
+
+SPLITS = {"train": "train", "val": "test", "test": "test"}  # val and test name the held-out split
+ALLOWED = (
+    "'digits', 'cifar10', a cifar-10-python.tar.gz file, a cifar-10-batches-py folder "
+    "or an image folder with train/ and val/"
+)
+
+
+def default_root() -> Path:
+    """Where named datasets are looked up and downloaded: ``$MOBILENET_DATA`` or ``~/.cache/mobilenet``."""
+    return Path(os.environ.get("MOBILENET_DATA") or Path.home() / ".cache" / "mobilenet").expanduser()
+
+
+def load_dataset(
+    data: str | os.PathLike,
+    split: str,
+    *,
+    classes: Sequence[str] | None = None,
+    resolution: int | None = None,
+    download: bool = False,
+    root: str | os.PathLike | None = None,
+) -> InMemoryDataset | ImageFolder:
+    """Load split ``"train"`` or ``"val"`` (alias ``"test"``) of ``data``.
+
+    ``data`` is ``"digits"`` (embedded), ``"cifar10"`` (looked up under ``root``, default
+    ``default_root()``, and fetched there when ``download`` is true), a path to a CIFAR-10 archive
+    or extracted folder, or a path to an image folder with ``train/`` and ``val/``. ``classes``
+    keeps only the named classes, relabelled 0, 1, ... in the given order. ``resolution``
+    defaults to 32 for digits and CIFAR-10 and to 224 for image folders.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    if resolution is not None:
+        check_resolution(resolution)
+    if isinstance(classes, str):
+        raise ValueError(f"classes must be a list of names such as ['airplane', 'bird'], got {classes!r}")
+    dataset = _load(os.fspath(data), SPLITS[split], resolution, download, root)
+    return dataset if classes is None else dataset.select_classes(list(classes))
+
+
+def _load(data: str, split: str, resolution: int | None, download: bool,
+          root: str | os.PathLike | None) -> InMemoryDataset | ImageFolder:
+    """Dispatch on the name or on what is found at the path (``split`` is ``"train"`` or ``"test"``)."""
+    if data == "digits":
+        return load_digits(split, resolution or 32)
+    if data == "cifar10":
+        return cifar.load_cifar10(_find_cifar10(Path(root) if root else default_root(), download), split,
+                                  resolution or 32)
+    path = Path(data).expanduser()
+    if path.is_file():
+        return cifar.load_cifar10(path, split, resolution or 32)
+    if path.is_dir() and (path / cifar.META).is_file():
+        return cifar.load_cifar10(path, split, resolution or 32)
+    if path.is_dir():
+        return ImageFolder(path, "train" if split == "train" else "val", resolution or 224)
+    if os.sep in data or data.startswith((".", "~")) or data.endswith((".tar.gz", ".tgz")):
+        raise FileNotFoundError(f"no dataset at {path}; expected {ALLOWED}")
+    raise ValueError(f"unknown dataset {data!r}; expected {ALLOWED}")
+
+
+def _find_cifar10(root: Path, download: bool) -> Path:
+    """The extracted folder or archive of CIFAR-10 under ``root``, downloading it if asked."""
+    if download:
+        return cifar.download_cifar10(root)
+    for candidate in (root / cifar.FOLDER, root / cifar.ARCHIVE):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(
+        f"CIFAR-10 not found in {root}; pass download=True to fetch it, or put {cifar.ARCHIVE} there"
+    )

@@ -1,0 +1,107 @@
+"""Small datasets held in memory as one uint8 tensor, and the class filter shared by all datasets.
+
+Digits and CIFAR-10 fit in memory many times over (CIFAR-10's training split is 150 MB as uint8),
+so they are kept as a single ``N x 3 x H x W`` uint8 tensor and augmented a whole batch at a time
+by the loader (``mobilenet.data.loader``), not image by image through a ``Dataset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _listing(names: Sequence[str], limit: int = 20) -> str:
+    """``names`` joined for an error message, cut after ``limit`` (ImageNet has 1,000 classes)."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
+
+
+def class_positions(available: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    """Positions in ``available`` of the class names in ``wanted``, in the order given.
+
+    This is the one class filter of the package: the kept classes are renumbered 0, 1, ... in the
+    order the user wrote them, so ``["airplane", "bird"]`` makes airplane 0 and bird 1.
+    """
+    if len(wanted) == 0:
+        raise ValueError(f"classes must name at least one class; available: {_listing(available)}")
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise ValueError(
+            f"unknown class name(s) {', '.join(map(repr, unknown))}; available: {_listing(available)}"
+        )
+    repeated = sorted({name for name in wanted if list(wanted).count(name) > 1})
+    if repeated:
+        raise ValueError(f"class name(s) given more than once: {', '.join(map(repr, repeated))}")
+    return [list(available).index(name) for name in wanted]
+
+
+def check_resolution(resolution: int) -> int:
+    """Return ``resolution`` if it is a usable image side in pixels, else raise ValueError."""
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution must be a positive number of pixels, got {resolution!r}")
+    return resolution
+
+
+def resize_uint8(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Resize a uint8 ``N x C x H x W`` batch to ``resolution`` squared (bilinear, antialiased)."""
+    if images.shape[-2:] == (resolution, resolution):
+        return images
+    resized = F.interpolate(
+        images.float(), size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class InMemoryDataset:
+    """Images as one uint8 ``N x 3 x H x W`` tensor, int64 labels, and what is needed to use them.
+
+    ``mean`` and ``std`` are per-channel statistics on the 0..1 scale, used by the loader to
+    normalise. Indexing returns ``(uint8 image, int label)`` so that the object also works with
+    anything expecting a map-style dataset, but training goes through the batched loader.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    flip: bool = True  # whether a mirrored image is still an image of its class (not for digits)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            shape = tuple(self.images.shape)
+            raise ValueError(f"images must be a uint8 N x 3 x H x W tensor, got {self.images.dtype} {shape}")
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(f"expected {len(self.images)} labels, got shape {tuple(self.labels.shape)}")
+
+    @property
+    def resolution(self) -> int:
+        """Side of the (square) images in pixels."""
+        return int(self.images.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def select_classes(self, names: Sequence[str]) -> InMemoryDataset:
+        """A copy keeping only the classes ``names``, renumbered from 0 in the order given."""
+        positions = class_positions(self.classes, names)
+        relabel = torch.full((len(self.classes),), -1, dtype=torch.int64)
+        relabel[positions] = torch.arange(len(positions))
+        new_labels = relabel[self.labels]
+        keep = new_labels >= 0
+        return InMemoryDataset(
+            images=self.images[keep],
+            labels=new_labels[keep],
+            classes=list(names),
+            mean=self.mean,
+            std=self.std,
+            flip=self.flip,
+        )
