@@ -79,6 +79,106 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_FLAGS = {  # flag: (config field, type, help)
+    "--model": ("model", str, "model name (default mobilenet_v1)"),
+    "--width": ("width", width_arg, "width multiplier alpha in (0, 4] (default 1)"),
+    "--resolution": ("resolution", resolution_arg, "input side in pixels (default: the dataset's)"),
+    "--data": ("data", str, "digits (default), cifar10, a CIFAR-10 archive or folder, or an image folder"),
+    "--data-root": ("data_root", str, "where cifar10 is looked up and downloaded ($MOBILENET_DATA or ~/.cache/mobilenet)"),
+    "--classes": ("classes", lambda s: [c.strip() for c in s.split(",") if c.strip()], "keep these classes, e.g. airplane,bird"),
+    "--epochs": ("epochs", int, "epochs (default 15)"),
+    "--batch-size": ("batch_size", int, "images per step and process (default 128)"),
+    "--lr": ("lr", float, "peak learning rate (default 0.1)"),
+    "--optimizer": ("optimizer", str, "sgd (Nesterov momentum, default) or rmsprop (the papers')"),
+    "--momentum": ("momentum", float, "momentum (default 0.9)"),
+    "--weight-decay": ("weight_decay", float, "weight decay, not applied to depthwise, BatchNorm and bias (default 5e-4)"),
+    "--schedule": ("schedule", str, "cosine (default, with warm-up) or exponential"),
+    "--lr-gamma": ("lr_gamma", float, "per-epoch decay of the exponential schedule (default 0.98)"),
+    "--warmup-epochs": ("warmup_epochs", float, "linear warm-up epochs (default 1)"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing (default 0)"),
+    "--ema-decay": ("ema_decay", float, "keep and evaluate an exponential moving average of the weights, e.g. 0.999"),
+    "--dropout": ("dropout", float, "dropout before the classifier (default: the model's)"),
+    "--amp": ("amp", str, "bfloat16 autocast: auto (CUDA only, default), on, off"),
+    "--workers": ("workers", int, "image decoding processes for image folders (default 2)"),
+    "--seed": ("seed", int, "random seed: the same seed repeats a run (default 0)"),
+}
+TRAIN_SWITCHES = {  # flag: (config field, value when given, help)
+    "--small-input": ("small_input", True, "the 32x32 (CIFAR) variant: less early down-sampling"),
+    "--download": ("download", True, "download cifar10 if it is not found"),
+    "--depthwise-decay": ("depthwise_decay", True, "apply weight decay to depthwise filters too"),
+    "--no-channels-last": ("channels_last", False, "keep NCHW memory format (channels_last is faster on CPU)"),
+    "--compile": ("compile", True, "torch.compile the model"),
+    "--sync-bn": ("sync_bn", True, "synchronise BatchNorm statistics across processes"),
+}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mobilenet.train import TrainConfig, train
+
+    given = {field: getattr(args, field) for field, *_ in [*TRAIN_FLAGS.values(), *TRAIN_SWITCHES.values()]
+             if getattr(args, field) is not None}
+    if args.resume and given:
+        raise ValueError(f"--resume continues the run in {args.out} as it was configured: "
+                         f"drop {', '.join(sorted(given))}, or start a new run in another --out")
+    config = TrainConfig(out=args.out, **given)
+    metrics = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    if metrics:
+        print(f"done: test top-1 {100 * metrics['test_top1']:.2f}% after {metrics['epoch']} epochs; "
+              f"run directory {args.out} (checkpoints, metrics.jsonl, curves.png)")
+    return 0
+
+
+def _checkpoint_and_data_classes(meta, dataset, path: str) -> None:
+    if list(dataset.classes) != list(meta.classes):
+        raise ValueError(f"checkpoint {path} was trained on {len(meta.classes)} classes ({', '.join(meta.classes[:5])}"
+                         f"{', ...' if len(meta.classes) > 5 else ''}) but the data has {len(dataset.classes)} "
+                         f"({', '.join(dataset.classes[:5])}{', ...' if len(dataset.classes) > 5 else ''})")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mobilenet.checkpoint import load_checkpoint
+    from mobilenet.data import load_dataset, make_loader
+    from mobilenet.evaluate import evaluate
+    from mobilenet.plots import plot_confusion
+
+    model, meta = load_checkpoint(args.checkpoint, with_meta=True)
+    dataset = load_dataset(args.data, args.split, classes=args.classes, resolution=meta.resolution, root=args.data_root)
+    _checkpoint_and_data_classes(meta, dataset, args.checkpoint)
+    loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers)
+    result = evaluate(model, loader, len(meta.classes))
+    plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_suffix(".confusion.png")
+    plot_confusion(result.confusion, meta.classes, plot, title=f"{Path(args.checkpoint).name} on {args.data} ({args.split})")
+    if args.json:
+        print(json.dumps({**result.to_dict(meta.classes), "checkpoint": args.checkpoint, "data": args.data,
+                          "confusion_png": str(plot)}))
+        return 0
+    print(f"{args.checkpoint} on {args.data} ({args.split}, {result.num_images} images)")
+    print(f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  loss {result.loss:.4f}")
+    width = max(len(c) for c in meta.classes)
+    for name, acc in zip(meta.classes, result.per_class):
+        print(f"  {name:<{width}}  {100 * acc:6.2f}%")
+    print(f"confusion matrix: {plot}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mobilenet.checkpoint import load_checkpoint
+    from mobilenet.evaluate import predict_files
+
+    model, meta = load_checkpoint(args.checkpoint, with_meta=True)
+    results = predict_files(model, args.images, meta.resolution, meta.mean, meta.std, meta.classes, args.top_k,
+                            crop_fraction=meta.extra.get("crop_fraction", 0.875))
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for item in results:
+        best = ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in item["predictions"])
+        print(f"{item['image']}: {best}")
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="mobilenet", description="MobileNet V1 and V2: models, cost, training, export.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -97,6 +197,37 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("tables", help="the papers' cost tables side by side with ours")
     p.set_defaults(run=cmd_tables)
+
+    p = sub.add_parser("train", help="train a model; writes checkpoints, metrics and plots to --out")
+    for flag, (field, kind, text) in TRAIN_FLAGS.items():
+        p.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    for flag, (field, value, text) in TRAIN_SWITCHES.items():
+        p.add_argument(flag, dest=field, action="store_const", const=value, default=None, help=text)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--stop-after", type=_positive_int("--stop-after"), default=None,
+                   help="stop after this many epochs of this invocation (resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1, top-5, loss, per-class accuracy and a confusion-matrix PNG")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="as for train")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--classes", type=TRAIN_FLAGS["--classes"][1], default=None)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--plot", default=None, help="confusion-matrix PNG (default: beside the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("predict", help="class names and probabilities for image files")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=_positive_int("--top-k"), default=5)
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.set_defaults(run=cmd_predict)
     return parser
 
 
@@ -108,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error, file=sys.stderr)
     except (ValueError, OSError) as error:
         print(f"mobilenet: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("mobilenet: interrupted; a training run keeps its last finished epoch (continue with --resume)",
+              file=sys.stderr)
+        return 130
     return EXIT_USAGE
 
 

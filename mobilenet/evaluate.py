@@ -1,0 +1,95 @@
+"""Evaluation (top-1, top-5, loss, per-class accuracy, confusion) and prediction on image files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class EvalResult:
+    top1: float
+    top5: float
+    loss: float
+    num_images: int
+    confusion: torch.Tensor  # rows: true class, columns: predicted class
+
+    @property
+    def per_class(self) -> list[float]:
+        """Accuracy of each true class (NaN where the split has none of it)."""
+        totals = self.confusion.sum(1)
+        return (self.confusion.diagonal() / totals.clamp(min=1)).where(totals > 0, torch.nan).tolist()
+
+    def to_dict(self, classes: list[str] | None = None) -> dict:
+        names = classes or [str(i) for i in range(len(self.confusion))]
+        return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "num_images": self.num_images,
+                "per_class": dict(zip(names, self.per_class)), "confusion": self.confusion.tolist()}
+
+
+class Tally:
+    """Running sums of an evaluation, which distributed runs add across ranks before `result`."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.loss = torch.zeros((), dtype=torch.float64)
+        self.correct5 = torch.zeros((), dtype=torch.int64)
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits = logits.float()
+        self.loss += F.cross_entropy(logits, labels, reduction="sum").double()
+        k = min(5, self.num_classes)
+        self.correct5 += (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum()
+        index = labels * self.num_classes + logits.argmax(1)
+        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, -1)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.loss, self.correct5, self.confusion]
+
+    def result(self) -> EvalResult:
+        n = int(self.confusion.sum())
+        return EvalResult(top1=int(self.confusion.trace()) / max(1, n), top5=int(self.correct5) / max(1, n),
+                          loss=float(self.loss) / max(1, n), num_images=n, confusion=self.confusion.clone())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, num_classes: int, *, reduce=None) -> EvalResult:
+    """Evaluate `model` over every batch of `loader`. `reduce`, given, sums the tallies of all
+    processes of a distributed run in place (so each image is counted once)."""
+    was_training = model.training
+    model.eval()
+    tally = Tally(num_classes)
+    for images, labels in loader:
+        tally.add(model(images), labels)
+    if reduce is not None:
+        for tensor in tally.tensors():
+            reduce(tensor)
+    model.train(was_training)
+    return tally.result()
+
+
+@torch.no_grad()
+def predict_files(model: nn.Module, paths: list[str | os.PathLike], resolution: int, mean, std,
+                  classes: list[str], top_k: int = 5, crop_fraction: float = 0.875) -> list[dict]:
+    """Class names and probabilities for each image file, with the evaluation transform: resize
+    the short side to resolution / crop_fraction, then centre-crop (1.0: the whole image)."""
+    from mobilenet.data.folder import decode_image, eval_transform
+
+    model.eval()
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+    k = max(1, min(top_k, len(classes)))
+    results = []
+    for path in paths:
+        image = eval_transform(decode_image(path), resolution, crop_fraction)
+        x = (image.unsqueeze(0).float() / 255 - mean_t) / std_t
+        probs = model(x).softmax(1)[0]
+        top = probs.topk(k)
+        results.append({"image": str(path), "predictions": [
+            {"class": classes[i], "index": int(i), "probability": float(p)} for p, i in zip(top.values, top.indices)
+        ]})
+    return results

@@ -1,0 +1,58 @@
+"""PNG plots of what people would rather look at than read: training curves, confusion matrices."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    """Write the figure atomically: a reader never sees half a PNG."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_curves(metrics: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Loss and accuracy per epoch, train against test."""
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
+    ax_loss.plot(epochs, [m["test_loss"] for m in metrics], "o-", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.plot(epochs, [100 * m["train_acc"] for m in metrics], "o-", label="train (augmented)")
+    ax_acc.plot(epochs, [100 * m["test_top1"] for m in metrics], "o-", label="test top-1")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_confusion(confusion, classes: list[str], path: str | os.PathLike, title: str = "") -> None:
+    """The confusion matrix, rows the true class, columns the predicted one, with counts."""
+    n = len(classes)
+    size = max(4.0, min(16.0, 0.45 * n + 2))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(confusion, cmap="Blues")
+    if n <= 30:
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        peak = max(1, int(confusion.max()))
+        for i in range(n):
+            for j in range(n):
+                value = int(confusion[i][j])
+                if value:
+                    ax.text(j, i, value, ha="center", va="center", fontsize=8,
+                            color="white" if value > peak / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    _save(fig, path)

@@ -1,0 +1,247 @@
+"""The training run, top to bottom: set up, train one epoch, evaluate, save, repeat.
+
+A run directory holds:
+    config.json         the resolved TrainConfig
+    metrics.jsonl       one JSON line per epoch
+    last.safetensors    the model after the latest epoch (a loadable checkpoint)
+    best.safetensors    the model with the best test top-1 so far
+    state.safetensors   what `--resume` needs: weights, optimizer, averaged weights, generators
+    curves.png          loss and accuracy per epoch
+Every file is written atomically, once per epoch: a stop at any moment loses at most the epoch
+in progress, and resuming continues as if nothing had happened (same weights as an unbroken run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mobilenet.checkpoint import ModelMeta, load_training_state, save_model_state, save_training_state
+from mobilenet.data import load_dataset, make_loader
+from mobilenet.evaluate import EvalResult, evaluate
+from mobilenet.models import create_model
+from mobilenet.train.config import TrainConfig
+from mobilenet.train.optim import build_optimizer, learning_rate
+
+STATE_FILE = "state.safetensors"
+
+
+class TrainingError(ValueError):
+    """A run that cannot go on (diverged, nothing to resume): reported in one line, exit status 2."""
+
+
+def _ema_model(model: nn.Module, decay: float):
+    avg = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    enabled = config.amp == "on" or (config.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def _crop_fraction(dataset) -> float:
+    """Evaluation crop of the data the model is trained on: folders resize and centre-crop 87.5%,
+    in-memory sets (digits, CIFAR) are seen whole."""
+    from mobilenet.data import InMemoryDataset
+
+    return 1.0 if isinstance(dataset, InMemoryDataset) else 0.875
+
+
+class Run:
+    """The state of one training run and the steps that advance it."""
+
+    def __init__(self, config: TrainConfig, *, resume: bool = False, progress: bool = True,
+                 rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> None:
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.device = device or torch.device("cpu")
+        self.is_main = rank == 0
+        self.progress = progress and self.is_main
+        self.out = Path(config.out)
+        self._prepare_out(resume)
+
+        self.train_set = load_dataset(config.data, "train", classes=config.classes, resolution=config.resolution,
+                                      download=config.download and self.is_main, root=config.data_root)
+        self.test_set = load_dataset(config.data, "test", classes=config.classes, resolution=config.resolution,
+                                     root=config.data_root)
+        if not len(self.train_set) or not len(self.test_set):
+            raise TrainingError(f"{config.data}: the train or test split holds no images")
+        memory = self.config.channels_last and self.device.type in ("cpu", "cuda")
+        common = dict(seed=config.seed, rank=rank, world_size=world_size, workers=config.workers, channels_last=memory)
+        self.train_loader = make_loader(self.train_set, config.batch_size, train=True, **common)
+        self.test_loader = make_loader(self.test_set, config.batch_size, train=False, **common)
+        if len(self.train_loader) == 0:
+            raise TrainingError(f"batch size {config.batch_size} is larger than the training split "
+                                f"({len(self.train_set)} images per process): lower --batch-size")
+
+        torch.manual_seed(config.seed)
+        kwargs = {"width_mult": config.width, "num_classes": len(self.train_set.classes),
+                  "small_input": config.small_input}
+        if config.dropout is not None:
+            kwargs["dropout"] = config.dropout
+        self.model = create_model(config.model, **kwargs).to(self.device)
+        from mobilenet.cost import check_resolution
+
+        check_resolution(self.train_set.resolution, self.model)
+        if memory:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.meta = ModelMeta(config=self.model.config, classes=list(self.train_set.classes),
+                              resolution=self.train_set.resolution, mean=tuple(self.train_set.mean),
+                              std=tuple(self.train_set.std), extra={"crop_fraction": _crop_fraction(self.train_set)})
+        self.optimizer = build_optimizer(self.model, config)
+        self.ema = _ema_model(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+
+        self.epoch, self.step, self.best_top1 = 0, 0, -1.0
+        self.metrics: list[dict] = []
+        if resume:
+            self._load_state()
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def _prepare_out(self, resume: bool) -> None:
+        state = self.out / STATE_FILE
+        if resume:
+            if not state.is_file():
+                raise TrainingError(f"nothing to resume in {self.out}: no {STATE_FILE} (start a run without --resume)")
+            return
+        if state.exists() or (self.out / "last.safetensors").exists():
+            raise TrainingError(f"{self.out} already holds a run: continue it with --resume, or choose another --out")
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_text(self.out / "config.json", self.config.to_json())
+
+    def _save(self, result: EvalResult) -> None:
+        """Write the epoch's checkpoints, metrics, plot and resumable state (rank 0 only)."""
+        if not self.is_main:
+            return
+        weights = (self.ema.module if self.ema else self.model).state_dict()
+        save_model_state(self.out / "last.safetensors", weights, self.meta)
+        if result.top1 > self.best_top1:
+            self.best_top1 = result.top1
+            save_model_state(self.out / "best.safetensors", weights, self.meta)
+        extra = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.ema:
+            extra.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        extra["rng.torch"] = torch.get_rng_state()
+        info = {"epoch": self.epoch, "step": self.step, "best_top1": self.best_top1, "metrics": self.metrics}
+        save_training_state(self.out / STATE_FILE, self.optimizer, extra, info)
+        _atomic_text(self.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
+        from mobilenet.plots import plot_curves
+
+        plot_curves(self.metrics, self.out / "curves.png",
+                    title=f"{self.config.model} x{self.config.width:g} on {self.config.data}")
+
+    def _load_state(self) -> None:
+        extra, info = load_training_state(self.out / STATE_FILE, self.optimizer)
+        self.model.load_state_dict({k[6:]: v for k, v in extra.items() if k.startswith("model.")})
+        if self.ema:
+            self.ema.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema.")})
+        torch.set_rng_state(extra["rng.torch"])
+        self.epoch, self.step, self.best_top1 = info["epoch"], info["step"], info["best_top1"]
+        self.metrics = info["metrics"]
+
+    # --- training ------------------------------------------------------------------------------
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with _autocast(self.config, self.device):
+            logits = self.forward(images)
+            loss = self.criterion(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach(), (logits.argmax(1) == labels).sum()
+
+    def train_epoch(self) -> dict:
+        config, loader = self.config, self.train_loader
+        self.model.train()
+        loader.set_epoch(self.epoch)
+        steps = len(loader)
+        total_loss, total_correct, seen = 0.0, 0, 0
+        start = time.perf_counter()
+        bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{config.epochs}", unit="batch",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        for i, (images, labels) in enumerate(loader):
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            lr = learning_rate(config, self.step, steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, correct = self._step(images, labels)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {i + 1} (global step {self.step + 1}); "
+                    f"stopped, and the last good checkpoint is kept in {self.out}"
+                )
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            total_loss += loss.item() * len(labels)
+            total_correct += int(correct)
+            seen += len(labels)
+            if self.progress:
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * total_correct / seen:.1f}%",
+                                img_s=f"{seen * self.world_size / elapsed:.0f}", lr=f"{lr:.3g}")
+                bar.update()
+        bar.close()
+        elapsed = time.perf_counter() - start
+        return {"train_loss": total_loss / max(1, seen), "train_acc": total_correct / max(1, seen),
+                "images_per_s": seen * self.world_size / elapsed, "epoch_time_s": elapsed, "lr": lr}
+
+    def evaluate(self) -> EvalResult:
+        model = self.ema.module if self.ema else self.model
+        return evaluate(model, self.test_loader, len(self.train_set.classes))
+
+    def run(self, stop_after: int | None = None) -> dict:
+        """Train until `config.epochs` (or `stop_after` more epochs); return the last epoch's metrics."""
+        last = self.metrics[-1] if self.metrics else {}
+        done_here = 0
+        while self.epoch < self.config.epochs and (stop_after is None or done_here < stop_after):
+            train = self.train_epoch()
+            result = self.evaluate()
+            self.epoch += 1
+            done_here += 1
+            last = {"epoch": self.epoch, "step": self.step, **train, "test_loss": result.loss,
+                    "test_top1": result.top1, "test_top5": result.top5, "test_images": result.num_images}
+            self.metrics.append(last)
+            self._save(result)
+            if self.is_main:
+                print(f"epoch {self.epoch}/{self.config.epochs}  train loss {train['train_loss']:.4f} "
+                      f"acc {100 * train['train_acc']:.2f}%  test loss {result.loss:.4f} top-1 {100 * result.top1:.2f}% "
+                      f"top-5 {100 * result.top5:.2f}%  {train['images_per_s']:.0f} img/s  {train['epoch_time_s']:.1f}s",
+                      flush=True)
+        return last
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None,
+          progress: bool = True) -> dict:
+    """Train a model as `config` says; with `resume`, continue the run in `config.out` exactly.
+
+    Returns the metrics of the last epoch trained. `stop_after` ends this call after that many
+    epochs (a later `resume` goes on), for jobs with a time limit. A resumed run takes its
+    configuration from the run directory's config.json: only `config.out` is read here.
+    """
+    if resume:
+        saved = Path(config.out) / "config.json"
+        if not saved.is_file():
+            raise TrainingError(f"nothing to resume in {config.out}: no config.json (start a run without --resume)")
+        config = TrainConfig.load(saved)
+    config.validate()
+    return Run(config, resume=resume, progress=progress).run(stop_after)
+
+
+__all__ = ["Run", "TrainingError", "train"]

@@ -1,0 +1,135 @@
+"""Training: exact resume, the run directory, optimizer groups, schedule, divergence."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilenet import create_model
+from mobilenet.checkpoint import load_checkpoint, read_safetensors
+from mobilenet.train import Run, TrainConfig, TrainingError, learning_rate, parameter_groups, train
+
+
+def tiny(out, **overrides) -> TrainConfig:
+    """A run of a few seconds: a thin V1 on three digit classes at 16x16."""
+    config = dict(out=str(out), model="mobilenet_v1", width=0.25, small_input=True, data="digits",
+                  classes=["0", "1", "2"], resolution=16, epochs=2, batch_size=32, lr=0.05, seed=3)
+    config.update(overrides)
+    return TrainConfig(**config)
+
+
+def final_weights(out) -> dict[str, torch.Tensor]:
+    tensors, _ = read_safetensors(out / "state.safetensors")
+    return {k: v for k, v in tensors.items() if k.startswith(("extra.model.", "extra.ema.", "optimizer."))}
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"model": "mobilenet_v2", "optimizer": "rmsprop", "lr": 0.01, "ema_decay": 0.9, "label_smoothing": 0.1,
+     "schedule": "exponential"},
+], ids=["v1-sgd", "v2-rmsprop-ema-dropout"])
+def test_resume_is_exact(tmp_path, overrides):
+    train(tiny(tmp_path / "straight", **overrides), progress=False)
+    train(tiny(tmp_path / "broken", **overrides), stop_after=1, progress=False)
+    assert json.loads((tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+    train(TrainConfig(out=str(tmp_path / "broken")), resume=True, progress=False)
+    straight, broken = final_weights(tmp_path / "straight"), final_weights(tmp_path / "broken")
+    assert straight.keys() == broken.keys()
+    assert sum(k.startswith("extra.model.") for k in straight) > 50
+    for key in straight:
+        torch.testing.assert_close(broken[key], straight[key], rtol=1e-6, atol=1e-7, msg=key)
+    # and the run really trained: the weights moved from their initialisation
+    assert not torch.equal(straight["extra.model.classifier.weight"], create_model(
+        overrides.get("model", "mobilenet_v1"), width_mult=0.25, num_classes=3, small_input=True).classifier.weight)
+
+
+def test_run_directory_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    metrics = train(tiny(out), progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "metrics.jsonl", "last.safetensors", "best.safetensors", "state.safetensors",
+            "curves.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2] and lines[-1] == metrics
+    assert json.loads((out / "config.json").read_text())["classes"] == ["0", "1", "2"]
+    model, meta = load_checkpoint(out / "last.safetensors", with_meta=True)
+    assert not model.training
+    assert meta.classes == ["0", "1", "2"] and meta.resolution == 16 and meta.num_classes == 3
+    assert model.config == {**model.config, "name": "mobilenet_v1", "width_mult": 0.25, "small_input": True}
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+
+
+def test_a_run_is_repeatable_with_its_seed(tmp_path):
+    train(tiny(tmp_path / "a", epochs=1), progress=False)
+    train(tiny(tmp_path / "b", epochs=1), progress=False)
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    train(tiny(tmp_path, epochs=1), progress=False)
+    before = (tmp_path / "last.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(tiny(tmp_path, epochs=1), progress=False)
+    assert (tmp_path / "last.safetensors").read_bytes() == before
+
+
+def test_resume_without_state(tmp_path):
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(TrainConfig(out=str(tmp_path / "empty")), resume=True)
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = Run(tiny(tmp_path, epochs=3), progress=False)
+    run.run(stop_after=1)
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.safetensors")}
+    run.criterion = lambda logits, labels: F.cross_entropy(logits, labels) * float("nan")
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2, step 1 \(global step \d+\)"):
+        run.run()
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.safetensors")} == before
+    assert load_checkpoint(tmp_path / "last.safetensors") is not None
+
+
+def test_no_weight_decay_on_depthwise_batchnorm_and_bias():
+    model = create_model("mobilenet_v1", width_mult=0.25, num_classes=3)
+    decay, no_decay = parameter_groups(model, 1e-4)
+    depthwise = {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
+    batchnorm = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    decayed = {id(p) for p in decay["params"]}
+    assert len(depthwise) == 13 and not decayed & (depthwise | batchnorm | {id(model.classifier.bias)})
+    assert id(model.classifier.weight) in decayed and id(model.features[1].pointwise.conv.weight) in decayed
+    assert no_decay["weight_decay"] == 0 and decay["weight_decay"] == 1e-4
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    decay_dw, _ = parameter_groups(model, 1e-4, depthwise_decay=True)
+    assert depthwise <= {id(p) for p in decay_dw["params"]}
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(lr=0.2, epochs=10, warmup_epochs=1)
+    steps = 100
+    assert learning_rate(config, 0, steps) == pytest.approx(0.2 / 100)
+    assert learning_rate(config, 99, steps) == pytest.approx(0.2)
+    assert learning_rate(config, 100 + 450, steps) == pytest.approx(0.1)  # half way through the cosine
+    assert learning_rate(config, 999, steps) < 1e-4
+    paper = TrainConfig(lr=0.045, schedule="exponential", lr_gamma=0.98, warmup_epochs=0, epochs=300)
+    assert learning_rate(paper, 250, steps) == pytest.approx(0.045 * 0.98**2)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("epochs", 0, "epochs"), ("batch_size", 0, "batch size"), ("lr", -1.0, "learning rate"),
+    ("optimizer", "adamw", "optimizer"), ("schedule", "step", "schedule"), ("label_smoothing", 1.0, "smoothing"),
+])
+def test_bad_training_options(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny(tmp_path, **{field: value}), progress=False)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_labels_and_logits_through_cross_entropy_are_finite(tmp_path):
+    result = train(tiny(tmp_path, epochs=1), progress=False)
+    assert math.isfinite(result["train_loss"]) and 0 <= result["test_top1"] <= 1
