@@ -231,6 +231,16 @@ def build_parser() -> Parser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """The error's own message on one line. An error raised in a DataLoader worker arrives with
+    the worker's traceback in its message: its last line is the original error."""
+    lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    if len(lines) > 1 and "Traceback" in str(error):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if last.startswith(type(error).__name__ + ":") else last
+    return " ".join(line.strip() for line in lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -238,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(error, file=sys.stderr)
     except (ValueError, OSError) as error:
-        print(f"mobilenet: error: {error}", file=sys.stderr)
+        print(f"mobilenet: error: {_one_line(error)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("mobilenet: interrupted; a training run keeps its last finished epoch (continue with --resume)",
               file=sys.stderr)

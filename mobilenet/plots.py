@@ -26,7 +26,7 @@ def plot_curves(metrics: list[dict], path: str | os.PathLike, title: str = "") -
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
     ax_loss.plot(epochs, [m["test_loss"] for m in metrics], "o-", label="test")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss", yscale="log")
     ax_acc.plot(epochs, [100 * m["train_acc"] for m in metrics], "o-", label="train (augmented)")
     ax_acc.plot(epochs, [100 * m["test_top1"] for m in metrics], "o-", label="test top-1")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")

@@ -131,11 +131,15 @@ def test_activation_options():
     assert any(isinstance(m, nn.ReLU6) for m in create_model("mobilenet_v2").modules())
 
 
-def test_depthwise_init_uses_per_group_fan_out():
+def test_init_is_kaiming_fan_out_as_pytorch_counts_it():
     torch.manual_seed(0)
     model = create_model("mobilenet_v1")
-    dw = model.features[13].depthwise.conv.weight  # 1024 filters of 3x3
-    assert dw.std().item() == pytest.approx(math.sqrt(2 / 9), rel=0.05)
+    dw = model.features[13].depthwise.conv.weight  # 1024 filters of 1x3x3: fan-out 1024 * 9
+    pw = model.features[13].pointwise.conv.weight  # 1024 x 1024 x 1x1: fan-out 1024
+    assert dw.std().item() == pytest.approx(math.sqrt(2 / (1024 * 9)), rel=0.05)
+    assert pw.std().item() == pytest.approx(math.sqrt(2 / 1024), rel=0.02)
+    assert model.classifier.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    assert torch.all(model.features[0].bn.weight == 1) and torch.all(model.classifier.bias == 0)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -167,7 +167,7 @@ class Run:
         total_loss, total_correct, seen = 0.0, 0, 0
         start = time.perf_counter()
         bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{config.epochs}", unit="batch",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+                   disable=None if self.progress else True, leave=False, dynamic_ncols=True)  # None: off when not a terminal
         for i, (images, labels) in enumerate(loader):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             lr = learning_rate(config, self.step, steps)

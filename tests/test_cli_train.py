@@ -1,0 +1,133 @@
+"""train, eval and predict from the command line, as a user runs them, and their errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY = ["--model", "mobilenet_v1", "--width", "0.25", "--small-input", "--resolution", "16",
+        "--classes", "0,1,2", "--batch-size", "32", "--lr", "0.05", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny digits run, shared by the tests below."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("cli") / "run"
+    proc = subprocess.run([sys.executable, "-m", "mobilenet", "train", "--out", str(out), "--epochs", "2", *TINY],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 2/2" in proc.stdout and "done: test top-1" in proc.stdout
+    return out
+
+
+def one_line_error(proc, text):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert text in lines[0], lines[0]
+
+
+def test_eval_json(cli, trained, tmp_path):
+    proc = cli("eval", trained / "best.safetensors", "--data", "digits", "--classes", "0,1,2", "--json",
+               "--plot", tmp_path / "cm.png")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert {"top1", "top5", "loss", "num_images"} <= set(data)
+    assert 0 <= data["top1"] <= 1 and data["top5"] == 1.0 and data["num_images"] == 108  # 3 classes x 36
+    assert set(data["per_class"]) == {"0", "1", "2"}
+    assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+    # the metrics the training run logged for its best epoch are what eval measures again
+    logged = max(json.loads(line)["test_top1"] for line in (trained / "metrics.jsonl").read_text().splitlines())
+    assert data["top1"] == pytest.approx(logged)
+
+
+def test_eval_text_and_default_plot(cli, trained):
+    proc = cli("eval", trained / "last.safetensors", "--data", "digits", "--classes", "0,1,2")
+    assert proc.returncode == 0, proc.stderr
+    assert "top-1" in proc.stdout and (trained / "last.confusion.png").exists()
+
+
+def test_predict(cli, trained, tmp_path):
+    from mobilenet.data import load_dataset
+
+    image = load_dataset("digits", "test", classes=["0", "1", "2"]).images[0].permute(1, 2, 0).numpy()
+    Image.fromarray(np.ascontiguousarray(image)).save(tmp_path / "digit.png")
+    proc = cli("predict", trained / "best.safetensors", tmp_path / "digit.png", "--top-k", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    [item] = json.loads(proc.stdout)
+    assert len(item["predictions"]) == 2 and item["predictions"][0]["class"] in {"0", "1", "2"}
+    assert item["predictions"][0]["probability"] >= item["predictions"][1]["probability"]
+    text = cli("predict", trained / "best.safetensors", tmp_path / "digit.png")
+    assert text.returncode == 0 and "digit.png:" in text.stdout
+
+
+def test_resume_from_the_command_line(cli, tmp_path):
+    out = tmp_path / "run"
+    first = cli("train", "--out", out, "--epochs", "2", "--stop-after", "1", *TINY)
+    assert first.returncode == 0 and "epoch 1/2" in first.stdout and "epoch 2/2" not in first.stdout
+    second = cli("train", "--out", out, "--resume", "--no-progress")
+    assert second.returncode == 0, second.stderr
+    assert "epoch 2/2" in second.stdout and "epoch 1/2" not in second.stdout
+
+
+def test_training_errors(cli, trained, tmp_path):
+    one_line_error(cli("train", "--out", tmp_path / "x", "--resume"), "nothing to resume")
+    one_line_error(cli("train", "--out", trained, "--epochs", "1", *TINY), "already holds a run")
+    one_line_error(cli("train", "--out", trained, "--resume", "--lr", "1"), "drop lr")
+    one_line_error(cli("train", "--out", tmp_path / "y", "--data", tmp_path / "missing"), "missing")
+    (tmp_path / "empty").mkdir()
+    one_line_error(cli("train", "--out", tmp_path / "z", "--data", tmp_path / "empty"), "empty")
+    one_line_error(cli("train", "--out", tmp_path / "w", "--model", "resnet"), "unknown model")
+    one_line_error(cli("train", "--out", tmp_path / "v", "--classes", "0,x"), "unknown class")
+    one_line_error(cli("train", "--out", tmp_path / "u", "--epochs", "0"), "epochs")
+
+
+def test_eval_and_predict_errors(cli, trained, tmp_path):
+    ckpt = trained / "best.safetensors"
+    one_line_error(cli("eval", ckpt, "--data", "digits"), "trained on 3 classes")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(ckpt.read_bytes()[:1000])
+    one_line_error(cli("eval", broken, "--data", "digits"), "not a readable safetensors")
+    other = tmp_path / "notes.safetensors"
+    other.write_text("hello")
+    one_line_error(cli("predict", other, "x.png"), "not a readable safetensors")
+    one_line_error(cli("eval", tmp_path / "none.safetensors", "--data", "digits"), "does not exist")
+    (tmp_path / "fake.png").write_bytes(b"not an image at all")
+    one_line_error(cli("predict", ckpt, tmp_path / "fake.png"), "fake.png")
+
+
+def make_folder(root, corrupt: bool = False):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    if corrupt:
+        good = (root / "train" / "dog" / "0.png").read_bytes()
+        (root / "train" / "dog" / "3.png").write_bytes(good[: len(good) // 2])
+    return root
+
+
+def test_train_on_an_image_folder(cli, tmp_path):
+    data = make_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    proc = cli("train", "--out", out, "--data", data, "--model", "mobilenet_v2", "--width", "0.25", "--resolution", "32",
+               "--batch-size", "4", "--epochs", "1", "--workers", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "metrics.jsonl").read_text())["test_images"] == 8
+    evaluated = cli("eval", out / "last.safetensors", "--data", data, "--json")
+    assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["num_images"] == 8
+
+
+def test_a_corrupt_training_image_is_named(cli, tmp_path):
+    data = make_folder(tmp_path / "images", corrupt=True)
+    proc = cli("train", "--out", tmp_path / "run", "--data", data, "--width", "0.25", "--resolution", "32",
+               "--batch-size", "4", "--epochs", "1", "--workers", "1", "--no-progress")
+    one_line_error(proc, str(data / "train" / "dog" / "3.png"))
+    assert not (tmp_path / "run" / "last.safetensors").exists()
