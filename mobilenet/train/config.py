@@ -45,7 +45,8 @@ class TrainConfig:
     channels_last: bool = True
     amp: str = "auto"  # auto: bfloat16 autocast on CUDA, off on CPU; on; off
     compile: bool = False
-    sync_bn: bool = False
+    sync_bn: bool = False  # synchronise BatchNorm statistics across processes (GPUs only, PyTorch's SyncBatchNorm)
+    freeze_bn: bool = False  # BatchNorm in evaluation mode while training: fixed statistics (fine-tuning, small batches)
     seed: int = 0
 
     def to_json(self) -> str:

@@ -28,6 +28,7 @@ from mobilenet.data import load_dataset, make_loader
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.models import create_model
 from mobilenet.train.config import TrainConfig
+from mobilenet.train.distributed import Distributed, from_environment
 from mobilenet.train.optim import build_optimizer, learning_rate
 
 STATE_FILE = "state.safetensors"
@@ -59,22 +60,28 @@ class Run:
     """The state of one training run and the steps that advance it."""
 
     def __init__(self, config: TrainConfig, *, resume: bool = False, progress: bool = True,
-                 rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> None:
-        self.config, self.rank, self.world_size = config, rank, world_size
-        self.device = device or torch.device("cpu")
-        self.is_main = rank == 0
+                 dist: Distributed | None = None) -> None:
+        self.config = config
+        self.dist = dist or Distributed()
+        self.device = self.dist.device
+        self.is_main = self.dist.is_main
         self.progress = progress and self.is_main
         self.out = Path(config.out)
         self._prepare_out(resume)
 
+        if config.download and not self.is_main:
+            self.dist.barrier()  # rank 0 downloads first, the others then read what it wrote
         self.train_set = load_dataset(config.data, "train", classes=config.classes, resolution=config.resolution,
                                       download=config.download and self.is_main, root=config.data_root)
+        if config.download and self.is_main:
+            self.dist.barrier()
         self.test_set = load_dataset(config.data, "test", classes=config.classes, resolution=config.resolution,
                                      root=config.data_root)
         if not len(self.train_set) or not len(self.test_set):
             raise TrainingError(f"{config.data}: the train or test split holds no images")
         memory = self.config.channels_last and self.device.type in ("cpu", "cuda")
-        common = dict(seed=config.seed, rank=rank, world_size=world_size, workers=config.workers, channels_last=memory)
+        common = dict(seed=config.seed, rank=self.dist.rank, world_size=self.dist.world_size, workers=config.workers,
+                      channels_last=memory)
         self.train_loader = make_loader(self.train_set, config.batch_size, train=True, **common)
         self.test_loader = make_loader(self.test_set, config.batch_size, train=False, **common)
         if len(self.train_loader) == 0:
@@ -92,13 +99,23 @@ class Run:
         check_resolution(self.train_set.resolution, self.model)
         if memory:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if config.sync_bn and self.dist.enabled:
+            if self.device.type == "cpu":
+                raise TrainingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU "
+                                    "(use --freeze-bn, or per-process BatchNorm)")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.meta = ModelMeta(config=self.model.config, classes=list(self.train_set.classes),
                               resolution=self.train_set.resolution, mean=tuple(self.train_set.mean),
                               std=tuple(self.train_set.std), extra={"crop_fraction": _crop_fraction(self.train_set)})
         self.optimizer = build_optimizer(self.model, config)
         self.ema = _ema_model(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forward = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if config.compile:
+            self.forward = torch.compile(self.forward)
 
         self.epoch, self.step, self.best_top1 = 0, 0, -1.0
         self.metrics: list[dict] = []
@@ -121,6 +138,7 @@ class Run:
 
     def _save(self, result: EvalResult) -> None:
         """Write the epoch's checkpoints, metrics, plot and resumable state (rank 0 only)."""
+        generators = self.dist.all_gather(torch.get_rng_state())  # every rank's, for its dropout
         if not self.is_main:
             return
         weights = (self.ema.module if self.ema else self.model).state_dict()
@@ -131,7 +149,7 @@ class Run:
         extra = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.ema:
             extra.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        extra["rng.torch"] = torch.get_rng_state()
+        extra.update({f"rng.torch.{rank}": state for rank, state in enumerate(generators)})
         info = {"epoch": self.epoch, "step": self.step, "best_top1": self.best_top1, "metrics": self.metrics}
         save_training_state(self.out / STATE_FILE, self.optimizer, extra, info)
         _atomic_text(self.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
@@ -145,7 +163,10 @@ class Run:
         self.model.load_state_dict({k[6:]: v for k, v in extra.items() if k.startswith("model.")})
         if self.ema:
             self.ema.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema.")})
-        torch.set_rng_state(extra["rng.torch"])
+        saved = extra.get(f"rng.torch.{self.dist.rank}")
+        if saved is None:
+            raise TrainingError(f"{self.out} was saved by a run of fewer processes: resume it with as many as it had")
+        torch.set_rng_state(saved)
         self.epoch, self.step, self.best_top1 = info["epoch"], info["step"], info["best_top1"]
         self.metrics = info["metrics"]
 
@@ -162,9 +183,13 @@ class Run:
     def train_epoch(self) -> dict:
         config, loader = self.config, self.train_loader
         self.model.train()
+        if config.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         loader.set_epoch(self.epoch)
         steps = len(loader)
-        total_loss, total_correct, seen = 0.0, 0, 0
+        sums = torch.zeros(3, dtype=torch.float64)  # loss * images, correct, images: this rank's
         start = time.perf_counter()
         bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{config.epochs}", unit="batch",
                    disable=None if self.progress else True, leave=False, dynamic_ncols=True)  # None: off when not a terminal
@@ -174,31 +199,32 @@ class Run:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss, correct = self._step(images, labels)
-            if not torch.isfinite(loss):
+            # every rank sees the same sum, so a NaN on any rank stops all of them at the same step
+            check = self.dist.all_reduce(loss.detach().float().clone())
+            if not torch.isfinite(check):
                 raise TrainingError(
-                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {i + 1} (global step {self.step + 1}); "
+                    f"loss became {check.item()} at epoch {self.epoch + 1}, step {i + 1} (global step {self.step + 1}); "
                     f"stopped, and the last good checkpoint is kept in {self.out}"
                 )
             self.optimizer.step()
             if self.ema:
                 self.ema.update_parameters(self.model)
             self.step += 1
-            total_loss += loss.item() * len(labels)
-            total_correct += int(correct)
-            seen += len(labels)
+            sums += torch.tensor([loss.item() * len(labels), int(correct), len(labels)], dtype=torch.float64)
             if self.progress:
                 elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * total_correct / seen:.1f}%",
-                                img_s=f"{seen * self.world_size / elapsed:.0f}", lr=f"{lr:.3g}")
+                bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{100 * sums[1] / sums[2]:.1f}%",
+                                img_s=f"{sums[2] * self.dist.world_size / elapsed:.0f}", lr=f"{lr:.3g}")
                 bar.update()
         bar.close()
         elapsed = time.perf_counter() - start
-        return {"train_loss": total_loss / max(1, seen), "train_acc": total_correct / max(1, seen),
-                "images_per_s": seen * self.world_size / elapsed, "epoch_time_s": elapsed, "lr": lr}
+        loss_sum, correct, seen = self.dist.all_reduce(sums).tolist()
+        return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
+                "images_per_s": seen / elapsed, "epoch_time_s": elapsed, "lr": lr}
 
     def evaluate(self) -> EvalResult:
         model = self.ema.module if self.ema else self.model
-        return evaluate(model, self.test_loader, len(self.train_set.classes))
+        return evaluate(model, self.test_loader, len(self.train_set.classes), reduce=self.dist.all_reduce)
 
     def run(self, stop_after: int | None = None) -> dict:
         """Train until `config.epochs` (or `stop_after` more epochs); return the last epoch's metrics."""
@@ -241,7 +267,11 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
             raise TrainingError(f"nothing to resume in {config.out}: no config.json (start a run without --resume)")
         config = TrainConfig.load(saved)
     config.validate()
-    return Run(config, resume=resume, progress=progress).run(stop_after)
+    dist = from_environment()
+    try:
+        return Run(config, resume=resume, progress=progress, dist=dist).run(stop_after)
+    finally:
+        dist.close()
 
 
 __all__ = ["Run", "TrainingError", "train"]

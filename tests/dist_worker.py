@@ -1,0 +1,38 @@
+"""Run by tests/test_distributed.py under torchrun (or alone): a tiny training run through the
+library, after which every rank writes its own weights, so the test can compare them.
+
+    python tests/dist_worker.py OUT BATCH [--fail-rank R]
+"""
+
+import argparse
+import os
+
+import torch
+from safetensors.torch import save_file
+
+from mobilenet.train import Run, TrainConfig, from_environment
+
+parser = argparse.ArgumentParser()
+parser.add_argument("out")
+parser.add_argument("batch", type=int)
+parser.add_argument("--fail-rank", type=int, default=None)
+args = parser.parse_args()
+
+dist = from_environment(timeout_s=60)
+config = TrainConfig(out=args.out, model="mobilenet_v1", width=0.25, small_input=True, data="digits",
+                     classes=["0", "1", "2"], resolution=16, epochs=1, batch_size=args.batch, lr=0.05,
+                     warmup_epochs=0, seed=5, freeze_bn=True)
+run = Run(config, progress=False, dist=dist)
+if args.fail_rank == dist.rank:
+    step = run._step
+
+    def failing_step(*a):
+        if run.step == 2:
+            raise RuntimeError(f"injected failure on rank {dist.rank}")
+        return step(*a)
+
+    run._step = failing_step
+run.run()
+save_file({k: v.contiguous() for k, v in run.model.state_dict().items()},
+          os.path.join(args.out, f"rank{dist.rank}.safetensors"))
+dist.close()
