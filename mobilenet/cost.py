@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mobilenet.models import create_model
+from mobilenet.models.layers import TFSamePad
 
 KINDS = ("conv", "depthwise", "pointwise", "fc", "pool")
 
@@ -136,10 +137,10 @@ def _conv_out(size: int, conv: nn.Conv2d) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _conv_cost(name: str, conv: nn.Conv2d, shape: tuple[int, int, int]) -> LayerCost:
+def _conv_cost(name: str, conv: nn.Conv2d, shape: tuple[int, int, int], tf_same: bool = False) -> LayerCost:
     m, size, _ = shape
     n, k, s = conv.out_channels, conv.kernel_size[0], conv.stride[0]
-    d_f = _conv_out(size, conv)
+    d_f = -(-size // s) if tf_same else _conv_out(size, conv)  # TensorFlow 'SAME': ceil(size / stride)
     if conv.groups == m and m == n and m > 1:
         kind, macs = "depthwise", k * k * m * d_f * d_f
         operator = f"dw {k}x{k}/{s}"
@@ -162,12 +163,16 @@ def layer_costs(model: nn.Module, resolution: int) -> list[LayerCost]:
     check_resolution(resolution, model)
     shape: tuple[int, int, int] = (3, resolution, resolution)
     rows: list[LayerCost] = []
+    tf_same = False
     for name, module in model.named_modules():
         short = name.removesuffix(".conv")
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, TFSamePad):
+            tf_same = True
+        elif isinstance(module, nn.Conv2d):
             if module.in_channels != shape[0]:
                 raise ValueError(f"{name}: expects {module.in_channels} channels, gets {shape[0]}")
-            row = _conv_cost(short, module, shape)
+            row = _conv_cost(short, module, shape, tf_same)
+            tf_same = False
             if row.kind == "pointwise" and rows and rows[-1].kind == "depthwise":
                 dw = rows[-1]
                 k = int(dw.operator.split()[1].split("x")[0])

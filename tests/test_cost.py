@@ -55,6 +55,16 @@ def test_analytic_macs_equal_counted_macs(name, width, resolution, small_input):
     assert cost(model, resolution).macs == report.macs  # a built model costs the same as its name
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+@pytest.mark.parametrize("resolution", [224, 193])
+def test_tf_same_padding_costs_what_it_runs(name, resolution):
+    kwargs = dict(width_mult=0.5, padding="tf_same", activation="relu6", bn_eps=1e-3)
+    model = create_model(name, **kwargs)
+    report = cost(name, resolution, **kwargs)
+    assert report.macs == counted_macs(model, resolution)
+    assert report.macs == cost(name, resolution, width_mult=0.5).macs  # same outputs sizes as symmetric padding
+
+
 def test_per_layer_rows_follow_table_1():
     report = cost("mobilenet_v1", 224)
     first = report.layers[:3]

@@ -123,6 +123,26 @@ def test_v1_width_rule_is_int_c_alpha_never_below_one(width):
     assert convs[-1].out_channels == max(1, int(1024 * width))
 
 
+@pytest.mark.parametrize("size", [8, 9])
+def test_tf_same_padding_puts_the_odd_pixel_bottom_right(size):
+    from mobilenet.models.layers import ConvBNAct
+
+    tf = ConvBNAct(1, 1, 3, 2, activation=None, padding="tf_same").eval()
+    nn.init.zeros_(tf.conv.weight)
+    tf.conv.weight.data[0, 0, 0, 0] = 1.0  # the output reads its window's top-left input pixel
+    x = torch.arange(size * size, dtype=torch.float32).view(1, 1, size, size)
+    out = tf(x)[0, 0]
+    assert out.shape == (-(-size // 2),) * 2  # ceil(size / stride), as TensorFlow
+    # TF 'SAME': total padding 1 at even sizes goes after, so window (0, 0) starts at pixel (0, 0);
+    # at odd sizes it is 2, one each side, so window (0, 0) starts on the padding (0) at (-1, -1)
+    expected = x[0, 0, 0, 0] if size % 2 == 0 else 0.0
+    assert out[0, 0].item() == pytest.approx(float(expected), rel=1e-4)  # BatchNorm: x / sqrt(1 + eps)
+    assert out[1, 1].item() == pytest.approx(float(x[0, 0, 2, 2] if size % 2 == 0 else x[0, 0, 1, 1]), rel=1e-4)
+    symmetric = ConvBNAct(1, 1, 3, 2, activation=None).eval()
+    symmetric.conv.weight.data = tf.conv.weight.data.clone()
+    assert torch.equal(symmetric(x), tf(x)) == (size % 2 == 1)  # they differ exactly at even sizes
+
+
 def test_activation_options():
     assert any(isinstance(m, nn.ReLU6) for m in create_model("mobilenet_v1", activation="relu6").modules())
     v1 = create_model("mobilenet_v1")
@@ -161,6 +181,7 @@ def test_config_rebuilds_the_same_model(name):
     ({"num_classes": 2.5}, "num_classes"),
     ({"num_classes": True}, "num_classes"),
     ({"activation": "gelu"}, "activation"),
+    ({"padding": "valid"}, "padding"),
 ])
 @pytest.mark.parametrize("name", MODELS)
 def test_bad_arguments_raise_value_error(name, kwargs, message):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+PADDINGS = ("symmetric", "tf_same")
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -47,17 +48,45 @@ def check_num_classes(num_classes: int) -> int:
     return num_classes
 
 
+def check_padding(padding: str) -> str:
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    return padding
+
+
 def check_activation(activation: str) -> str:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     return activation
 
 
+class TFSamePad(nn.Module):
+    """TensorFlow's 'SAME' padding: the output is ceil(input / stride), and when the padding needed
+    is odd the extra pixel goes to the bottom and right. PyTorch pads symmetrically, so a stride-2
+    3x3 convolution on an even input sees the image shifted by one pixel unless it pads this way:
+    weights trained in TensorFlow (Keras, TF-slim) need it."""
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def amount(self, size: int) -> tuple[int, int]:
+        """(before, after) padding of one spatial side of `size` pixels."""
+        total = max((-(-size // self.stride) - 1) * self.stride + self.kernel_size - size, 0)
+        return total // 2, total - total // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = self.amount(x.shape[-2])
+        left, right = self.amount(x.shape[-1])
+        return nn.functional.pad(x, (left, right, top, bottom))
+
+
 class ConvBNAct(nn.Sequential):
     """Convolution (no bias) + BatchNorm + activation: the unit every MobileNet layer is made of.
 
     `groups == in_channels` makes it a depthwise convolution; `activation=None` leaves it linear
-    (V2's projection, the "linear bottleneck").
+    (V2's projection, the "linear bottleneck"). `padding="tf_same"` pads as TensorFlow does
+    (see `TFSamePad`); the default pads (k - 1) / 2 on every side.
     """
 
     def __init__(
@@ -69,10 +98,14 @@ class ConvBNAct(nn.Sequential):
         groups: int = 1,
         activation: str | None = "relu",
         bn_eps: float = 1e-5,
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
+        tf_same = padding == "tf_same" and kernel_size > 1
+        if tf_same:  # registered first: a Sequential runs its children in order
+            self.pad = TFSamePad(kernel_size, stride)
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, padding=(kernel_size - 1) // 2,
+            in_channels, out_channels, kernel_size, stride, padding=0 if tf_same else (kernel_size - 1) // 2,
             groups=groups, bias=False,
         )
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps)
@@ -85,11 +118,11 @@ class DepthwiseSeparable(nn.Module):
 
     def __init__(
         self, in_channels: int, out_channels: int, stride: int,
-        activation: str = "relu", bn_eps: float = 1e-5,
+        activation: str = "relu", bn_eps: float = 1e-5, padding: str = "symmetric",
     ) -> None:
         super().__init__()
         self.depthwise = ConvBNAct(in_channels, in_channels, 3, stride, groups=in_channels,
-                                   activation=activation, bn_eps=bn_eps)
+                                   activation=activation, bn_eps=bn_eps, padding=padding)
         self.pointwise = ConvBNAct(in_channels, out_channels, 1, activation=activation, bn_eps=bn_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +138,7 @@ class InvertedResidual(nn.Module):
 
     def __init__(
         self, in_channels: int, out_channels: int, stride: int, expand_ratio: float,
-        activation: str = "relu6", bn_eps: float = 1e-5,
+        activation: str = "relu6", bn_eps: float = 1e-5, padding: str = "symmetric",
     ) -> None:
         super().__init__()
         hidden = int(round(in_channels * expand_ratio))
@@ -115,7 +148,7 @@ class InvertedResidual(nn.Module):
             if expand_ratio != 1 else nn.Identity()
         )
         self.depthwise = ConvBNAct(hidden, hidden, 3, stride, groups=hidden,
-                                   activation=activation, bn_eps=bn_eps)
+                                   activation=activation, bn_eps=bn_eps, padding=padding)
         self.project = ConvBNAct(hidden, out_channels, 1, activation=None, bn_eps=bn_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

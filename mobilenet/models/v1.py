@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mobilenet.models.layers import (
-    ConvBNAct, DepthwiseSeparable, check_activation, check_num_classes, check_width, init_weights,
+    ConvBNAct, DepthwiseSeparable, check_activation, check_num_classes, check_padding, check_width, init_weights,
 )
 
 
@@ -66,16 +66,18 @@ class MobileNetV1(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         bn_eps: float = 1e-5,
+        padding: str = "symmetric",
         separable: bool = True,
     ) -> None:
         super().__init__()
         width_mult = check_width(width_mult)
         check_num_classes(num_classes)
         check_activation(activation)
+        check_padding(padding)
         self.config = {
             "name": "mobilenet_v1" if separable else "conv_mobilenet_v1",
             "width_mult": width_mult, "num_classes": num_classes, "small_input": bool(small_input),
-            "activation": activation, "dropout": dropout, "bn_eps": bn_eps,
+            "activation": activation, "dropout": dropout, "bn_eps": bn_eps, "padding": padding,
         }
         blocks = list(BLOCKS)
         if small_input:
@@ -84,13 +86,13 @@ class MobileNetV1(nn.Module):
         stem_stride = 1 if small_input else 2
 
         channels = scale_channels(STEM_CHANNELS, width_mult)
-        layers: list[nn.Module] = [ConvBNAct(3, channels, 3, stem_stride, activation=activation, bn_eps=bn_eps)]
+        layers: list[nn.Module] = [ConvBNAct(3, channels, 3, stem_stride, activation=activation, bn_eps=bn_eps, padding=padding)]
         for block in blocks:
             out = scale_channels(block.out_channels, width_mult)
             if separable:
-                layers.append(DepthwiseSeparable(channels, out, block.stride, activation, bn_eps))
+                layers.append(DepthwiseSeparable(channels, out, block.stride, activation, bn_eps, padding))
             else:
-                layers.append(ConvBNAct(channels, out, 3, block.stride, activation=activation, bn_eps=bn_eps))
+                layers.append(ConvBNAct(channels, out, 3, block.stride, activation=activation, bn_eps=bn_eps, padding=padding))
             channels = out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

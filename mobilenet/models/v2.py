@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mobilenet.models.layers import (
-    ConvBNAct, InvertedResidual, check_activation, check_num_classes, check_width, init_weights,
+    ConvBNAct, InvertedResidual, check_activation, check_num_classes, check_padding, check_width, init_weights,
     make_divisible,
 )
 
@@ -62,14 +62,16 @@ class MobileNetV2(nn.Module):
         activation: str = "relu6",
         dropout: float = 0.2,
         bn_eps: float = 1e-5,
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
         width_mult = check_width(width_mult)
         check_num_classes(num_classes)
         check_activation(activation)
+        check_padding(padding)
         self.config = {
             "name": "mobilenet_v2", "width_mult": width_mult, "num_classes": num_classes,
-            "small_input": bool(small_input), "activation": activation, "dropout": dropout, "bn_eps": bn_eps,
+            "small_input": bool(small_input), "activation": activation, "dropout": dropout, "bn_eps": bn_eps, "padding": padding,
         }
         stages = list(STAGES)
         if small_input:
@@ -78,13 +80,13 @@ class MobileNetV2(nn.Module):
         stem_stride = 1 if small_input else 2
 
         channels = make_divisible(STEM_CHANNELS * width_mult)
-        layers: list[nn.Module] = [ConvBNAct(3, channels, 3, stem_stride, activation=activation, bn_eps=bn_eps)]
+        layers: list[nn.Module] = [ConvBNAct(3, channels, 3, stem_stride, activation=activation, bn_eps=bn_eps, padding=padding)]
         output_stride = stem_stride
         for stage in stages:
             out = make_divisible(stage.out_channels * width_mult)
             for i in range(stage.repeats):
                 stride = stage.stride if i == 0 else 1
-                layers.append(InvertedResidual(channels, out, stride, stage.expansion, activation, bn_eps))
+                layers.append(InvertedResidual(channels, out, stride, stage.expansion, activation, bn_eps, padding))
                 channels = out
             output_stride *= stage.stride
         head = make_divisible(HEAD_CHANNELS * max(1.0, width_mult))
