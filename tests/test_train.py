@@ -133,3 +133,59 @@ def test_bad_training_options(tmp_path, field, value, message):
 def test_labels_and_logits_through_cross_entropy_are_finite(tmp_path):
     result = train(tiny(tmp_path, epochs=1), progress=False)
     assert math.isfinite(result["train_loss"]) and 0 <= result["test_top1"] <= 1
+
+
+def pretrained_checkpoint(tmp_path, num_classes: int):
+    """A 'converted' checkpoint: a TF-style V2 with its own normalisation and random weights."""
+    from mobilenet.checkpoint import ModelMeta, save_checkpoint
+
+    model = create_model("mobilenet_v2", width_mult=0.25, num_classes=num_classes, small_input=True,
+                         activation="relu6", bn_eps=1e-3, padding="tf_same")
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.bias.data.uniform_(-0.1, 0.1)
+    path = tmp_path / "pretrained.safetensors"
+    save_checkpoint(path, model, ModelMeta(config=model.config, classes=[f"c{i}" for i in range(num_classes)],
+                                           resolution=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    return path, model.state_dict()
+
+
+def test_fine_tune_replaces_the_classifier_and_keeps_everything_else(tmp_path):
+    path, source = pretrained_checkpoint(tmp_path, num_classes=7)
+    run = Run(tiny(tmp_path / "run", pretrained=str(path), freeze_epochs=1, epochs=2), progress=False)
+    assert run.model.config["padding"] == "tf_same" and run.model.config["bn_eps"] == 1e-3
+    assert run.model.classifier.out_features == 3 and run.meta.mean == (0.5, 0.5, 0.5)
+    start = {k: v.clone() for k, v in run.model.state_dict().items()}
+    for key, value in source.items():
+        if not key.startswith("classifier."):
+            assert torch.equal(start[key], value), key
+    run.run(stop_after=1)  # epoch 1: only the classifier learns
+    after_frozen = run.model.state_dict()
+    assert all(torch.equal(after_frozen[k], start[k]) for k in start if not k.startswith("classifier."))
+    assert not torch.equal(after_frozen["classifier.weight"], start["classifier.weight"])
+    run.run()  # epoch 2: everything learns
+    assert not torch.equal(run.model.state_dict()["features.1.depthwise.conv.weight"],
+                           start["features.1.depthwise.conv.weight"])
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"] == "mobilenet_v2" and saved["model_options"]["padding"] == "tf_same"
+    resumed_run = Run(TrainConfig.load(tmp_path / "run" / "config.json"), resume=True, progress=False)
+    assert resumed_run.model.config == run.model.config  # rebuilt without the pretrained file
+
+
+def test_fine_tune_with_the_same_classes_keeps_the_classifier(tmp_path):
+    path, source = pretrained_checkpoint(tmp_path, num_classes=3)
+    run = Run(tiny(tmp_path / "run", pretrained=str(path)), progress=False)
+    assert torch.equal(run.model.classifier.weight, source["classifier.weight"])
+
+
+def test_pretrained_that_does_not_fit(tmp_path):
+    from mobilenet.checkpoint import ModelMeta, save_model_state
+
+    path, source = pretrained_checkpoint(tmp_path, num_classes=3)
+    source.pop("features.2.expand.conv.weight")
+    meta = ModelMeta(config=create_model("mobilenet_v2", width_mult=0.25, num_classes=3, small_input=True).config,
+                     classes=["a", "b", "c"], resolution=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    save_model_state(path, source, meta)
+    with pytest.raises(TrainingError, match="missing tensor features.2.expand.conv.weight"):
+        Run(tiny(tmp_path / "run", pretrained=str(path)), progress=False)

@@ -21,6 +21,11 @@ class TrainConfig:
     width: float = 1.0
     small_input: bool = False
     dropout: float | None = None  # None: the model's default (V1 0, V2 0.2)
+    model_options: dict | None = None  # further model arguments (activation, bn_eps, padding)
+    pretrained: str | None = None  # start from this checkpoint; its architecture replaces model/width
+    freeze_epochs: int = 0  # train only the classifier for this many first epochs
+    mean: list[float] | None = None  # input normalisation; None: the dataset's (a pretrained model brings its own)
+    std: list[float] | None = None
     # data
     data: str = "digits"
     data_root: str | None = None
@@ -78,6 +83,7 @@ class TrainConfig:
             (self.amp in ("auto", "on", "off"), f"amp must be auto, on or off, got {self.amp!r}"),
             (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (0 <= self.freeze_epochs, f"freeze epochs must be >= 0, got {self.freeze_epochs}"),
         ]
         for ok, message in checks:
             if not ok:

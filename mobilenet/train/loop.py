@@ -23,8 +23,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mobilenet.checkpoint import ModelMeta, load_training_state, save_model_state, save_training_state
+from mobilenet.checkpoint import (
+    ModelMeta, load_training_state, read_checkpoint, save_model_state, save_training_state,
+)
 from mobilenet.data import load_dataset, make_loader
+from mobilenet.data.loader import Normalize
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.models import create_model
 from mobilenet.train.config import TrainConfig
@@ -67,6 +70,7 @@ class Run:
         self.is_main = self.dist.is_main
         self.progress = progress and self.is_main
         self.out = Path(config.out)
+        pretrained = self._adopt_pretrained() if config.pretrained and not resume else None
         self._prepare_out(resume)
 
         if config.download and not self.is_main:
@@ -89,11 +93,14 @@ class Run:
                                 f"({len(self.train_set)} images per process): lower --batch-size")
 
         torch.manual_seed(config.seed)
-        kwargs = {"width_mult": config.width, "num_classes": len(self.train_set.classes),
-                  "small_input": config.small_input}
+        kwargs = {**(config.model_options or {}), "width_mult": config.width,
+                  "num_classes": len(self.train_set.classes), "small_input": config.small_input}
         if config.dropout is not None:
             kwargs["dropout"] = config.dropout
-        self.model = create_model(config.model, **kwargs).to(self.device)
+        self.model = create_model(config.model, **kwargs)
+        if pretrained is not None:
+            self._load_pretrained(*pretrained)
+        self.model = self.model.to(self.device)
         from mobilenet.cost import check_resolution
 
         check_resolution(self.train_set.resolution, self.model)
@@ -104,23 +111,73 @@ class Run:
                 raise TrainingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU "
                                     "(use --freeze-bn, or per-process BatchNorm)")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        mean, std = tuple(config.mean or self.train_set.mean), tuple(config.std or self.train_set.std)
+        if (mean, std) != (tuple(self.train_set.mean), tuple(self.train_set.std)):
+            for loader in (self.train_loader, self.test_loader):  # e.g. a pretrained model's own
+                loader.normalize = Normalize(mean, std, memory)
         self.meta = ModelMeta(config=self.model.config, classes=list(self.train_set.classes),
-                              resolution=self.train_set.resolution, mean=tuple(self.train_set.mean),
-                              std=tuple(self.train_set.std), extra={"crop_fraction": _crop_fraction(self.train_set)})
+                              resolution=self.train_set.resolution, mean=mean, std=std,
+                              extra={"crop_fraction": _crop_fraction(self.train_set)})
         self.optimizer = build_optimizer(self.model, config)
         self.ema = _ema_model(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.forward = self.model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if config.compile:
-            self.forward = torch.compile(self.forward)
+        self.frozen = False
+        self._wrap()
 
         self.epoch, self.step, self.best_top1 = 0, 0, -1.0
         self.metrics: list[dict] = []
         if resume:
             self._load_state()
+
+    def _wrap(self) -> None:
+        """What the training step calls: the model, in DDP when distributed (DDP registers the
+        parameters that need gradients when it is built, so freezing re-wraps), compiled if asked."""
+        self.forward = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.config.compile:
+            self.forward = torch.compile(self.forward)
+
+    def _set_frozen(self, frozen: bool) -> None:
+        """Train only the classifier (its BatchNorm statistics fixed too) while `frozen`."""
+        if frozen == self.frozen:
+            return
+        classifier = {id(p) for p in self.model.classifier.parameters()}
+        for param in self.model.parameters():
+            param.requires_grad_(not frozen or id(param) in classifier)
+        self.frozen = frozen
+        self._wrap()
+
+    # --- pretrained weights --------------------------------------------------------------------
+
+    def _adopt_pretrained(self) -> tuple[dict, ModelMeta]:
+        """Take the architecture of the checkpoint to start from into this run's configuration."""
+        tensors, meta = read_checkpoint(self.config.pretrained)
+        arch = dict(meta.config)
+        self.config.model = arch.pop("name")
+        self.config.width = arch.pop("width_mult")
+        self.config.small_input = arch.pop("small_input", False)
+        arch.pop("num_classes", None)
+        dropout = arch.pop("dropout", None)
+        if self.config.dropout is None:
+            self.config.dropout = dropout
+        self.config.model_options = arch
+        self.config.mean, self.config.std = list(meta.mean), list(meta.std)
+        return tensors, meta
+
+    def _load_pretrained(self, tensors: dict, meta: ModelMeta) -> None:
+        """Every tensor of the checkpoint, but a classifier for another number of classes."""
+        replaced = meta.num_classes != self.model.config["num_classes"]
+        if replaced:
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("classifier.")}
+        missing, unexpected = self.model.load_state_dict(tensors, strict=False)
+        missing = [k for k in missing if not (replaced and k.startswith("classifier."))]
+        if missing or unexpected:
+            first = (missing or unexpected)[0]
+            raise TrainingError(f"{self.config.pretrained} does not fit {self.config.model}: "
+                                f"{'missing' if missing else 'unexpected'} tensor {first}")
+        self.replaced_classifier = replaced
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -182,8 +239,9 @@ class Run:
 
     def train_epoch(self) -> dict:
         config, loader = self.config, self.train_loader
+        self._set_frozen(self.epoch < config.freeze_epochs)
         self.model.train()
-        if config.freeze_bn:
+        if config.freeze_bn or self.frozen:
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
