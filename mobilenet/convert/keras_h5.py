@@ -1,0 +1,189 @@
+"""Keras sources: Keras applications' MobileNet and MobileNetV2 weights in HDF5, read with h5py
+(no TensorFlow), and their name map.
+
+Three HDF5 layouts are read:
+- Keras 2 weights file (`model.save_weights('x.h5')`, the layout of the published
+  `mobilenet_1_0_224_tf.h5` ...): the root's attribute `layer_names` lists the layers; each layer
+  group's attribute `weight_names` lists its weights, stored at `<layer>/<weight name>`, e.g.
+  `conv_dw_1/conv_dw_1/depthwise_kernel:0`.
+- Keras 2 full model (`model.save('x.h5')`): the same under a `model_weights` group.
+- Keras 3 weights file (`x.weights.h5`): `layers/<layer>/vars/<i>` (Keras 2.13's
+  `_layer_checkpoint_dependencies/<layer>/vars/<i>`), unnamed and in creation order: Conv2D
+  kernel then bias, DepthwiseConv2D kernel, BatchNormalization gamma, beta, moving_mean,
+  moving_variance, Dense kernel then bias.
+Every weight is named here `<layer>/<role>` (`conv1/kernel`, `conv1_bn/gamma`, ...), a depthwise
+kernel's role being `kernel` too.
+
+Layer names and conventions, from `keras/src/applications/mobilenet.py` and `mobilenet_v2.py`:
+V1: `conv1` + `conv1_bn`, then for i = 1..13 `conv_dw_i` (DepthwiseConv2D) + `conv_dw_i_bn` and
+`conv_pw_i` + `conv_pw_i_bn`, then global pooling, Dropout(1e-3) and `conv_preds`, a 1x1 Conv2D
+with bias as classifier. Widths int(c * alpha), as ours.
+V2: `Conv1` + `bn_Conv1`; block 0 `expanded_conv_depthwise` / `_BN`, `expanded_conv_project` / `_BN`;
+blocks 1..16 `block_i_expand` / `_BN`, `block_i_depthwise` / `_BN`, `block_i_project` / `_BN`; head
+`Conv_1` + `Conv_1_bn`; Dense classifier `Logits` in the published files (keras_applications),
+`predictions` in today's Keras. Channels _make_divisible(int(c * alpha), 8), equal to ours at the
+published alphas.
+Both: ReLU6, BatchNormalization epsilon 1e-3, kernels HWIO (`(kh, kw, in, out)`), depthwise kernels
+`(kh, kw, channels, 1)`. A stride-2 layer pads zero rows/columns at the bottom/right only
+(`ZeroPadding2D(((0, 1), (0, 1)))` or `correct_pad`, then 'valid'), others pad 'same': TensorFlow's
+'SAME' rule, our `padding="tf_same"` (for V1 exactly so when each stride-2 layer sees an even size,
+as at 224 and every multiple of 32; V2's `correct_pad` is 'SAME' at any size).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilenet.convert.layout import BN_PARAMS, Pair, Plan, Unit, model_units, width_from
+from mobilenet.models import v1, v2
+
+BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras's names, in its order
+KERAS3_ROLES = {1: ("kernel",), 2: ("kernel", "bias"), 4: BN_ROLES}  # by number of variables in a layer
+KERAS_RESOLUTION = re.compile(r"_(96|128|160|192|224)(?:_tf)?(?:_no_top)?\.h5$")
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("reading Keras .h5 files needs h5py: pip install h5py") from None
+    return h5py
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def read_keras_h5(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The weights of a Keras HDF5 file as `{'<layer>/<role>': tensor}` in Keras's own layout,
+    and where each one lives in the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    h5py = _h5py()
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path} is not a readable HDF5 file: {str(error).splitlines()[0]}") from None
+    tensors: dict[str, torch.Tensor] = {}
+    places: dict[str, str] = {}
+
+    def put(key: str, place: str, dataset) -> None:
+        if key in tensors:
+            raise ValueError(f"{path}: two weights named {key} ({places[key]} and {place})")
+        tensors[key] = torch.from_numpy(np.array(dataset[()], dtype=np.float32))
+        places[key] = place
+
+    with handle as f:
+        keras3 = next((g for g in ("layers", "_layer_checkpoint_dependencies") if g in f), None)
+        if keras3:
+            for layer, group in f[keras3].items():
+                variables = group.get("vars") if isinstance(group, h5py.Group) else None
+                if not variables:
+                    continue  # layers without weights (input, ReLU, padding, add) keep an empty group
+                indices = sorted(variables, key=int)
+                roles = KERAS3_ROLES.get(len(indices), tuple(f"var{i}" for i in indices))
+                for index, role in zip(indices, roles):
+                    put(f"{layer}/{role}", f"{keras3}/{layer}/vars/{index}", variables[index])
+        else:
+            root = f["model_weights"] if "model_weights" in f else f
+            if "layer_names" not in root.attrs:
+                raise ValueError(f"{path} is not a Keras weights file: no 'layer_names' attribute and no 'layers' group")
+            prefix = "model_weights/" if root is not f else ""
+            for layer in map(_text, root.attrs["layer_names"]):
+                group = root[layer]
+                for weight in map(_text, group.attrs.get("weight_names", [])):
+                    role = weight.rsplit("/", 1)[-1].split(":")[0]
+                    role = "kernel" if role == "depthwise_kernel" else role
+                    put(f"{layer}/{role}", f"{prefix}{layer}/{weight}", group[weight])
+    if not tensors:
+        raise ValueError(f"{path} holds no weights")
+    return tensors, places
+
+
+def _hwio_to_oihw(kernel: torch.Tensor) -> torch.Tensor:
+    return kernel.permute(3, 2, 0, 1)
+
+
+def _depthwise_to_torch(kernel: torch.Tensor) -> torch.Tensor:
+    """(kh, kw, channels, 1) -> (channels, 1, kh, kw): one filter per channel (groups = channels)."""
+    return kernel.permute(2, 3, 0, 1)
+
+
+def _conv1x1_to_linear(kernel: torch.Tensor) -> torch.Tensor:
+    """V1's classifier, a (1, 1, in, classes) convolution, as an nn.Linear weight (classes, in)."""
+    return kernel.reshape(kernel.shape[-2], kernel.shape[-1]).t() if kernel.dim() == 4 else kernel
+
+
+def _dense_to_linear(kernel: torch.Tensor) -> torch.Tensor:
+    """A Dense kernel (in, classes) as an nn.Linear weight (classes, in)."""
+    return kernel.t()
+
+
+def _v1_layers(unit: Unit) -> tuple[str, str]:
+    if unit.part == "stem":
+        return "conv1", "conv1_bn"
+    kind = "dw" if unit.part == "depthwise" else "pw"
+    return f"conv_{kind}_{unit.block}", f"conv_{kind}_{unit.block}_bn"
+
+
+def _v2_layers(unit: Unit) -> tuple[str, str]:
+    if unit.part == "stem":
+        return "Conv1", "bn_Conv1"
+    if unit.part == "head":
+        return "Conv_1", "Conv_1_bn"
+    prefix = "expanded_conv_" if unit.block == 1 else f"block_{unit.block - 1}_"  # Keras counts blocks from 0
+    return f"{prefix}{unit.part}", f"{prefix}{unit.part}_BN"
+
+
+def _pairs(arch: str, classifier: str) -> list[Pair]:
+    layers = _v1_layers if arch == "mobilenet_v1" else _v2_layers
+    pairs = []
+    for unit in model_units(arch):
+        conv, bn = layers(unit)
+        transform = _depthwise_to_torch if unit.part == "depthwise" else _hwio_to_oihw
+        pairs.append(Pair(f"{unit.prefix}.conv.weight", f"{conv}/kernel", transform))
+        pairs += [Pair(f"{unit.prefix}.bn.{ours}", f"{bn}/{theirs}") for ours, theirs in zip(BN_PARAMS, BN_ROLES)]
+        pairs.append(Pair(f"{unit.prefix}.bn.num_batches_tracked", None))  # no such counter in Keras
+    to_linear = _conv1x1_to_linear if arch == "mobilenet_v1" else _dense_to_linear
+    pairs += [Pair("classifier.weight", f"{classifier}/kernel", to_linear), Pair("classifier.bias", f"{classifier}/bias")]
+    return pairs
+
+
+def plan_keras(tensors: dict[str, torch.Tensor]) -> Plan:
+    """Keras applications' MobileNet (V1) or MobileNetV2 with its classifier (include_top=True)."""
+    layers = {key.split("/")[0] for key in tensors}
+    options = dict(activation="relu6", bn_eps=1e-3, padding="tf_same")
+    if {"conv1", "conv_dw_1"} <= layers:
+        arch, classifier, last, base = "mobilenet_v1", "conv_preds", "conv_pw_13/kernel", v1.BLOCKS[-1].out_channels
+        options["dropout"] = 1e-3  # Keras MobileNet's default Dropout before conv_preds
+        if "conv_dw_1/kernel" in tensors and tensors["conv_dw_1/kernel"].shape[-1] != 1:
+            raise ValueError("unsupported Keras MobileNet with depth_multiplier != 1 (ours has one filter per channel)")
+    elif {"Conv1", "expanded_conv_depthwise"} <= layers:
+        classifier = "Logits" if "Logits" in layers else "predictions"
+        arch, last, base = "mobilenet_v2", "block_16_project/kernel", v2.STAGES[-1].out_channels
+        options["dropout"] = 0.0  # Keras MobileNetV2 has no dropout
+    else:
+        raise ValueError(
+            "not a Keras applications MobileNet / MobileNetV2 weights file: no conv1 + conv_dw_1 or Conv1 + "
+            f"expanded_conv_depthwise layers (it has {', '.join(sorted(layers)[:4])}...)"
+        )
+    if f"{classifier}/kernel" not in tensors:
+        expected = "conv_preds" if arch == "mobilenet_v1" else "Logits / predictions"
+        raise ValueError(f"no classifier layer ({expected}): an include_top=False ('_no_top') file; our models need one")
+    if last not in tensors:
+        raise ValueError(f"the Keras file lacks {last}")
+    width = width_from(tensors[last].shape[-1], base)
+    num_classes = int(tensors[f"{classifier}/kernel"].shape[-1])
+    variant = f"Keras {'MobileNet' if arch == 'mobilenet_v1' else 'MobileNetV2'} alpha {width:g}"
+    return Plan(arch, width, num_classes, options, _pairs(arch, classifier), variant)
+
+
+def keras_resolution(filename: str) -> int | None:
+    """The input resolution a Keras applications file name states (`..._224_tf.h5`), if any."""
+    match = KERAS_RESOLUTION.search(filename)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,145 @@
+"""Our side of every conversion: the convolution + BatchNorm units of our models, and the one
+function that fills our state dict from a source's tensors through an explicit name map.
+
+Each source (torchvision, timm, Keras) only says how it names each unit; `assemble` then insists
+on a bijection: every source tensor goes to exactly one of ours, every one of ours comes from the
+source (BatchNorm's `num_batches_tracked`, a PyTorch-only counter, excepted), and every shape
+matches after the source's layout is transposed to ours. Anything else is refused with a one-line
+ValueError naming the first offending tensor: a silent partial load is the bug this prevents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from mobilenet.models import v1, v2
+
+BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One convolution + BatchNorm of our model: `prefix` is its module path (`prefix.conv`,
+    `prefix.bn`), `block` its index in `features`, `part` its role in the papers' terms."""
+
+    prefix: str
+    block: int
+    part: str  # 'stem', 'depthwise', 'pointwise' (V1), 'expand', 'project' (V2), 'head' (V2)
+
+
+def model_units(arch: str) -> list[Unit]:
+    """Our units in forward order, read from the same tables that build the models."""
+    units = [Unit("features.0", 0, "stem")]
+    if arch == "mobilenet_v1":
+        for i in range(1, len(v1.BLOCKS) + 1):
+            units += [Unit(f"features.{i}.depthwise", i, "depthwise"), Unit(f"features.{i}.pointwise", i, "pointwise")]
+        return units
+    if arch != "mobilenet_v2":
+        raise ValueError(f"no weight import for {arch!r}")
+    i = 1
+    for stage in v2.STAGES:
+        for _ in range(stage.repeats):
+            if stage.expansion != 1:
+                units.append(Unit(f"features.{i}.expand", i, "expand"))
+            units += [Unit(f"features.{i}.depthwise", i, "depthwise"), Unit(f"features.{i}.project", i, "project")]
+            i += 1
+    units.append(Unit(f"features.{i}", i, "head"))
+    return units
+
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Our tensor `ours` comes from the source tensor `source`, through `transform` (a layout
+    change, e.g. HWIO -> OIHW). `source=None`: nothing in the source (BatchNorm's batch counter,
+    which then starts at 0); `optional`: taken when the source has it, else 0."""
+
+    ours: str
+    source: str | None
+    transform: Transform | None = None
+    optional: bool = False
+
+
+@dataclass
+class Plan:
+    """What a source file is and how to rebuild it as our model."""
+
+    arch: str  # our registry name
+    width: float
+    num_classes: int
+    options: dict  # activation, bn_eps, padding, dropout: the source's conventions
+    pairs: list[Pair]
+    variant: str  # how the source calls this model, for messages and metadata
+
+    def describe(self) -> str:
+        return f"{self.arch} width {self.width:g} with {self.num_classes} classes"
+
+
+def torch_style_pairs(units: list[Unit], names: Callable[[Unit], tuple[str, str]], classifier: str) -> list[Pair]:
+    """Pairs for a PyTorch source whose conv and BatchNorm of `unit` are the modules `names(unit)`
+    and whose classifier is the nn.Linear `classifier`: same layouts as ours, names differ."""
+    pairs = []
+    for unit in units:
+        conv, bn = names(unit)
+        pairs.append(Pair(f"{unit.prefix}.conv.weight", f"{conv}.weight"))
+        pairs += [Pair(f"{unit.prefix}.bn.{p}", f"{bn}.{p}") for p in BN_PARAMS]
+        pairs.append(Pair(f"{unit.prefix}.bn.num_batches_tracked", f"{bn}.num_batches_tracked", optional=True))
+    pairs += [Pair("classifier.weight", f"{classifier}.weight"), Pair("classifier.bias", f"{classifier}.bias")]
+    return pairs
+
+
+def assemble(
+    plan: Plan, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+    where: Callable[[str], str] = repr,
+) -> dict[str, torch.Tensor]:
+    """Our state dict, filled from `tensors` through `plan.pairs`, or a one-line ValueError.
+
+    `expected` is our freshly built model's state dict (names, shapes, dtypes); `where(name)`
+    says where a source tensor lives in its file, for messages.
+    """
+    by_ours = {pair.ours: pair for pair in plan.pairs}
+    sources = [pair.source for pair in plan.pairs if pair.source is not None]
+    if len(by_ours) != len(plan.pairs) or len(set(sources)) != len(sources):  # a bug in a name map, not in the file
+        raise AssertionError(f"the {plan.variant} name map is not one-to-one")
+    if set(by_ours) != set(expected):
+        stray = sorted(set(by_ours) ^ set(expected))[0]
+        raise AssertionError(f"the {plan.variant} name map and our {plan.arch} disagree on {stray}")
+
+    mapped = set(sources)
+    for name, value in tensors.items():
+        if name not in mapped:
+            raise ValueError(
+                f"source tensor {where(name)} {tuple(value.shape)} has no place in our {plan.describe()} "
+                f"({plan.variant}): refusing to drop it"
+            )
+    state: dict[str, torch.Tensor] = {}
+    for ours, reference in expected.items():
+        pair = by_ours[ours]
+        if pair.source is None or (pair.optional and pair.source not in tensors):
+            state[ours] = torch.zeros_like(reference)
+            continue
+        if pair.source not in tensors:
+            raise ValueError(f"the source lacks {where(pair.source)}, which our {ours} needs ({plan.variant})")
+        value = tensors[pair.source]
+        converted = pair.transform(value) if pair.transform else value
+        if tuple(converted.shape) != tuple(reference.shape):
+            shape = f"{tuple(value.shape)}" + (f", {tuple(converted.shape)} in our layout," if pair.transform else "")
+            raise ValueError(
+                f"shape mismatch: {where(pair.source)} is {shape} but our {ours} is {tuple(reference.shape)} "
+                f"in {plan.describe()} ({plan.variant})"
+            )
+        if converted.is_floating_point() != reference.is_floating_point():
+            raise ValueError(f"{where(pair.source)} has dtype {converted.dtype}, our {ours} needs {reference.dtype}")
+        state[ours] = converted.detach().to(dtype=reference.dtype).contiguous().clone()
+    return state
+
+
+def width_from(channels: int, base: int) -> float:
+    """The width multiplier that scales `base` channels to `channels` (rounded to 4 decimals: the
+    published multipliers are short decimals, and the shape checks catch any other reading)."""
+    return round(channels / base, 4)

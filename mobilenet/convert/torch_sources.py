@@ -1,0 +1,207 @@
+"""PyTorch sources: reading `.pth` / `.safetensors` state dicts safely, and the torchvision and timm
+name maps.
+
+Reading never runs code: `.pth` files go through `torch.load(weights_only=True)`, which only
+rebuilds tensors and plain containers and refuses any other pickled object (a class, a function):
+such a file is refused with a ValueError rather than trusted.
+
+Layouts, from the publishers' code (names only; our model is built by our own code):
+
+torchvision MobileNetV2 (`torchvision/models/mobilenetv2.py`): `features.0` is Conv2dNormActivation
+(`.0` conv, `.1` BatchNorm); `features.1`-`features.17` are InvertedResidual with a Sequential
+`conv`: with expansion, `conv.0` (1x1 conv + BN), `conv.1` (3x3 depthwise conv + BN), `conv.2`
+(1x1 projection conv), `conv.3` (BN); without (block 1), `conv.0` depthwise, `conv.1` projection
+conv, `conv.2` BN. `features.18` is the 1x1 head, `classifier.1` the nn.Linear (after Dropout 0.2).
+ReLU6, BatchNorm eps 1e-5, symmetric padding.
+
+timm (`timm/models/efficientnet.py` `_gen_mobilenet_v1` / `_gen_mobilenet_v2`,
+`_efficientnet_blocks.py`, `_efficientnet_builder.py`): `conv_stem` + `bn1`, then `blocks.<stage>.
+<index>`; a DepthwiseSeparableConv has `conv_dw`, `bn1`, `conv_pw`, `bn2` (V1's 'dsa' blocks put an
+activation after `bn2` and never a shortcut; V2's first 'ds' block has neither), an InvertedResidual
+has `conv_pw`, `bn1`, `conv_dw`, `bn2`, `conv_pwl`, `bn3`. V2 ends with `conv_head` + `bn2`, V1
+(`head_conv=False`) with nothing; `classifier` is the nn.Linear. ReLU6 (`resolve_act_layer(kwargs,
+'relu6')`), nn.BatchNorm2d's eps 1e-5, symmetric padding (`pad_type=''`), dropout 0 by default.
+timm rounds every width with `round_channels` (multiples of 8); our V1 uses the paper's
+int(c * width), the same numbers at widths 0.25, 0.5, 0.75, 1.0 and 1.25.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from mobilenet.convert.layout import Plan, Unit, model_units, torch_style_pairs, width_from
+from mobilenet.models import v1, v2
+
+# timm's V1 arch_def: ['dsa_r1_k3_s1_c64'], ['dsa_r2_k3_s2_c128'], ['dsa_r2_k3_s2_c256'],
+# ['dsa_r6_k3_s2_c512'], ['dsa_r2_k3_s2_c1024']: our 13 blocks, grouped by stage.
+TIMM_V1_REPEATS = (1, 2, 2, 6, 2)
+TIMM_V2_REPEATS = tuple(stage.repeats for stage in v2.STAGES)  # (1, 2, 3, 4, 3, 3, 1), as timm's V2 arch_def
+TIMM_SUPPORTED = ("mobilenetv1_100", "mobilenetv1_125", "mobilenetv2_050", "mobilenetv2_100", "mobilenetv2_140")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    if match := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):  # torch's weights_only refusal
+        return f"it would call {match.group(1)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def read_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict saved as `.safetensors` or with `torch.save` (`.pth`, `.pt`,
+    `.bin`), without running any code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{path} is not a readable safetensors file: {_first_line(error)}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} refused: it pickles code or objects, not just tensors ({_first_line(error)}); "
+            "only plain state dicts are read, and nothing from the file was run"
+        ) from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        raise ValueError(f"{path} is not a readable PyTorch weights file: {_first_line(error)}") from None
+    return _state_dict(obj, path)
+
+
+def _state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor dict, also out of the usual training-checkpoint wrappers."""
+    if isinstance(obj, dict):
+        if obj and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+            return dict(obj)
+        for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(torch.is_tensor(v) for v in inner.values()):
+                return dict(inner)
+    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict of named tensors")
+
+
+# --- torchvision -------------------------------------------------------------------------------
+
+def _torchvision_names(unit: Unit) -> tuple[str, str]:
+    i = unit.block
+    if unit.part in ("stem", "head"):
+        return f"features.{i}.0", f"features.{i}.1"
+    expands = v2_expansion(i) != 1
+    index = {"expand": 0, "depthwise": 1 if expands else 0}.get(unit.part)
+    if index is not None:
+        return f"features.{i}.conv.{index}.0", f"features.{i}.conv.{index}.1"
+    conv = 2 if expands else 1  # the projection: a bare conv then its BatchNorm
+    return f"features.{i}.conv.{conv}", f"features.{i}.conv.{conv + 1}"
+
+
+def v2_expansion(block: int) -> int:
+    """The expansion factor t of our V2 block `features.<block>` (1-based), from Table 2."""
+    i = 1
+    for stage in v2.STAGES:
+        if block < i + stage.repeats:
+            return stage.expansion
+        i += stage.repeats
+    raise IndexError(block)
+
+
+def plan_torchvision(tensors: dict[str, torch.Tensor]) -> Plan:
+    """torchvision's MobileNetV2 (its only MobileNet of the papers this package builds)."""
+    if "features.1.conv.0.0.weight" not in tensors or "features.0.0.weight" not in tensors:
+        hint = " (this looks like MobileNetV3, which we do not build)" if any(".block." in k for k in tensors) else ""
+        raise ValueError(f"not a torchvision MobileNetV2 state dict: no 'features.1.conv.0.0.weight'{hint}")
+    blocks = {int(m.group(1)) for k in tensors if (m := re.match(r"features\.(\d+)\.", k))}
+    head = sum(s.repeats for s in v2.STAGES) + 1
+    if max(blocks) != head:
+        raise ValueError(f"unsupported torchvision MobileNetV2: features.0-{max(blocks)}, the paper's layout has features.0-{head}")
+    if "classifier.1.weight" not in tensors:
+        raise ValueError("not a torchvision MobileNetV2 state dict: no classifier.1.weight")
+    width = width_from(tensors[f"features.{head - 1}.conv.2.weight"].shape[0], v2.STAGES[-1].out_channels)
+    pairs = torch_style_pairs(model_units("mobilenet_v2"), _torchvision_names, "classifier.1")
+    return Plan("mobilenet_v2", width, int(tensors["classifier.1.weight"].shape[0]),
+                dict(activation="relu6", bn_eps=1e-5, padding="symmetric", dropout=0.2), pairs,
+                variant=f"torchvision mobilenet_v2 width {width:g}")
+
+
+# --- timm --------------------------------------------------------------------------------------
+
+def _timm_names(is_v2: bool):
+    repeats = TIMM_V2_REPEATS if is_v2 else TIMM_V1_REPEATS
+    starts = [sum(repeats[:s]) + 1 for s in range(len(repeats))]  # our block index of each stage's first block
+
+    def names(unit: Unit) -> tuple[str, str]:
+        if unit.part == "stem":
+            return "conv_stem", "bn1"
+        if unit.part == "head":
+            return "conv_head", "bn2"
+        stage = max(s for s, start in enumerate(starts) if start <= unit.block)
+        block = f"blocks.{stage}.{unit.block - starts[stage]}"
+        if not is_v2 or v2_expansion(unit.block) == 1:  # DepthwiseSeparableConv: conv_dw/bn1, conv_pw/bn2
+            return (f"{block}.conv_dw", f"{block}.bn1") if unit.part == "depthwise" else (f"{block}.conv_pw", f"{block}.bn2")
+        return {  # InvertedResidual
+            "expand": (f"{block}.conv_pw", f"{block}.bn1"),
+            "depthwise": (f"{block}.conv_dw", f"{block}.bn2"),
+            "project": (f"{block}.conv_pwl", f"{block}.bn3"),
+        }[unit.part]
+
+    return names
+
+
+def plan_timm(tensors: dict[str, torch.Tensor]) -> Plan:
+    """timm's `mobilenetv1_*` and `mobilenetv2_*` (EfficientNet class) at the paper's depth."""
+    if "conv_stem.weight" not in tensors or "blocks.0.0.conv_dw.weight" not in tensors:
+        raise ValueError("not a timm EfficientNet-family state dict: no 'conv_stem.weight' / 'blocks.0.0.conv_dw.weight'")
+    stages: dict[int, int] = {}
+    for key in tensors:
+        if m := re.match(r"blocks\.(\d+)\.(\d+)\.", key):
+            stages[int(m.group(1))] = max(stages.get(int(m.group(1)), 0), int(m.group(2)) + 1)
+    repeats = tuple(stages[s] for s in sorted(stages))
+    is_v2 = any(".conv_pwl." in k for k in tensors)
+    supported = f"supported: {', '.join(TIMM_SUPPORTED)} (and other widths of the same plain layout)"
+    if any(".se." in k or ".conv_s2d." in k for k in tensors):
+        raise ValueError(f"unsupported timm model: it has squeeze-excitation or space-to-depth blocks; {supported}")
+    expected = TIMM_V2_REPEATS if is_v2 else TIMM_V1_REPEATS
+    if repeats != expected:
+        raise ValueError(
+            f"unsupported timm {'MobileNetV2' if is_v2 else 'MobileNetV1'}: blocks per stage {repeats}, the paper's are "
+            f"{expected} (depth-multiplied variants such as mobilenetv2_110d / mobilenetv2_120d are not ours); {supported}"
+        )
+    if not is_v2 and "conv_head.weight" in tensors:
+        raise ValueError(f"unsupported timm MobileNetV1 with a 1x1 head convolution (mobilenetv1_100h); {supported}")
+    if "classifier.weight" not in tensors:
+        raise ValueError("the timm state dict has no classifier.weight (a headless or features-only model)")
+    arch = "mobilenet_v2" if is_v2 else "mobilenet_v1"
+    if not is_v2:
+        _check_timm_v1_rounding(tensors)
+    last = f"blocks.{len(repeats) - 1}.{repeats[-1] - 1}.{'conv_pwl' if is_v2 else 'conv_pw'}.weight"
+    base = v2.STAGES[-1].out_channels if is_v2 else v1.BLOCKS[-1].out_channels
+    width = width_from(tensors[last].shape[0], base)
+    pairs = torch_style_pairs(model_units(arch), _timm_names(is_v2), "classifier")
+    timm_name = f"mobilenetv{'2' if is_v2 else '1'}_{round(width * 100):03d}"
+    return Plan(arch, width, int(tensors["classifier.weight"].shape[0]),
+                dict(activation="relu6", bn_eps=1e-5, padding="symmetric", dropout=0.0), pairs,
+                variant=f"timm {timm_name}")
+
+
+def _check_timm_v1_rounding(tensors: dict[str, torch.Tensor]) -> None:
+    """timm rounds V1 channels to multiples of 8, our V1 keeps the paper's int(c * width): refuse
+    the widths where the two differ, saying so, rather than with a bare shape mismatch."""
+    names = ["conv_stem.weight"] + [f"blocks.{s}.{i}.conv_pw.weight" for s, n in enumerate(TIMM_V1_REPEATS) for i in range(n)]
+    if any(name not in tensors for name in names):
+        return  # `assemble` names the missing tensor
+    theirs = [tensors[name].shape[0] for name in names]
+    width = width_from(theirs[-1], v1.BLOCKS[-1].out_channels)
+    ours = [v1.scale_channels(v1.STEM_CHANNELS, width)] + [v1.scale_channels(b.out_channels, width) for b in v1.BLOCKS]
+    if theirs != ours:
+        raise ValueError(
+            f"unsupported timm MobileNetV1 width {width:g}: timm rounds channels to multiples of 8 ({theirs[:4]}...), "
+            f"our V1 keeps the paper's int(c * width) ({ours[:4]}...); they agree at widths 0.25, 0.5, 0.75, 1.0, 1.25"
+        )
