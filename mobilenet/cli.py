@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
+from mobilenet.export.files import MissingPackage
 from mobilenet.models.layers import check_num_classes, check_width
 
 EXIT_USAGE = 2
@@ -47,6 +48,12 @@ def _positive_int(name: str) -> Callable:
         return value
 
     return _argtype(check, int)
+
+
+def _backends(text: str) -> list[str]:
+    from mobilenet.bench import parse_backends
+
+    return parse_backends(text)
 
 
 width_arg = _argtype(check_width, float)
@@ -143,11 +150,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mobilenet.evaluate import evaluate
     from mobilenet.plots import plot_confusion
 
+    from mobilenet.export import inference_model
+
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
     dataset = load_dataset(args.data, args.split, classes=args.classes, resolution=meta.resolution, root=args.data_root)
     _checkpoint_and_data_classes(meta, dataset, args.checkpoint)
-    loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers)
-    result = evaluate(model, loader, len(meta.classes))
+    loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers, channels_last=True)
+    result = evaluate(inference_model(model), loader, len(meta.classes))
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_suffix(".confusion.png")
     plot_confusion(result.confusion, meta.classes, plot, title=f"{Path(args.checkpoint).name} on {args.data} ({args.split})")
     if args.json:
@@ -166,16 +175,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mobilenet.checkpoint import load_checkpoint
     from mobilenet.evaluate import predict_files
+    from mobilenet.export import inference_model
 
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
-    results = predict_files(model, args.images, meta.resolution, meta.mean, meta.std, meta.classes, args.top_k,
-                            crop_fraction=meta.extra.get("crop_fraction", 0.875))
+    results = predict_files(inference_model(model), args.images, meta.resolution, meta.mean, meta.std, meta.classes,
+                            args.top_k, crop_fraction=meta.extra.get("crop_fraction", 0.875))
     if args.json:
         print(json.dumps(results))
         return 0
     for item in results:
         best = ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in item["predictions"])
         print(f"{item['image']}: {best}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mobilenet.export import export_checkpoint
+
+    report = export_checkpoint(args.checkpoint, args.output, args.format, int8=args.int8,
+                               calibration_data=args.calibration_data, data_root=args.data_root,
+                               calibration_images=args.calibration_images)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"wrote {args.output} ({report['bytes'] / 1e6:.2f} MB, {args.format}{', int8' if args.int8 else ''})")
+    check = report["fp32_check"] if args.int8 else report["check"]
+    print(f"checked against PyTorch on {check['inputs']}, batch sizes {check['batch_sizes'][0]} and "
+          f"{check['batch_sizes'][1]}: max |logit difference| {check['max_abs_diff']:.2e}"
+          + (" (fp32, before quantization)" if args.int8 else ""))
+    if args.int8:
+        print(f"int8 against fp32 on {report['data']} test ({report['images']} images): top-1 agreement "
+              f"{100 * report['agreement']:.2f}%, accuracy fp32 {100 * report['fp32_top1']:.2f}% / int8 "
+              f"{100 * report['int8_top1']:.2f}%; calibrated on {report['calibration_images']} training images; "
+              f"{report['fp32_bytes'] / 1e6:.2f} MB -> {report['int8_bytes'] / 1e6:.2f} MB")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mobilenet import bench
+
+    options = dict(batch=args.batch, backends=args.backend, threads=args.threads, iterations=args.iterations,
+                   warmup=args.warmup)
+    progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
+    if args.sweep:
+        if args.width is not None or args.resolution is not None:
+            raise ValueError("--sweep measures the paper's grid of widths and resolutions: drop --width and --resolution")
+        result = bench.sweep(args.model, progress=progress, **options)
+        paths = bench.write_sweep(result, args.output)
+        print(json.dumps({**result, "files": [str(p) for p in paths]}) if args.json else
+              bench.sweep_table(result) + "\nwritten: " + ", ".join(map(str, paths)))
+        return 0
+    model, resolution = bench.build(args.model, width=args.width)
+    report = bench.measure(model, resolution=args.resolution or resolution or 224, progress=progress, **options)
+    print(json.dumps(report) if args.json else bench.format_report(report))
     return 0
 
 
@@ -228,6 +280,38 @@ def build_parser() -> Parser:
     p.add_argument("--top-k", type=_positive_int("--top-k"), default=5)
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("export", help="write a checkpoint as ONNX (optionally INT8) or a torch.export program, checked")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx", help="onnx (default) or pt2 (torch.export)")
+    p.add_argument("--output", required=True, help="the file to write (replaced only once it has been checked)")
+    p.add_argument("--int8", action="store_true", help="quantize to INT8 (ONNX only), calibrated on real images")
+    p.add_argument("--calibration-data", default=None,
+                   help="data for the check and INT8 calibration, as for train "
+                        "(default: the run's, from the config.json beside the checkpoint)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--calibration-images", type=_positive_int("--calibration-images"), default=256,
+                   help="training images to calibrate INT8 on (default 256)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("bench", help="inference latency and throughput per backend, measured in one run")
+    p.add_argument("model", help="a model name (random weights) or a checkpoint")
+    p.add_argument("--width", type=width_arg, default=None, help="width multiplier for a model name (default 1)")
+    p.add_argument("--resolution", type=resolution_arg, default=None,
+                   help="input side in pixels (default: the checkpoint's, or 224)")
+    p.add_argument("--batch", type=_positive_int("--batch"), default=1)
+    p.add_argument("--backend", type=_argtype(_backends, str), default=None,
+                   help="comma-separated: eager,channels_last,compile,onnxruntime,onnxruntime-int8 (default: all)")
+    p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="threads (default: torch's)")
+    p.add_argument("--iterations", type=_positive_int("--iterations"), default=30,
+                   help="timed calls per backend (default 30)")
+    p.add_argument("--warmup", type=_positive_int("--warmup"), default=5, help="untimed calls per backend (default 5)")
+    p.add_argument("--sweep", action="store_true",
+                   help="the paper's 16 models (width 1, 0.75, 0.5, 0.25 x resolution 224, 192, 160, 128)")
+    p.add_argument("--output", default=".", help="folder for the sweep's JSON, table and plot (default: here)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_bench)
     return parser
 
 
@@ -247,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except UsageError as error:
         print(error, file=sys.stderr)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, MissingPackage) as error:
         print(f"mobilenet: error: {_one_line(error)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("mobilenet: interrupted; a training run keeps its last finished epoch (continue with --resume)",

@@ -1,0 +1,137 @@
+"""Shipping a trained model: the fused inference model, ONNX, `torch.export` programs and INT8.
+
+* `inference_model(model)`: BatchNorm folded into the convolutions, channels_last, eval mode.
+* `export_onnx`, `export_pt2`, `export_int8`: write a file atomically, after checking that the
+  reloaded file computes what PyTorch computes (fp32: max |logit difference| <= 1e-4).
+* `export_checkpoint(checkpoint, output, format)`: all of it from a checkpoint, as
+  `mobilenet export` does, with the check run on real images of the checkpoint's data when found.
+
+onnx, onnxruntime and onnxscript are optional (`pip install 'mobilenet[export]'`); without them the
+fused model and pt2 work, and the ONNX functions raise `MissingPackage` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mobilenet.export.files import MissingPackage, atomic_output, available, check_output_path, require
+from mobilenet.export.fold import fold_batchnorm, fold_conv_bn, inference_model
+from mobilenet.export.int8 import Int8Report, export_int8, quantize
+from mobilenet.export.onnx import CheckResult, export_onnx, read_metadata, session
+from mobilenet.export.pt2 import export_pt2, load_pt2
+
+FORMATS = ("onnx", "pt2")
+CALIBRATION_IMAGES = 256
+CHECK_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a checkpoint's images come from: a `load_dataset` name or path, its root and class filter."""
+
+    data: str
+    root: str | None = None
+    classes: tuple[str, ...] | None = None
+    found_in: str = "--calibration-data"
+
+
+def training_data(checkpoint: str | os.PathLike) -> DataSource | None:
+    """The data a checkpoint was trained on, read from the run directory's config.json beside it
+    (the checkpoint's own metadata does not name it); None if there is no such file."""
+    config = Path(checkpoint).parent / "config.json"
+    try:
+        saved = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not saved.get("data"):
+        return None
+    classes = saved.get("classes")
+    return DataSource(str(saved["data"]), saved.get("data_root"), tuple(classes) if classes else None, str(config))
+
+
+def sample_images(dataset, count: int, seed: int = 0) -> torch.Tensor:
+    """`count` images of a dataset (fewer if it is smaller) drawn without replacement with a fixed
+    seed, so that every class is likely represented, normalised like the loaders do."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+    images = torch.stack([dataset[int(i)][0] for i in order])
+    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(dataset.std).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def _load_split(source: DataSource, split: str, meta):
+    from mobilenet.data import load_dataset
+
+    dataset = load_dataset(source.data, split, classes=list(source.classes) if source.classes else None,
+                           resolution=meta.resolution, root=source.root)
+    if list(dataset.classes) != list(meta.classes):
+        raise ValueError(f"the data {source.data!r} (from {source.found_in}) has classes {_some(dataset.classes)}, "
+                         f"not the checkpoint's {_some(meta.classes)}")
+    return dataset
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str = "onnx", *,
+                      int8: bool = False, calibration_data: str | None = None, data_root: str | None = None,
+                      calibration_images: int = CALIBRATION_IMAGES) -> dict:
+    """Export a checkpoint to `output` as ONNX (`int8=True`: quantized) or a pt2 program.
+
+    The check runs on real test images of `calibration_data`, or of the data named in the run's
+    config.json beside the checkpoint, and on random inputs if neither is found; INT8 needs real
+    data (ValueError otherwise). Returns a JSON-ready report. Writes nothing unless every check passes.
+    """
+    from mobilenet.checkpoint import load_checkpoint
+    from mobilenet.data import make_loader
+
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if int8 and format != "onnx":
+        raise ValueError("INT8 quantization is for ONNX: use --format onnx with --int8")
+    if calibration_images < 1:
+        raise ValueError(f"calibration_images must be a positive integer, got {calibration_images!r}")
+    check_output_path(output)
+    if format == "onnx":
+        require("onnx", "onnxruntime", purpose="ONNX export")
+    model, meta = load_checkpoint(checkpoint, with_meta=True)
+    source = DataSource(calibration_data, data_root) if calibration_data else training_data(checkpoint)
+    if int8 and source is None:
+        raise ValueError(f"--int8 needs calibration data and none is named beside {checkpoint} (no run config.json): "
+                         "pass --calibration-data (e.g. digits, cifar10 or an image folder)")
+    report = {"checkpoint": str(checkpoint), "output": str(output), "format": format, "int8": int8,
+              "classes": len(meta.classes), "resolution": meta.resolution}
+    if source is None:
+        size = (CHECK_IMAGES, 3, meta.resolution, meta.resolution)
+        check = torch.randn(size, generator=torch.Generator().manual_seed(0))
+        describe = f"{CHECK_IMAGES} random inputs (no data found: pass --calibration-data to check on real images)"
+    else:
+        test = _load_split(source, "test", meta)
+        check = sample_images(test, CHECK_IMAGES)
+        describe = f"{len(check)} {source.data} test images"
+        report["data"] = source.data
+    if int8:
+        calibration = sample_images(_load_split(source, "train", meta), calibration_images)
+        loader = make_loader(test, 64, train=False)
+        result = export_int8(model, output, calibration, loader, check, meta=meta, describe=describe)
+        report.update(result.to_dict(), calibration_images=len(calibration))
+    elif format == "onnx":
+        report["check"] = export_onnx(model, output, check, meta=meta, describe=describe).to_dict()
+    else:
+        report["check"] = export_pt2(model, output, check, meta=meta, describe=describe).to_dict()
+    report["bytes"] = Path(output).stat().st_size
+    return report
+
+
+__all__ = [
+    "CALIBRATION_IMAGES", "CheckResult", "DataSource", "FORMATS", "Int8Report", "MissingPackage", "atomic_output",
+    "available", "export_checkpoint", "export_int8", "export_onnx", "export_pt2", "fold_batchnorm", "fold_conv_bn",
+    "inference_model", "load_pt2", "quantize", "read_metadata", "require", "sample_images", "session",
+    "training_data",
+]

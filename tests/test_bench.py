@@ -1,0 +1,107 @@
+"""The latency benchmark: what it reports and how it fails. Correctness, not speed: no timing is asserted."""
+
+import json
+import statistics
+
+import numpy as np
+import pytest
+
+from mobilenet import bench, create_model
+
+ONNX = ["onnxruntime", "onnxruntime-int8"] if all(map(bench.available, ("onnx", "onnxruntime"))) else []
+
+
+def test_json_report_through_the_command_line(cli):
+    backends = ["eager", "channels_last", *ONNX]
+    out = cli("bench", "mobilenet_v2", "--width", "0.25", "--resolution", "64", "--batch", "2",
+              "--backend", ",".join(backends), "--iterations", "4", "--warmup", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [r["backend"] for r in report["results"]] == backends and report["skipped"] == []
+    assert report["batch"] == 2 and report["resolution"] == 64 and report["iterations"] == 4
+    assert report["model"]["name"] == "mobilenet_v2" and report["model"]["width_mult"] == 0.25
+    for row in report["results"]:
+        assert row["runs"] == 4
+        assert 0 < row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
+        assert row["images_per_s"] == pytest.approx(2 / (row["median_ms"] / 1000))
+    eager = report["results"][0]
+    assert eager["latency_vs_eager"] == 1 and eager["max_abs_diff"] == 0
+    for row in report["results"][1:]:  # every backend ran the same model on the same input
+        assert row["max_abs_diff"] < (0.1 if row["backend"].endswith("int8") else 1e-4)
+    env = report["environment"]
+    assert env["cpu"] and env["threads"] >= 1 and env["versions"]["torch"]
+    assert ("onnxruntime" in env["versions"]) == bool(ONNX)
+
+
+def test_compile_backend():
+    """torch.compile needs a C++ compiler: measured when it works, reported as skipped when not."""
+    model = create_model("mobilenet_v1", width_mult=0.25, num_classes=10).eval()
+    report = bench.measure(model, resolution=32, backends="eager,compile", iterations=2, warmup=1)
+    backends = {r["backend"]: r for r in report["results"]}
+    if "compile" in backends:
+        assert backends["compile"]["max_abs_diff"] < 1e-4
+    else:
+        assert report["skipped"][0]["backend"] == "compile" and report["skipped"][0]["reason"].startswith("failed")
+
+
+def test_missing_packages_are_skipped_with_a_note(monkeypatch):
+    monkeypatch.setattr(bench, "available", lambda name: name != "onnxruntime")
+    model = create_model("mobilenet_v1", width_mult=0.25, num_classes=10)
+    report = bench.measure(model, resolution=32, backends="eager,onnxruntime,onnxruntime-int8", iterations=2, warmup=0)
+    assert [r["backend"] for r in report["results"]] == ["eager"]
+    assert [s["backend"] for s in report["skipped"]] == ["onnxruntime", "onnxruntime-int8"]
+    assert all("onnxruntime not installed" in s["reason"] for s in report["skipped"])
+
+
+def test_statistics_of_a_timing():
+    seconds = [0.010, 0.012, 0.011, 0.030, 0.009, 0.010, 0.011]
+    row = bench.Timing("eager", batch=4, seconds=seconds).to_dict()
+    assert row["median_ms"] == pytest.approx(1000 * statistics.median(seconds))
+    assert row["p10_ms"] == pytest.approx(1000 * np.percentile(seconds, 10))
+    assert row["p90_ms"] == pytest.approx(1000 * np.percentile(seconds, 90))
+    assert row["images_per_s"] == pytest.approx(4 / statistics.median(seconds))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("eager", ["eager"]),
+    ("onnxruntime-int8, eager", ["onnxruntime-int8", "eager"]),
+    ("eager,eager", ["eager"]),
+    (None, list(bench.BACKENDS)),
+])
+def test_parse_backends(text, expected):
+    assert bench.parse_backends(text) == expected
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backend", "eager,tensorrt"], "unknown backend 'tensorrt'"),
+    (["--batch", "0"], "--batch must be a positive integer"),
+    (["--sweep", "--width", "0.5"], "--sweep measures the paper's grid"),
+])
+def test_bench_errors(cli, args, message):
+    out = cli("bench", "mobilenet_v1", *args)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr, out.stderr
+
+
+def test_missing_checkpoint(cli, tmp_path):
+    out = cli("bench", tmp_path / "missing.safetensors", "--backend", "eager")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "does not exist" in out.stderr
+
+
+def test_sweep_writes_table_and_plot(tmp_path):
+    from PIL import Image
+
+    from mobilenet.cost import cost
+
+    result = bench.sweep("mobilenet_v1", widths=(0.5, 0.25), resolutions=(64, 32), backends="eager",
+                         iterations=2, warmup=0)
+    assert [(r["width"], r["resolution"]) for r in result["rows"]] == [(0.5, 64), (0.5, 32), (0.25, 64), (0.25, 32)]
+    assert result["rows"][0]["macs"] == cost("mobilenet_v1", 64, width_mult=0.5).macs
+    paths = bench.write_sweep(result, tmp_path)
+    assert sorted(p.suffix for p in paths) == [".json", ".md", ".png"]
+    table = paths[1].read_text().splitlines()
+    assert table[0].startswith("| model | million mult-adds") and len(table) == 2 + 4 and "| 0.25-32 |" in table[-1]
+    assert json.loads(paths[0].read_text())["rows"][3]["results"][0]["backend"] == "eager"
+    with Image.open(paths[2]) as image:
+        assert image.format == "PNG" and image.width > 300

@@ -1,0 +1,285 @@
+"""Shipping a model: BatchNorm folding, ONNX, torch.export programs, INT8, and the export command.
+
+Every exported file is checked here with the runtime's own API (onnx, onnxruntime, torch.export),
+against the PyTorch model it came from, not with the package's helpers.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mobilenet import create_model
+from mobilenet.checkpoint import ModelMeta, save_checkpoint
+from mobilenet.data import load_dataset
+from mobilenet.export import MissingPackage, export_checkpoint, export_onnx, export_pt2, inference_model
+
+onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
+ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+
+MODELS = ["mobilenet_v1", "mobilenet_v2", "conv_mobilenet_v1"]
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters (a fresh BatchNorm is the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+    return model.eval()
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).abs().max() / expected.abs().max())
+
+
+def ort_logits(path, images) -> np.ndarray:
+    """Logits from a plain ONNX Runtime session, independent of the package's helpers."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: np.asarray(images, dtype=np.float32)})[0]
+
+
+# --- BatchNorm folding -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", MODELS)
+def test_folding_keeps_the_function(name):
+    model = randomise_batchnorm(create_model(name, width_mult=0.25, num_classes=10))
+    fused = inference_model(model)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = model(x), fused(x)
+    assert relative_error(got, expected) <= 1e-5
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    convs = [m for m in fused.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.bias is not None for c in convs)
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not fused.training and not any(p.requires_grad for p in fused.parameters())
+    # the original is untouched: still BatchNorm, still the same outputs
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == len(convs)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def test_fold_matches_torchs_own_fusion():
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from mobilenet.export import fold_conv_bn
+
+    model = randomise_batchnorm(create_model("mobilenet_v2", width_mult=0.25, num_classes=10), seed=1)
+    block = model.features[2].depthwise  # a depthwise ConvBNAct
+    ours = fold_conv_bn(block.conv, block.bn)
+    theirs = fuse_conv_bn_eval(block.conv, block.bn)
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ours.bias, theirs.bias, rtol=1e-6, atol=1e-7)
+    assert ours.groups == block.conv.groups == block.conv.in_channels
+
+
+# --- ONNX -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small():
+    """A small V2 with non-trivial BatchNorm, its checkpoint metadata and some inputs."""
+    model = randomise_batchnorm(create_model("mobilenet_v2", width_mult=0.25, num_classes=5))
+    meta = ModelMeta(config=model.config, classes=["ant", "bee", "cat", "dog", "eel"], resolution=64,
+                     mean=(0.4, 0.45, 0.5), std=(0.2, 0.25, 0.3), extra={"crop_fraction": 0.875})
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    return model, meta, images
+
+
+def test_onnx_round_trip_with_a_dynamic_batch(small, tmp_path):
+    model, meta, images = small
+    path = tmp_path / "m.onnx"
+    check = export_onnx(model, path, images, meta=meta)
+    assert check.max_abs_diff <= 1e-4 and check.batch_sizes == (1, 3)
+    graph = onnx.load(str(path)).graph
+    batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.HasField("dim_value")  # symbolic, not fixed
+    ops = {node.op_type for node in graph.node}
+    assert "BatchNormalization" not in ops and "Conv" in ops
+    with torch.no_grad():
+        expected = model(images).numpy()
+    np.testing.assert_allclose(ort_logits(path, images[:1]), expected[:1], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ort_logits(path, images), expected, atol=1e-4, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left
+
+
+def test_onnx_metadata(small, tmp_path):
+    model, meta, images = small
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, images, meta=meta)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["classes"]) == meta.classes
+    assert json.loads(props["mean"]) == list(meta.mean) and json.loads(props["std"]) == list(meta.std)
+    assert int(props["resolution"]) == 64
+    assert json.loads(props["config"]) == model.config
+    assert "mean" in props["preprocessing"]
+
+
+def test_a_check_that_fails_leaves_nothing(small, tmp_path, monkeypatch):
+    """If the written file computes something else than PyTorch, the export fails and the old file stays."""
+    import mobilenet.export.onnx as onnx_export
+
+    model, meta, images = small
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"previous")
+
+    def wrong(model, channels_last=True):  # a fold that silently breaks the model
+        fused = inference_model(model, channels_last)
+        fused.classifier.bias.data += 0.01
+        return fused
+
+    monkeypatch.setattr(onnx_export, "inference_model", wrong)
+    with pytest.raises(ValueError, match="disagrees with PyTorch"):
+        export_onnx(model, path, images, meta=meta)
+    assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_pt2_round_trip(small, tmp_path):
+    model, meta, images = small
+    path = tmp_path / "m.pt2"
+    check = export_pt2(model, path, images, meta=meta)
+    assert check.max_abs_diff <= 1e-4
+    extra = {"mobilenet.json": ""}
+    program = torch.export.load(str(path), extra_files=extra)
+    assert json.loads(json.loads(extra["mobilenet.json"])["classes"]) == meta.classes
+    with torch.no_grad():
+        expected = model(images)
+        torch.testing.assert_close(program.module()(images[:1]), expected[:1], atol=1e-4, rtol=0)
+        torch.testing.assert_close(program.module()(images), expected, atol=1e-4, rtol=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
+
+
+# --- INT8 ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(tmp_path_factory):
+    """A V1 0.25 trained for three epochs on the digits (about 92% test top-1, ~4 s), as a checkpoint."""
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v1", width_mult=0.25, num_classes=10).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    mean, std = torch.tensor(train.mean).view(1, 3, 1, 1), torch.tensor(train.std).view(1, 3, 1, 1)
+    model.train()
+    for epoch in range(3):
+        for index in torch.randperm(len(train)).split(32):
+            x = (train.images[index].float() / 255 - mean) / std
+            loss = nn.functional.cross_entropy(model(x), train.labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    meta = ModelMeta(config=model.config, classes=train.classes, resolution=32, mean=train.mean, std=train.std)
+    path = tmp_path_factory.mktemp("digits") / "model.safetensors"
+    save_checkpoint(path, model.eval(), meta)
+    return path, model
+
+
+def test_int8_export_reports_agreement_and_accuracy(digits_checkpoint, tmp_path):
+    path, model = digits_checkpoint
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    export_checkpoint(path, fp32, "onnx", calibration_data="digits")
+    report = export_checkpoint(path, int8, "onnx", int8=True, calibration_data="digits", calibration_images=128)
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    assert report["images"] == 360 and report["calibration_images"] == 128
+    assert all(0 <= report[key] <= 1 for key in ("agreement", "fp32_top1", "int8_top1"))
+    assert report["fp32_check"]["max_abs_diff"] <= 1e-4
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    props = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
+    assert json.loads(props["classes"]) == [str(i) for i in range(10)] and "int8" in props["quantization"]
+    # The reported figures, recomputed from the files with ONNX Runtime and from PyTorch
+    test = load_dataset("digits", "test")
+    mean, std = torch.tensor(test.mean).view(1, 3, 1, 1), torch.tensor(test.std).view(1, 3, 1, 1)
+    x = ((test.images.float() / 255 - mean) / std).numpy()
+    top8, top32 = ort_logits(int8, x).argmax(1), ort_logits(fp32, x).argmax(1)
+    with torch.no_grad():
+        top_torch = model(torch.from_numpy(x)).argmax(1).numpy()
+    labels = test.labels.numpy()
+    assert report["int8_top1"] == pytest.approx((top8 == labels).mean(), abs=1e-9)
+    assert report["fp32_top1"] == pytest.approx((top32 == labels).mean(), abs=1e-9)
+    assert report["agreement"] == pytest.approx((top8 == top32).mean(), abs=1e-9)
+    assert (top32 == top_torch).mean() >= 359 / 360  # fp32 ONNX is PyTorch, up to a tie
+    assert report["fp32_top1"] > 0.8 and report["agreement"] >= 0.9  # a trained model survives quantization
+
+
+# --- the command line --------------------------------------------------------------------------
+
+def test_export_command_writes_a_checked_file(cli, digits_checkpoint, tmp_path):
+    path, _ = digits_checkpoint
+    out = cli("export", path, "--output", tmp_path / "m.onnx", "--calibration-data", "digits", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["check"]["max_abs_diff"] <= 1e-4 and report["check"]["inputs"] == "8 digits test images"
+    assert report["bytes"] == (tmp_path / "m.onnx").stat().st_size
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def _unwritable(tmp_path):
+    """A file name in a folder this process cannot write to (root writes anywhere but sysfs)."""
+    if os.geteuid() == 0:
+        return "/sys/mobilenet-test.onnx"
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder / "m.onnx"
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing folder", "does not exist"),
+    ("not writable", "not writable"),
+    ("output is a folder", "is a folder"),
+    ("not a checkpoint", "not a readable safetensors checkpoint"),
+    ("unknown format", "invalid choice: 'tflite'"),
+    ("int8 of pt2", "INT8 quantization is for ONNX"),
+    ("int8 without data", "--int8 needs calibration data"),
+])
+def test_export_errors(cli, digits_checkpoint, tmp_path, case, message):
+    checkpoint, _ = digits_checkpoint  # its folder has no config.json: no training data is named
+    target = tmp_path / "m.onnx"
+    if case == "not writable":
+        target = _unwritable(tmp_path)
+    args = {
+        "missing folder": [checkpoint, "--output", tmp_path / "nope" / "m.onnx"],
+        "not writable": [checkpoint, "--output", target],
+        "output is a folder": [checkpoint, "--output", tmp_path],
+        "not a checkpoint": [__file__, "--output", target],
+        "unknown format": [checkpoint, "--format", "tflite", "--output", target],
+        "int8 of pt2": [checkpoint, "--format", "pt2", "--int8", "--output", target],
+        "int8 without data": [checkpoint, "--int8", "--output", target],
+    }[case]
+    before = sorted(tmp_path.rglob("*"))
+    out = cli("export", *args)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr, out.stderr
+    assert sorted(tmp_path.rglob("*")) == before and not os.path.exists(target)  # nothing written or left
+
+
+def test_missing_onnxruntime_is_one_line(digits_checkpoint, tmp_path):
+    """Without onnxruntime the package still imports and `export` says what to install."""
+    checkpoint, _ = digits_checkpoint
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"  # makes `import onnxruntime` fail
+            "from mobilenet.cli import main\n"
+            f"sys.exit(main(['export', {str(checkpoint)!r}, '--output', {str(tmp_path / 'm.onnx')!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "onnxruntime" in lines[0] and "mobilenet[export]" in lines[0], out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_package_error_names_the_extra(monkeypatch):
+    import mobilenet.export.files as files
+
+    monkeypatch.setattr(files, "available", lambda name: name != "onnx")
+    with pytest.raises(MissingPackage, match=r"needs onnx, which is not installed: pip install 'mobilenet\[export\]'"):
+        files.require("onnx", "onnxruntime", purpose="ONNX export")
