@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -108,6 +109,9 @@ TRAIN_FLAGS = {  # flag: (config field, type, help)
     "--amp": ("amp", str, "bfloat16 autocast: auto (CUDA only, default), on, off"),
     "--workers": ("workers", int, "image decoding processes for image folders (default 2)"),
     "--seed": ("seed", int, "random seed: the same seed repeats a run (default 0)"),
+    "--pretrained": ("pretrained", str, "start from this checkpoint (e.g. from `mobilenet convert`): its architecture "
+                                        "is used, and a classifier for another number of classes is replaced"),
+    "--freeze-epochs": ("freeze_epochs", int, "train only the classifier for this many first epochs (default 0)"),
 }
 TRAIN_SWITCHES = {  # flag: (config field, value when given, help)
     "--small-input": ("small_input", True, "the 32x32 (CIFAR) variant: less early down-sampling"),
@@ -115,7 +119,8 @@ TRAIN_SWITCHES = {  # flag: (config field, value when given, help)
     "--depthwise-decay": ("depthwise_decay", True, "apply weight decay to depthwise filters too"),
     "--no-channels-last": ("channels_last", False, "keep NCHW memory format (channels_last is faster on CPU)"),
     "--compile": ("compile", True, "torch.compile the model"),
-    "--sync-bn": ("sync_bn", True, "synchronise BatchNorm statistics across processes"),
+    "--sync-bn": ("sync_bn", True, "synchronise BatchNorm statistics across processes (GPUs)"),
+    "--freeze-bn": ("freeze_bn", True, "keep BatchNorm in evaluation mode (fixed statistics)"),
 }
 
 
@@ -129,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"drop {', '.join(sorted(given))}, or start a new run in another --out")
     config = TrainConfig(out=args.out, **given)
     metrics = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
-    if metrics:
+    if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
         print(f"done: test top-1 {100 * metrics['test_top1']:.2f}% after {metrics['epoch']} epochs; "
               f"run directory {args.out} (checkpoints, metrics.jsonl, curves.png)")
     return 0
@@ -186,6 +191,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for item in results:
         best = ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in item["predictions"])
         print(f"{item['image']}: {best}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from mobilenet.convert import convert, download
+
+    source = args.source
+    if args.download:
+        if source:
+            raise ValueError("give either a SOURCE file or --download NAME, not both")
+        source = download(args.source_format, args.download, args.download_dir)
+    elif not source:
+        raise ValueError("give a SOURCE file to convert, or --download NAME to fetch one first")
+    meta = convert(source, args.source_format, args.output)
+    config = meta.config
+    print(f"wrote {args.output}: {config['name']} width {config['width_mult']:g}, {len(meta.classes)} classes, "
+          f"activation {config['activation']}, BatchNorm eps {config['bn_eps']:g}, padding {config['padding']} "
+          f"(from {args.source_format} {source})")
     return 0
 
 
@@ -280,6 +303,15 @@ def build_parser() -> Parser:
     p.add_argument("--top-k", type=_positive_int("--top-k"), default=5)
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("convert", help="import published weights (torchvision, timm, Keras) as our checkpoint")
+    p.add_argument("source", nargs="?", default=None, help="a .pth, .safetensors or .h5 file")
+    p.add_argument("--from", dest="source_format", required=True, choices=["torchvision", "timm", "keras"])
+    p.add_argument("--output", required=True, help="the checkpoint to write")
+    p.add_argument("--download", default=None, metavar="NAME",
+                   help="fetch the named published file from its official URL first (checksum verified)")
+    p.add_argument("--download-dir", default=".", help="where --download saves the file (default: here)")
+    p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser("export", help="write a checkpoint as ONNX (optionally INT8) or a torch.export program, checked")
     p.add_argument("checkpoint")
