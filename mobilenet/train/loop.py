@@ -26,6 +26,7 @@ from tqdm import tqdm
 from mobilenet.checkpoint import (
     ModelMeta, load_training_state, read_checkpoint, save_model_state, save_training_state,
 )
+from mobilenet.cost import check_resolution
 from mobilenet.data import load_dataset, make_loader
 from mobilenet.data.loader import Normalize
 from mobilenet.evaluate import EvalResult, evaluate
@@ -88,9 +89,6 @@ class Run:
                       channels_last=memory)
         self.train_loader = make_loader(self.train_set, config.batch_size, train=True, **common)
         self.test_loader = make_loader(self.test_set, config.batch_size, train=False, **common)
-        if len(self.train_loader) == 0:
-            raise TrainingError(f"batch size {config.batch_size} is larger than the training split "
-                                f"({len(self.train_set)} images per process): lower --batch-size")
 
         torch.manual_seed(config.seed)
         kwargs = {**(config.model_options or {}), "width_mult": config.width,
@@ -101,8 +99,6 @@ class Run:
         if pretrained is not None:
             self._load_pretrained(*pretrained)
         self.model = self.model.to(self.device)
-        from mobilenet.cost import check_resolution
-
         check_resolution(self.train_set.resolution, self.model)
         if memory:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -177,7 +173,6 @@ class Run:
             first = (missing or unexpected)[0]
             raise TrainingError(f"{self.config.pretrained} does not fit {self.config.model}: "
                                 f"{'missing' if missing else 'unexpected'} tensor {first}")
-        self.replaced_classifier = replaced
 
     # --- files ---------------------------------------------------------------------------------
 
