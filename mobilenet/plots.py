@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib
+
+from mobilenet.files import atomic_output
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -13,11 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def _save(fig, path: str | os.PathLike) -> None:
     """Write the figure atomically: a reader never sees half a PNG."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_curves(metrics: list[dict], path: str | os.PathLike, title: str = "") -> None:

@@ -216,7 +216,7 @@ def test_interrupted_download_leaves_nothing(tmp_path, cifar_archive, serve, mon
         def update(self, n):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cifar, "tqdm", InterruptedBar)
+    monkeypatch.setattr("mobilenet.files.tqdm", InterruptedBar)
     url = serve(cifar_archive.parent) + "/cifar-10-python.tar.gz"
     with pytest.raises(KeyboardInterrupt):
         download_cifar10(tmp_path / "root", url=url, md5=md5_of(cifar_archive))

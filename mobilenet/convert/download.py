@@ -13,34 +13,22 @@ What is verified is what the publisher makes knowable, and no more (see `catalog
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import os
 import re
 import struct
 import sys
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from tqdm import tqdm
-
+from mobilenet import files
 from mobilenet.convert.catalog import FORMATS, find_weights, known_weights
 
 HUB_HASH = re.compile(r"-([a-f0-9]{8,64})\.")  # torch.hub: <name>-<sha256 prefix>.<ext>
-CHUNK = 1 << 20
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return files.file_digest(path, "sha256")
 
 
 def _check_safetensors(path: Path) -> None:
@@ -86,27 +74,6 @@ def _verify(path: Path, digest: str, sha256: str | None, prefix: str | None, lab
             _check_h5(path)
         except (ValueError, OSError) as error:
             raise ValueError(f"{label} is not a Keras weights file: {error}") from None
-
-
-def _fetch(url: str, out, label: str, progress: bool, timeout: float) -> str:
-    """Stream `url` into `out` with a progress bar; returns the sha256 of what was written."""
-    digest = hashlib.sha256()
-    written = 0
-    request = urllib.request.Request(url, headers={"User-Agent": "mobilenet-convert"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        size = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
-                  file=sys.stderr) as bar:
-            for chunk in iter(lambda: response.read(CHUNK), b""):
-                out.write(chunk)
-                digest.update(chunk)
-                written += len(chunk)
-                bar.update(len(chunk))
-    if size is not None and written != size:
-        raise ValueError(f"download of {url} truncated: {written} of {size} bytes")
-    out.flush()
-    os.fsync(out.fileno())
-    return digest.hexdigest()
 
 
 def download(
@@ -161,21 +128,8 @@ def download(
         except ValueError:
             pass  # a stale or damaged copy: fetch again, and replace it only once the new one verifies
 
-    # the temporary name keeps the real suffix last: the structural checks go by it
-    fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{filename}.", suffix=f".part{dest.suffix}")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                digest = _fetch(url, out, filename, progress, timeout)
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-                raise OSError(f"download of {url} failed: {error}") from error
-        _verify(tmp, digest, sha256, prefix, url)
-        tmp.chmod(0o644)  # mkstemp makes files private; a weights folder may be shared
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    digest = files.download(url, dest, algorithm="sha256", progress=progress, timeout=timeout,
+                            verify=lambda tmp, digest: _verify(tmp, digest, sha256, prefix, url))
     if progress:
         print(f"{dest}: sha256 {digest}", file=sys.stderr)
     return dest

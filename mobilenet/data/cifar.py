@@ -14,22 +14,18 @@ verified, so an interrupted or corrupt download never leaves a file that looks f
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import io
 import os
 import pickle
 import shutil
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from mobilenet import files
 from mobilenet.data.memory import InMemoryDataset, check_resolution, resize_uint8
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -163,51 +159,15 @@ def extract_archive(archive: Path, root: Path) -> Path:
     return final
 
 
-def file_md5(path: Path) -> str:
-    """Hex md5 of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fetch(url: str, out: io.BufferedWriter, label: str) -> str:
-    """Stream ``url`` into ``out`` with a tqdm bar (bytes, rate, ETA), synced to disk; returns the md5."""
-    digest = hashlib.md5()
-    with urllib.request.urlopen(url, timeout=60) as response:
-        size = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label) as bar:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                out.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-    out.flush()
-    os.fsync(out.fileno())
-    return digest.hexdigest()
-
-
 def download(url: str, destination: Path, md5: str) -> Path:
-    """Fetch ``url`` to ``destination`` with a progress bar, verify its md5, then rename into place.
+    """Fetch ``url`` to ``destination`` with a progress bar, verify its md5, then rename into place;
+    on a mismatch, an error or an interruption nothing is left behind (``mobilenet.files.download``)."""
 
-    The bytes go to a temporary file next to ``destination``; on a checksum mismatch, an error or
-    an interruption (Ctrl-C included) that file is deleted, so nothing half-written is left.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                actual = _fetch(url, out, destination.name)
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-                raise OSError(f"download of {url} failed: {error}") from error
+    def verify(_: Path, actual: str) -> None:
         if actual != md5.lower():
             raise ValueError(f"checksum mismatch for {url}: expected md5 {md5}, got {actual}")
-        tmp.chmod(0o644)  # mkstemp makes files private; a data folder may be shared
-        os.replace(tmp, destination)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    files.download(url, destination, algorithm="md5", verify=verify)
     return destination
 
 
@@ -224,7 +184,7 @@ def download_cifar10(root: str | os.PathLike, url: str = URL, md5: str = MD5) ->
     root.mkdir(parents=True, exist_ok=True)
     archive = root / ARCHIVE
     if archive.is_file():
-        actual = file_md5(archive)
+        actual = files.file_digest(archive, "md5")
         if actual != md5.lower():
             raise ValueError(f"{archive} has md5 {actual}, expected {md5}; delete it to download again")
     else:
@@ -254,10 +214,10 @@ def load_cifar10(path: str | os.PathLike, split: str, resolution: int = 32) -> I
         raise FileNotFoundError(f"no CIFAR-10 archive or folder at {path}")
     batches = TRAIN_BATCHES if split == "train" else TEST_BATCHES
     read = _read_folder_files if path.is_dir() else read_archive_files
-    files = read(path, [*batches, META])
-    sources = {name: f"{path}/{name}" for name in files}  # how errors name each file
-    parts = [_batch_arrays(unpickle_batch(files[name], sources[name]), sources[name]) for name in batches]
-    classes = _class_names(unpickle_batch(files[META], sources[META]), sources[META])
+    contents = read(path, [*batches, META])
+    sources = {name: f"{path}/{name}" for name in contents}  # how errors name each file
+    parts = [_batch_arrays(unpickle_batch(contents[name], sources[name]), sources[name]) for name in batches]
+    classes = _class_names(unpickle_batch(contents[META], sources[META]), sources[META])
     images = torch.cat([images for images, _ in parts])
     labels = torch.cat([labels for _, labels in parts])
     return InMemoryDataset(resize_uint8(images, resolution), labels, classes, MEAN, STD)

@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from mobilenet import files
+
 INSTALL_HINT = "pip install 'mobilenet[export]' (or `make install`)"
 
 
@@ -52,23 +54,6 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file in `path`'s folder to write and verify; it replaces `path` only if the
-    block succeeds, and is removed otherwise, so `path` never holds a partial or unverified file.
-
-    Creating the temporary file first also tests, before any work, that the folder is writable.
-    """
-    path = check_output_path(path)
-    try:  # the temporary name keeps the suffix: torch.export.save and load insist on ".pt2"
-        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
-    except PermissionError:
-        raise PermissionError(f"output folder {path.parent} is not writable") from None
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    """`mobilenet.files.atomic_output`, after the export's own checks of the output path."""
+    with files.atomic_output(check_output_path(path)) as tmp:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)  # mkstemp's file is private (0600); give it a new file's usual mode
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -14,7 +14,6 @@ in progress, and resuming continues as if nothing had happened (same weights as 
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,6 +29,7 @@ from mobilenet.cost import check_resolution
 from mobilenet.data import load_dataset, make_loader
 from mobilenet.data.loader import Normalize
 from mobilenet.evaluate import EvalResult, evaluate
+from mobilenet.files import write_text
 from mobilenet.models import create_model
 from mobilenet.train.config import TrainConfig
 from mobilenet.train.distributed import Distributed, from_environment
@@ -186,7 +186,7 @@ class Run:
             raise TrainingError(f"{self.out} already holds a run: continue it with --resume, or choose another --out")
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            _atomic_text(self.out / "config.json", self.config.to_json())
+            write_text(self.out / "config.json", self.config.to_json())
 
     def _save(self, result: EvalResult) -> None:
         """Write the epoch's checkpoints, metrics, plot and resumable state (rank 0 only)."""
@@ -204,7 +204,7 @@ class Run:
         extra.update({f"rng.torch.{rank}": state for rank, state in enumerate(generators)})
         info = {"epoch": self.epoch, "step": self.step, "best_top1": self.best_top1, "metrics": self.metrics}
         save_training_state(self.out / STATE_FILE, self.optimizer, extra, info)
-        _atomic_text(self.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
+        write_text(self.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
         from mobilenet.plots import plot_curves
 
         plot_curves(self.metrics, self.out / "curves.png",
@@ -298,12 +298,6 @@ class Run:
                       f"top-5 {100 * result.top5:.2f}%  {train['images_per_s']:.0f} img/s  {train['epoch_time_s']:.1f}s",
                       flush=True)
         return last
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None,

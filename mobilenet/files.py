@@ -1,0 +1,88 @@
+"""Writing files so that nothing half-written is ever left: the one place for atomic output and
+verified downloads, used by checkpoints, run directories, exports, datasets and weights."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file beside `path` to write (and check); it replaces `path` only if the
+    block succeeds and is deleted otherwise (an error, Ctrl-C), so `path` holds either its old
+    content or the whole new one. The temporary name keeps `path`'s suffix, which some writers
+    insist on (torch.export wants ".pt2")."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+    except PermissionError:
+        raise PermissionError(f"folder {path.parent} is not writable") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp's file is private (0600): give it a new file's usual mode
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace a text file atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, destination: str | os.PathLike, *, algorithm: str, verify: Callable[[Path, str], None],
+             progress: bool = True, timeout: float = 60.0) -> str:
+    """Fetch `url` into `destination` with a progress bar (bytes, rate, ETA); returns the file's
+    digest under `algorithm`. `verify(temporary_path, digest)` raises if the bytes are wrong; only
+    then is `destination` replaced, so a broken or interrupted download leaves nothing behind.
+    Network failures raise OSError naming the URL; a short read raises ValueError."""
+    destination = Path(destination)
+    with atomic_output(destination) as tmp:
+        digest, written = hashlib.new(algorithm), 0
+        request = urllib.request.Request(url, headers={"User-Agent": "mobilenet"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
+                size = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name,
+                          disable=not progress, file=sys.stderr) as bar:
+                    for chunk in iter(lambda: response.read(CHUNK), b""):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        written += len(chunk)
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+            raise OSError(f"download of {url} failed: {error}") from error
+        if size is not None and written != size:
+            raise ValueError(f"download of {url} truncated: {written} of {size} bytes")
+        verify(tmp, digest.hexdigest())
+    return digest.hexdigest()
