@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,12 +26,6 @@ MODEL = ["--model", "mobilenet_v1", "--width", "0.5", "--small-input", "--data",
          "--no-progress"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(processes: int, global_batch: int, epochs: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         args = ["train", "--out", out, "--epochs", str(epochs), "--batch-size", str(global_batch // processes), *MODEL]
@@ -39,7 +33,8 @@ def run(processes: int, global_batch: int, epochs: int) -> float:
             command = [sys.executable, "-m", "mobilenet", *args]
         else:
             command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--nnodes=1",
-                       "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "mobilenet", *args]
+                       "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", f"--rdzv-id={uuid.uuid4().hex}",
+                       "-m", "mobilenet", *args]
         env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
         subprocess.run(command, check=True, capture_output=True, env=env)
         rates = [json.loads(line)["images_per_s"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]

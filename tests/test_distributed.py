@@ -2,10 +2,10 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,17 +19,13 @@ TINY = ["--width", "0.25", "--small-input", "--resolution", "16", "--classes", "
         "--lr", "0.05", "--no-progress"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(*args, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
-    """torchrun on loopback only: one node, a static rendezvous at 127.0.0.1."""
+    """torchrun on loopback only: one node, its rendezvous store on a port of 127.0.0.1 that it binds
+    itself (port 0), so that no other process can take the port between choosing and binding it."""
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", *map(str, args)]
+               "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", f"--rdzv-id={uuid.uuid4().hex}",
+               *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
