@@ -19,8 +19,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import environment  # noqa: E402
+import torch
+
+from mobilenet.bench import environment
 
 MODEL = ["--model", "mobilenet_v1", "--width", "0.5", "--small-input", "--data", "digits", "--lr", "0.2",
          "--no-progress"]
@@ -55,7 +56,7 @@ def main() -> None:
         print(f"repeat {r + 1}: one process {runs[1][-1]:.0f} images/s, two processes {runs[2][-1]:.0f}", flush=True)
     one, two = statistics.median(runs[1]), statistics.median(runs[2])
     report = {"benchmark": "distributed_throughput", "global_batch": args.global_batch, "epochs": args.epochs,
-              "repeats": args.repeats, "environment": environment(),
+              "repeats": args.repeats, "environment": environment(torch.get_num_threads()),
               "results": [{"processes": 1, "images_per_s": one, "runs": runs[1]},
                           {"processes": 2, "images_per_s": two, "runs": runs[2], "vs_one": two / one}]}
     print(f"one process {one:.0f} images/s, two processes {two:.0f} images/s: {two / one:.2f}x")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -23,21 +22,9 @@ import torch
 from torch import nn
 
 from mobilenet import create_model
+from mobilenet.bench import environment
 from mobilenet.data import load_dataset
 from mobilenet.train import Run, TrainConfig
-
-
-def environment() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "machine": platform.machine()}
 
 
 def plain_loop(model_name: str, width: float, small_input: bool, batch: int, steps: int) -> float:
@@ -103,7 +90,7 @@ def main() -> None:
     results = [{"variant": k, "images_per_s": statistics.median(v), "runs": v, "vs_plain": statistics.median(v) / base}
                for k, v in runs.items()]
     report = {"benchmark": "train_throughput", "model": args.model, "width": args.width, "small_input": args.small_input,
-              "resolution": 32, "batch": args.batch, "repeats": args.repeats, "environment": environment(),
+              "resolution": 32, "batch": args.batch, "repeats": args.repeats, "environment": environment(torch.get_num_threads()),
               "results": results}
     print(f"\n{args.model} x{args.width:g}, 32x32, batch {args.batch}, {args.repeats} alternating runs, median images/s")
     for row in results:

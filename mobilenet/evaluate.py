@@ -78,15 +78,15 @@ def predict_files(model: nn.Module, paths: list[str | os.PathLike], resolution: 
     """Class names and probabilities for each image file, with the evaluation transform: resize
     the short side to resolution / crop_fraction, then centre-crop (1.0: the whole image)."""
     from mobilenet.data.folder import decode_image, eval_transform
+    from mobilenet.data.loader import Normalize
 
     model.eval()
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(std).view(1, 3, 1, 1)
+    normalize = Normalize(mean, std, channels_last=False)
     k = max(1, min(top_k, len(classes)))
     results = []
     for path in paths:
         image = eval_transform(decode_image(path), resolution, crop_fraction)
-        x = (image.unsqueeze(0).float() / 255 - mean_t) / std_t
+        x = normalize(image.unsqueeze(0))
         probs = model(x).softmax(1)[0]
         top = probs.topk(k)
         results.append({"image": str(path), "predictions": [

@@ -7,7 +7,6 @@ library, after which every rank writes its own weights, so the test can compare 
 import argparse
 import os
 
-import torch
 from safetensors.torch import save_file
 
 from mobilenet.train import Run, TrainConfig, from_environment

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mobilenet.data.loader import Normalize
 from mobilenet.export.files import MissingPackage, atomic_output, available, check_output_path, require
 from mobilenet.export.fold import fold_batchnorm, fold_conv_bn, inference_model
 from mobilenet.export.int8 import Int8Report, export_int8, quantize
@@ -59,9 +60,7 @@ def sample_images(dataset, count: int, seed: int = 0) -> torch.Tensor:
     seed, so that every class is likely represented, normalised like the loaders do."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
     images = torch.stack([dataset[int(i)][0] for i in order])
-    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1) * 255
-    std = torch.tensor(dataset.std).view(1, 3, 1, 1) * 255
-    return (images.float() - mean) / std
+    return Normalize(dataset.mean, dataset.std, channels_last=False)(images)
 
 
 def _some(names: list[str]) -> str:
