@@ -51,15 +51,23 @@ def eager_with_autograd_ms(model: torch.nn.Module, batch: int, calls: int) -> fl
 
 
 def fp32_verdict(report: dict, what: str, bound: float) -> dict:
-    """The fastest fp32 backend against eager, and whether it meets the bound."""
+    """The fastest fp32 backend against eager, whether it meets the bound, and the best ratio any fp32
+    backend could reach here: the compute-bound limit (model FLOPs at the measured matrix-multiply
+    throughput) against the same eager time."""
     rows = {r["backend"]: r for r in report["results"]}
     eager = rows["eager"]["median_ms"]
     best = min((r for r in rows.values() if r["backend"] in FP32 and r["backend"] != "eager"),
                key=lambda r: r["median_ms"])
-    ratio = best["median_ms"] / eager if what == "latency" else eager / best["median_ms"]
-    met = ratio <= bound if what == "latency" else ratio >= bound
+    limit = report["compute_bound"]["limit_ms"]
+    if what == "latency":
+        ratio, possible = best["median_ms"] / eager, limit / eager
+        met, reachable = ratio <= bound, possible <= bound
+    else:
+        ratio, possible = eager / best["median_ms"], eager / limit
+        met, reachable = ratio >= bound, possible >= bound
     return {"target": f"{what} {'<=' if what == 'latency' else '>='} {bound}x eager", "fastest": best["backend"],
-            "ratio": ratio, "met": met}
+            "ratio": ratio, "met": met, "of_compute_bound": best["of_compute_bound"],
+            "compute_bound_ratio": possible, "reachable": reachable}
 
 
 def int8_verdict(report: dict) -> dict | None:
@@ -97,10 +105,18 @@ def markdown(result: dict) -> str:
                          f"just after the run: {entry['eager_autograd_ms']:.2f} ms; fp32 onnxruntime against it: "
                          f"{rows['onnxruntime']['median_ms'] / entry['eager_autograd_ms']:.3f}x latency, "
                          f"{entry['eager_autograd_ms'] / rows['onnxruntime']['median_ms']:.2f}x throughput")
+        bound = report["compute_bound"]
+        lines.append(f"- compute-bound limit (fp32): {bound['limit_ms']:.2f} ms = {bound['flops'] / 1e9:.2f} GFLOP at "
+                     f"{bound['matmul_gflops']:.0f} GFLOP/s (fp32 matrix multiply, measured in this run)")
         for verdict in entry["verdicts"]:
             extra = f" ({verdict['fastest']})" if "fastest" in verdict else ""
             lines.append(f"- target {verdict['target']}: {verdict['ratio']:.3f}x{extra}, "
                          f"**{'met' if verdict['met'] else 'missed'}**")
+            if "reachable" in verdict:
+                lines.append(f"  - {verdict['fastest']} runs at {100 * verdict['of_compute_bound']:.0f}% of the "
+                             f"compute-bound limit; at 100% the ratio would be {verdict['compute_bound_ratio']:.3f}x: "
+                             + ("the target is within reach of an fp32 backend here" if verdict["reachable"] else
+                                "**no fp32 backend can reach the target on this machine**"))
         lines.append("")
     demo = result.get("demo")
     if demo:
@@ -151,7 +167,10 @@ def main() -> None:
             print(bench.format_report(report), flush=True)
             print(f"  context: eager with autograd on {autograd_ms:.2f} ms (measured after the run)", flush=True)
             for v in verdicts:
-                print(f"  target {v['target']}: {v['ratio']:.3f}x {'met' if v['met'] else 'MISSED'}", flush=True)
+                print(f"  target {v['target']}: {v['ratio']:.3f}x {'met' if v['met'] else 'MISSED'}"
+                      + (f" (at the compute-bound limit: {v['compute_bound_ratio']:.3f}x, "
+                         f"{'reachable' if v['reachable'] else 'UNREACHABLE here'})" if "reachable" in v else ""),
+                      flush=True)
 
     demo = None
     if Path(args.checkpoint).is_file():

@@ -12,6 +12,11 @@ Backends (`BACKENDS`):
 * `onnxruntime-int8`: the same quantized to INT8 (`mobilenet.export.quantize`), calibrated on
   digits images at the benchmark's resolution: latency does not depend on what the calibration saw.
 
+Each report also gives the compute-bound limit of the model on this machine: its floating-point
+work (counted by `torch.utils.flop_counter`) divided by the fp32 matrix-multiply throughput measured
+in the same run (`matmul_gflops`). No fp32 backend can beat it by much, since the 1x1 convolutions that
+hold most of the work are matrix multiplies; each fp32 result says what fraction of it it reaches.
+
 After each backend's warm-up, the timed calls are spread over `ROUNDS` rounds that interleave the
 backends (in an order that rotates), so that slow changes in the load of a shared machine fall on
 all of them alike; each turn starts with untimed calls (`settle`) so that no backend pays for the
@@ -22,6 +27,7 @@ library versions and load average.
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import statistics
@@ -45,6 +51,7 @@ SWEEP_RESOLUTIONS = (224, 192, 160, 128)
 INT8_CALIBRATION_IMAGES = 32
 ROUNDS = 5  # the timed calls of each backend are spread over this many interleaved rounds
 SETTLE_S = 0.1  # untimed calls at the start of each backend's turn, in seconds of running it
+MATMUL_SIZE = 2048  # square fp32 matrices for the throughput behind the compute-bound limit
 
 
 def settle(runner: Callable[[], object], seconds: float = SETTLE_S) -> None:
@@ -140,6 +147,42 @@ def environment(threads: int) -> dict:
     return {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "threads": threads,
             "machine": platform.machine(), "system": platform.platform(), "versions": versions,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def matmul_gflops(threads: int | None = None, size: int = MATMUL_SIZE, calls: int = 4) -> float:
+    """The fp32 matrix-multiply throughput of this machine, in GFLOP/s: the best of `calls` products
+    of two `size` x `size` matrices on `threads` threads, after one untimed product. ONNX Runtime's
+    MLAS and NumPy's OpenBLAS reach the same figure within a few percent."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b
+        best = float("inf")
+        for _ in range(calls):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / best / 1e9
+
+
+def forward_flops(model: nn.Module, batch: int, resolution: int) -> int:
+    """Floating-point operations (2 per mult-add) of one forward pass, counted on a meta-device copy
+    so that nothing is computed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shadow = copy.deepcopy(model).to("meta")
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        shadow(torch.empty(batch, 3, resolution, resolution, device="meta"))
+    return int(counter.get_total_flops())
+
+
+def compute_bound(model: nn.Module, batch: int, resolution: int, threads: int | None = None) -> dict:
+    """The least time an fp32 forward pass can take here: its FLOPs at the measured matrix throughput."""
+    flops, gflops = forward_flops(model, batch, resolution), matmul_gflops(threads)
+    return {"flops": flops, "matmul_gflops": gflops, "limit_ms": flops / gflops / 1e6}
 
 
 def calibration_images(resolution: int, count: int = INT8_CALIBRATION_IMAGES) -> torch.Tensor:
@@ -253,14 +296,20 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
                         start = time.perf_counter()
                         runners[name]()
                         timings[name].seconds.append(time.perf_counter() - start)
+        bound = compute_bound(model, batch, resolution, threads)
     finally:
         torch.set_num_threads(previous_threads)
     eager = timings.get("eager")
+    results = [t.to_dict(eager) for t in timings.values()]
+    for row in results:
+        if not row["backend"].endswith("int8"):  # the fp32 limit says nothing of integer kernels
+            row["of_compute_bound"] = bound["limit_ms"] / row["median_ms"]
     return {
         "model": dict(getattr(model, "config", {})) or type(model).__name__,
         "batch": batch, "resolution": resolution, "iterations": iterations, "warmup": warmup,
-        "results": [t.to_dict(eager) for t in timings.values()],
+        "results": results,
         "skipped": skipped,
+        "compute_bound": bound,
         "environment": environment(threads),
     }
 
@@ -298,13 +347,19 @@ def format_report(report: dict) -> str:
              f"{env['threads']} threads, {report['iterations']} timed calls per backend in interleaved rounds; "
              f"{env['cpu']}, "
              f"torch {env['versions']['torch']}, onnxruntime {env['versions'].get('onnxruntime', 'not installed')}",
-             f"{'backend':<18} {'median ms':>10} {'p10 ms':>9} {'p90 ms':>9} {'images/s':>10} {'vs eager':>9}"]
+             f"{'backend':<18} {'median ms':>10} {'p10 ms':>9} {'p90 ms':>9} {'images/s':>10} {'vs eager':>9} "
+             f"{'of bound':>9}"]
     for row in report["results"]:
         ratio = f"{row['latency_vs_eager']:.3f}x" if "latency_vs_eager" in row else "-"
+        share = f"{100 * row['of_compute_bound']:.0f}%" if "of_compute_bound" in row else "-"
         lines.append(f"{row['backend']:<18} {row['median_ms']:>10.2f} {row['p10_ms']:>9.2f} {row['p90_ms']:>9.2f} "
-                     f"{row['images_per_s']:>10.1f} {ratio:>9}")
+                     f"{row['images_per_s']:>10.1f} {ratio:>9} {share:>9}")
     for row in report["skipped"]:
         lines.append(f"{row['backend']:<18} skipped: {row['reason']}")
+    bound = report.get("compute_bound")
+    if bound:
+        lines.append(f"compute-bound limit (fp32): {bound['limit_ms']:.2f} ms = {bound['flops'] / 1e9:.2f} GFLOP at "
+                     f"{bound['matmul_gflops']:.0f} GFLOP/s, the fp32 matrix multiply measured in this run")
     return "\n".join(lines)
 
 
@@ -397,5 +452,6 @@ def write_sweep(result: dict, folder: str | os.PathLike) -> list[Path]:
     return paths
 
 
-__all__ = ["BACKENDS", "Timing", "build", "environment", "format_report", "is_checkpoint", "measure", "parse_backends",
-           "plot_sweep", "settle", "sweep", "sweep_table", "write_sweep"]
+__all__ = ["BACKENDS", "Timing", "build", "compute_bound", "environment", "format_report", "forward_flops",
+           "is_checkpoint", "matmul_gflops", "measure", "parse_backends", "plot_sweep", "settle", "sweep", "sweep_table",
+           "write_sweep"]

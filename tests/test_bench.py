@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from mobilenet import bench, create_model
+from mobilenet.cost import cost
+from mobilenet.export import inference_model
 
 ONNX = ["onnxruntime", "onnxruntime-int8"] if all(map(bench.available, ("onnx", "onnxruntime"))) else []
 
@@ -31,6 +33,29 @@ def test_json_report_through_the_command_line(cli):
     env = report["environment"]
     assert env["cpu"] and env["threads"] >= 1 and env["versions"]["torch"]
     assert ("onnxruntime" in env["versions"]) == bool(ONNX)
+    bound = report["compute_bound"]
+    assert bound["flops"] == 2 * 2 * cost("mobilenet_v2", 64, width_mult=0.25).macs  # 2 FLOPs per mult-add, batch 2
+    assert bound["limit_ms"] == pytest.approx(bound["flops"] / bound["matmul_gflops"] / 1e6)
+    for row in report["results"]:  # the fp32 limit is given for fp32 backends only
+        if row["backend"].endswith("int8"):
+            assert "of_compute_bound" not in row
+        else:
+            assert row["of_compute_bound"] == pytest.approx(bound["limit_ms"] / row["median_ms"])
+
+
+@pytest.mark.parametrize("name, small_input", [("mobilenet_v1", False), ("mobilenet_v2", True),
+                                               ("conv_mobilenet_v1", False)])
+def test_counted_flops_are_the_analytic_mult_adds(name, small_input):
+    """The benchmark counts what the model executes; the cost model derives it from the paper's formulas."""
+    model = create_model(name, width_mult=0.5, small_input=small_input)
+    expected = cost(name, 96, width_mult=0.5, small_input=small_input).macs
+    assert bench.forward_flops(model, batch=3, resolution=96) == 2 * 3 * expected
+    assert bench.forward_flops(inference_model(model), batch=1, resolution=96) == 2 * expected
+
+
+def test_matrix_throughput_is_measured():
+    gflops = bench.matmul_gflops(threads=1, size=256, calls=2)
+    assert 0.1 < gflops < 1e5
 
 
 def test_compile_backend():
