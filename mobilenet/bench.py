@@ -14,7 +14,7 @@ Backends (`BACKENDS`):
 
 Each report also gives the compute-bound limit of the model on this machine: its floating-point
 work (counted by `torch.utils.flop_counter`) divided by the fp32 matrix-multiply throughput measured
-in the same run (`matmul_gflops`). No fp32 backend can beat it by much, since the 1x1 convolutions that
+in the same rounds as the backends (`MatmulProbe`, the best product seen). No fp32 backend can beat it by much, since the 1x1 convolutions that
 hold most of the work are matrix multiplies; each fp32 result says what fraction of it it reaches.
 
 After each backend's warm-up, the timed calls are spread over `ROUNDS` rounds that interleave the
@@ -52,6 +52,7 @@ INT8_CALIBRATION_IMAGES = 32
 ROUNDS = 5  # the timed calls of each backend are spread over this many interleaved rounds
 SETTLE_S = 0.1  # untimed calls at the start of each backend's turn, in seconds of running it
 MATMUL_SIZE = 2048  # square fp32 matrices for the throughput behind the compute-bound limit
+MATMUL_CALLS = 2  # timed products per round
 
 
 def settle(runner: Callable[[], object], seconds: float = SETTLE_S) -> None:
@@ -149,23 +150,27 @@ def environment(threads: int) -> dict:
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
-def matmul_gflops(threads: int | None = None, size: int = MATMUL_SIZE, calls: int = 4) -> float:
-    """The fp32 matrix-multiply throughput of this machine, in GFLOP/s: the best of `calls` products
-    of two `size` x `size` matrices on `threads` threads, after one untimed product. ONNX Runtime's
-    MLAS and NumPy's OpenBLAS reach the same figure within a few percent."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
-    try:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        a @ b
-        best = float("inf")
+class MatmulProbe:
+    """The fp32 matrix-multiply throughput of this machine: products of two `size` x `size` random
+    matrices, timed one by one; `gflops` is the best seen, since load only ever slows a product down.
+    ONNX Runtime's MLAS and NumPy's OpenBLAS reach the same figure within a few percent here.
+    Run it on the thread count being measured (`torch.set_num_threads`)."""
+
+    def __init__(self, size: int = MATMUL_SIZE) -> None:
+        self.size = size
+        self.a, self.b = torch.randn(size, size), torch.randn(size, size)
+        self.best_s = float("inf")
+        self.a @ self.b  # untimed: first-call allocation
+
+    def time(self, calls: int = 1) -> None:
         for _ in range(calls):
             start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    return 2 * size**3 / best / 1e9
+            self.a @ self.b
+            self.best_s = min(self.best_s, time.perf_counter() - start)
+
+    @property
+    def gflops(self) -> float:
+        return 2 * self.size**3 / self.best_s / 1e9
 
 
 def forward_flops(model: nn.Module, batch: int, resolution: int) -> int:
@@ -179,9 +184,9 @@ def forward_flops(model: nn.Module, batch: int, resolution: int) -> int:
     return int(counter.get_total_flops())
 
 
-def compute_bound(model: nn.Module, batch: int, resolution: int, threads: int | None = None) -> dict:
-    """The least time an fp32 forward pass can take here: its FLOPs at the measured matrix throughput."""
-    flops, gflops = forward_flops(model, batch, resolution), matmul_gflops(threads)
+def compute_bound(model: nn.Module, batch: int, resolution: int, gflops: float) -> dict:
+    """The least time an fp32 forward pass can take at `gflops`: its FLOPs at that throughput."""
+    flops = forward_flops(model, batch, resolution)
     return {"flops": flops, "matmul_gflops": gflops, "limit_ms": flops / gflops / 1e6}
 
 
@@ -286,6 +291,7 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
                 runners[name], timings[name] = runner, timing
                 say(f"{name}: ready in {timing.setup_s:.1f} s")
             order = list(runners)
+            probe = MatmulProbe()  # the compute-bound limit, timed in every round beside the backends
             rounds = min(iterations, ROUNDS)
             for round_ in range(rounds):
                 calls = iterations // rounds + (round_ < iterations % rounds)
@@ -296,7 +302,8 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
                         start = time.perf_counter()
                         runners[name]()
                         timings[name].seconds.append(time.perf_counter() - start)
-        bound = compute_bound(model, batch, resolution, threads)
+                probe.time(MATMUL_CALLS)
+        bound = compute_bound(model, batch, resolution, probe.gflops)
     finally:
         torch.set_num_threads(previous_threads)
     eager = timings.get("eager")
@@ -452,6 +459,6 @@ def write_sweep(result: dict, folder: str | os.PathLike) -> list[Path]:
     return paths
 
 
-__all__ = ["BACKENDS", "Timing", "build", "compute_bound", "environment", "format_report", "forward_flops",
-           "is_checkpoint", "matmul_gflops", "measure", "parse_backends", "plot_sweep", "settle", "sweep", "sweep_table",
+__all__ = ["BACKENDS", "MatmulProbe", "Timing", "build", "compute_bound", "environment", "format_report", "forward_flops",
+           "is_checkpoint", "measure", "parse_backends", "plot_sweep", "settle", "sweep", "sweep_table",
            "write_sweep"]

@@ -12,9 +12,12 @@ import sys
 from typing import Callable, Sequence
 
 from mobilenet.export.files import MissingPackage
+from mobilenet.export.runtime import RUNTIMES
 from mobilenet.models.layers import check_num_classes, check_width
 
 EXIT_USAGE = 2
+RUNTIME_HELP = ("auto (default): ONNX Runtime when installed, else the fused PyTorch model; "
+                "onnxruntime; pytorch")
 
 
 class UsageError(Exception):
@@ -153,22 +156,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mobilenet.checkpoint import load_checkpoint
     from mobilenet.data import load_dataset, make_loader
     from mobilenet.evaluate import evaluate
+    from mobilenet.export import resolve_runtime, runtime_model
     from mobilenet.plots import plot_confusion
 
-    from mobilenet.export import inference_model
-
+    runtime = resolve_runtime(args.backend)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
     dataset = load_dataset(args.data, args.split, classes=args.classes, resolution=meta.resolution, root=args.data_root)
     _checkpoint_and_data_classes(meta, dataset, args.checkpoint)
-    loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers, channels_last=True)
-    result = evaluate(inference_model(model), loader, len(meta.classes))
+    loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers,
+                         channels_last=runtime == "pytorch")
+    fast, runtime = runtime_model(model, meta.resolution, runtime)
+    result = evaluate(fast, loader, len(meta.classes))
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_suffix(".confusion.png")
     plot_confusion(result.confusion, meta.classes, plot, title=f"{Path(args.checkpoint).name} on {args.data} ({args.split})")
     if args.json:
         print(json.dumps({**result.to_dict(meta.classes), "checkpoint": args.checkpoint, "data": args.data,
-                          "confusion_png": str(plot)}))
+                          "backend": runtime, "confusion_png": str(plot)}))
         return 0
-    print(f"{args.checkpoint} on {args.data} ({args.split}, {result.num_images} images)")
+    print(f"{args.checkpoint} on {args.data} ({args.split}, {result.num_images} images, {runtime})")
     print(f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  loss {result.loss:.4f}")
     width = max(len(c) for c in meta.classes)
     for name, acc in zip(meta.classes, result.per_class):
@@ -180,10 +185,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mobilenet.checkpoint import load_checkpoint
     from mobilenet.evaluate import predict_files
-    from mobilenet.export import inference_model
+    from mobilenet.export import resolve_runtime, runtime_model
 
+    runtime = resolve_runtime(args.backend)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
-    results = predict_files(inference_model(model), args.images, meta.resolution, meta.mean, meta.std, meta.classes,
+    fast, _ = runtime_model(model, meta.resolution, runtime)
+    results = predict_files(fast, args.images, meta.resolution, meta.mean, meta.std, meta.classes,
                             args.top_k, crop_fraction=meta.extra.get("crop_fraction", 0.875))
     if args.json:
         print(json.dumps(results))
@@ -294,6 +301,7 @@ def build_parser() -> Parser:
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--plot", default=None, help="confusion-matrix PNG (default: beside the checkpoint)")
+    p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_eval)
 
@@ -301,6 +309,7 @@ def build_parser() -> Parser:
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=_positive_int("--top-k"), default=5)
+    p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(run=cmd_predict)
 

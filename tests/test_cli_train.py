@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mobilenet.export import available
+
+ONNX = available("onnx") and available("onnxruntime")
 TINY = ["--model", "mobilenet_v1", "--width", "0.25", "--small-input", "--resolution", "16",
         "--classes", "0,1,2", "--batch-size", "32", "--lr", "0.05", "--no-progress"]
 
@@ -40,9 +43,25 @@ def test_eval_json(cli, trained, tmp_path):
     assert 0 <= data["top1"] <= 1 and data["top5"] == 1.0 and data["num_images"] == 108  # 3 classes x 36
     assert set(data["per_class"]) == {"0", "1", "2"}
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+    assert data["backend"] == ("onnxruntime" if ONNX else "pytorch")  # the fastest one installed
     # the metrics the training run logged for its best epoch are what eval measures again
     logged = max(json.loads(line)["test_top1"] for line in (trained / "metrics.jsonl").read_text().splitlines())
     assert data["top1"] == pytest.approx(logged)
+
+
+@pytest.mark.skipif(not ONNX, reason="onnx and onnxruntime not installed")
+def test_eval_and_predict_agree_across_backends(cli, trained, digit_png):
+    runs = {b: cli("eval", trained / "last.safetensors", "--data", "digits", "--classes", "0,1,2", "--json",
+                   "--backend", b) for b in ("pytorch", "onnxruntime")}
+    assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
+    torch_run, ort_run = (json.loads(r.stdout) for r in runs.values())
+    assert (torch_run["backend"], ort_run["backend"]) == ("pytorch", "onnxruntime")
+    assert ort_run["confusion"] == torch_run["confusion"] and ort_run["loss"] == pytest.approx(torch_run["loss"], rel=1e-4)
+    preds = [json.loads(cli("predict", trained / "last.safetensors", digit_png, "--json", "--backend", b).stdout)[0]
+             for b in ("pytorch", "onnxruntime")]
+    assert [p["class"] for p in preds[0]["predictions"]] == [p["class"] for p in preds[1]["predictions"]]
+    for a, b in zip(preds[0]["predictions"], preds[1]["predictions"]):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
 
 
 def test_eval_text_and_default_plot(cli, trained):
@@ -51,17 +70,22 @@ def test_eval_text_and_default_plot(cli, trained):
     assert "top-1" in proc.stdout and (trained / "last.confusion.png").exists()
 
 
-def test_predict(cli, trained, tmp_path):
+@pytest.fixture
+def digit_png(tmp_path):
     from mobilenet.data import load_dataset
 
     image = load_dataset("digits", "test", classes=["0", "1", "2"]).images[0].permute(1, 2, 0).numpy()
     Image.fromarray(np.ascontiguousarray(image)).save(tmp_path / "digit.png")
-    proc = cli("predict", trained / "best.safetensors", tmp_path / "digit.png", "--top-k", "2", "--json")
+    return tmp_path / "digit.png"
+
+
+def test_predict(cli, trained, digit_png):
+    proc = cli("predict", trained / "best.safetensors", digit_png, "--top-k", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     [item] = json.loads(proc.stdout)
     assert len(item["predictions"]) == 2 and item["predictions"][0]["class"] in {"0", "1", "2"}
     assert item["predictions"][0]["probability"] >= item["predictions"][1]["probability"]
-    text = cli("predict", trained / "best.safetensors", tmp_path / "digit.png")
+    text = cli("predict", trained / "best.safetensors", digit_png)
     assert text.returncode == 0 and "digit.png:" in text.stdout
 
 
@@ -98,6 +122,7 @@ def test_eval_and_predict_errors(cli, trained, tmp_path):
     one_line_error(cli("eval", tmp_path / "none.safetensors", "--data", "digits"), "does not exist")
     (tmp_path / "fake.png").write_bytes(b"not an image at all")
     one_line_error(cli("predict", ckpt, tmp_path / "fake.png"), "fake.png")
+    one_line_error(cli("predict", ckpt, tmp_path / "fake.png", "--backend", "tensorrt"), "tensorrt")
 
 
 def make_folder(root, corrupt: bool = False):

@@ -17,7 +17,7 @@ from torch import nn
 from mobilenet import create_model
 from mobilenet.checkpoint import ModelMeta, save_checkpoint
 from mobilenet.data import load_dataset
-from mobilenet.export import MissingPackage, export_checkpoint, export_onnx, export_pt2, inference_model
+from mobilenet.export import MissingPackage, export_checkpoint, export_onnx, export_pt2, inference_model, runtime_model
 
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
@@ -142,6 +142,43 @@ def test_a_check_that_fails_leaves_nothing(small, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="disagrees with PyTorch"):
         export_onnx(model, path, images, meta=meta)
     assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+# --- the fastest runtime, for eval and predict ---------------------------------------------------
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "pytorch"])
+def test_runtime_model_computes_the_models_function(small, runtime):
+    model, _, images = small
+    fast, name = runtime_model(model, 64, runtime)
+    assert name == runtime
+    with torch.no_grad():
+        expected, got = model(images), fast(images)  # batch 3: the session's batch is dynamic
+    assert isinstance(got, torch.Tensor) and got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4, rtol=0)
+
+
+def test_auto_runtime_is_the_fastest_installed(monkeypatch):
+    import mobilenet.export.runtime as runtime
+
+    assert runtime.resolve_runtime("auto") == "onnxruntime"
+    monkeypatch.setattr(runtime, "available", lambda name: name != "onnxruntime")
+    assert runtime.resolve_runtime("auto") == "pytorch"
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        runtime.resolve_runtime("tensorrt")
+
+
+def test_runtime_model_checks_itself(small, monkeypatch):
+    """A session that computes something else than the model is refused, as an export is."""
+    import mobilenet.export.runtime as runtime
+
+    def wrong(model, channels_last=True):
+        fused = inference_model(model, channels_last)
+        fused.classifier.bias.data += 0.01
+        return fused
+
+    monkeypatch.setattr(runtime, "inference_model", wrong)
+    with pytest.raises(ValueError, match="disagrees with PyTorch"):
+        runtime_model(small[0], 64, "onnxruntime")
 
 
 def test_pt2_round_trip(small, tmp_path):

@@ -3,6 +3,8 @@
 * `inference_model(model)`: BatchNorm folded into the convolutions, channels_last, eval mode.
 * `export_onnx`, `export_pt2`, `export_int8`: write a file atomically, after checking that the
   reloaded file computes what PyTorch computes (fp32: max |logit difference| <= 1e-4).
+* `runtime_model(model, resolution)`: the fastest installed way to run it (ONNX Runtime, else the
+  fused PyTorch model), checked against PyTorch; `eval` and `predict` use it.
 * `export_checkpoint(checkpoint, output, format)`: all of it from a checkpoint, as
   `mobilenet export` does, with the check run on real images of the checkpoint's data when found.
 
@@ -25,6 +27,7 @@ from mobilenet.export.fold import fold_batchnorm, fold_conv_bn, inference_model
 from mobilenet.export.int8 import Int8Report, export_int8, quantize
 from mobilenet.export.onnx import CheckResult, export_onnx, read_metadata, session
 from mobilenet.export.pt2 import export_pt2, load_pt2
+from mobilenet.export.runtime import RUNTIMES, OnnxRuntimeModel, resolve_runtime, runtime_model
 
 FORMATS = ("onnx", "pt2")
 CALIBRATION_IMAGES = 256
@@ -129,8 +132,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
 
 
 __all__ = [
-    "CALIBRATION_IMAGES", "CheckResult", "DataSource", "FORMATS", "Int8Report", "MissingPackage", "atomic_output",
-    "available", "export_checkpoint", "export_int8", "export_onnx", "export_pt2", "fold_batchnorm", "fold_conv_bn",
-    "inference_model", "load_pt2", "quantize", "read_metadata", "require", "sample_images", "session",
-    "training_data",
+    "CALIBRATION_IMAGES", "CheckResult", "DataSource", "FORMATS", "Int8Report", "MissingPackage", "OnnxRuntimeModel",
+    "RUNTIMES", "atomic_output", "available", "export_checkpoint", "export_int8", "export_onnx", "export_pt2",
+    "fold_batchnorm", "fold_conv_bn", "inference_model", "load_pt2", "quantize", "read_metadata", "require",
+    "resolve_runtime", "runtime_model", "sample_images", "session", "training_data",
 ]
