@@ -389,6 +389,7 @@ def sweep(model: str = "mobilenet_v1", *, widths: Sequence[float] = SWEEP_WIDTHS
             report = measure(net, resolution=resolution, **options)
             analytic = cost(model, resolution, width_mult=width)
             rows.append({"width": width, "resolution": resolution, "macs": analytic.macs, "params": analytic.params,
+                         "compute_bound": report["compute_bound"],
                          "results": report["results"], "skipped": report["skipped"]})
             best = min(report["results"], key=lambda r: r["median_ms"], default=None)
             say(f"{model} {width:g}-{resolution}: {analytic.macs / 1e6:.0f}M mult-adds"
@@ -398,15 +399,17 @@ def sweep(model: str = "mobilenet_v1", *, widths: Sequence[float] = SWEEP_WIDTHS
 
 
 def sweep_table(result: dict) -> str:
-    """The sweep as a markdown table: one row per model, median ms per backend."""
+    """The sweep as a markdown table: one row per model, median ms per backend and the fp32
+    compute-bound limit."""
     backends = list(dict.fromkeys(r["backend"] for row in result["rows"] for r in row["results"]))
-    head = "| model | million mult-adds | million params | " + " | ".join(f"{b} ms" for b in backends) + " |"
-    lines = [head, "|" + " --- |" * (3 + len(backends))]
+    head = ("| model | million mult-adds | million params | " + " | ".join(f"{b} ms" for b in backends)
+            + " | fp32 compute bound ms |")
+    lines = [head, "|" + " --- |" * (4 + len(backends))]
     for row in result["rows"]:
         times = {r["backend"]: r["median_ms"] for r in row["results"]}
         cells = " | ".join(f"{times[b]:.2f}" if b in times else "-" for b in backends)
         lines.append(f"| {row['width']:g}-{row['resolution']} | {row['macs'] / 1e6:.0f} | {row['params'] / 1e6:.2f} "
-                     f"| {cells} |")
+                     f"| {cells} | {row['compute_bound']['limit_ms']:.2f} |")
     return "\n".join(lines)
 
 
@@ -424,6 +427,9 @@ def plot_sweep(result: dict, path: str | os.PathLike) -> None:
         points = sorted((row["macs"] / 1e6, r["median_ms"]) for row in result["rows"]
                         for r in row["results"] if r["backend"] == backend)
         ax.plot(*zip(*points), "o-", label=backend, alpha=0.85)
+    bound = sorted((row["macs"] / 1e6, row["compute_bound"]["limit_ms"]) for row in result["rows"])
+    if bound:
+        ax.plot(*zip(*bound), "k--", label="fp32 compute bound", alpha=0.6)
     if backends:
         first = backends[0]
         for row in result["rows"]:

@@ -126,10 +126,14 @@ def test_sweep_writes_table_and_plot(tmp_path):
                          iterations=2, warmup=0)
     assert [(r["width"], r["resolution"]) for r in result["rows"]] == [(0.5, 64), (0.5, 32), (0.25, 64), (0.25, 32)]
     assert result["rows"][0]["macs"] == cost("mobilenet_v1", 64, width_mult=0.5).macs
+    for row in result["rows"]:  # the limit is the model's counted work, which is its analytic mult-adds
+        assert row["compute_bound"]["flops"] == 2 * row["macs"]
     paths = bench.write_sweep(result, tmp_path)
     assert sorted(p.suffix for p in paths) == [".json", ".md", ".png"]
     table = paths[1].read_text().splitlines()
     assert table[0].startswith("| model | million mult-adds") and len(table) == 2 + 4 and "| 0.25-32 |" in table[-1]
+    assert table[0].endswith("| fp32 compute bound ms |")
+    assert table[-1].endswith(f"| {result['rows'][3]['compute_bound']['limit_ms']:.2f} |")
     assert json.loads(paths[0].read_text())["rows"][3]["results"][0]["backend"] == "eager"
     with Image.open(paths[2]) as image:
         assert image.format == "PNG" and image.width > 300
