@@ -125,6 +125,9 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, *, dynam
     common = dict(input_names=[INPUT], output_names=[OUTPUT], opset_version=opset)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
+        # tf_same padding is computed from the input size as a Python int: right, since the graph's
+        # height and width are fixed (only the batch is dynamic)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if dynamo:
             torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
                               dynamic_shapes=({0: torch.export.Dim("batch")},), **common)
