@@ -14,8 +14,9 @@ Backends (`BACKENDS`):
 
 Each report also gives the compute-bound limit of the model on this machine: its floating-point
 work (counted by `torch.utils.flop_counter`) divided by the fp32 matrix-multiply throughput measured
-in the same rounds as the backends (`MatmulProbe`, the best product seen). No fp32 backend can beat it by much, since the 1x1 convolutions that
-hold most of the work are matrix multiplies; each fp32 result says what fraction of it it reaches.
+in the same rounds as the backends (`MatmulProbe`, the best product seen). No fp32 backend can beat
+it by much, since the 1x1 convolutions that hold most of the work are matrix multiplies; each fp32
+result says what fraction of it it reaches.
 
 After each backend's warm-up, the timed calls are spread over `ROUNDS` rounds that interleave the
 backends (in an order that rotates), so that slow changes in the load of a shared machine fall on
