@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from mobilenet.checkpoint import load_checkpoint
 
 WORKER = Path(__file__).with_name("dist_worker.py")
+COLLECTIVES = Path(__file__).with_name("dist_collectives.py")
 TINY = ["--width", "0.25", "--small-input", "--resolution", "16", "--classes", "0,1,2", "--batch-size", "16",
         "--lr", "0.05", "--no-progress"]
 
@@ -69,6 +70,13 @@ def test_two_process_run_writes_one_set_of_outputs_and_resumes(tmp_path):
     assert [m["epoch"] for m in lines] == [1, 2] and lines[1]["step"] == 2 * lines[0]["step"]
     model, meta = load_checkpoint(out / "last.safetensors", with_meta=True)  # loads in one process
     assert meta.classes == ["0", "1", "2"] and model(torch.randn(1, 3, 16, 16)).shape == (1, 3)
+
+
+def test_collectives_let_go_of_their_tensors_before_returning():
+    # gloo's worker thread would otherwise drop them a moment later, taking the GIL, and a rank
+    # that exits in that moment aborts (this made the resume test above fail one run in ten)
+    proc = torchrun(COLLECTIVES)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_failing_rank_stops_the_whole_job(tmp_path):

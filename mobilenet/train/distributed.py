@@ -9,6 +9,8 @@ those variables, training runs in one process and nothing here does anything.
 from __future__ import annotations
 
 import os
+import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -40,15 +42,20 @@ class Distributed:
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over all processes, in place (nothing to do in a single process)."""
         if self.enabled:
-            dist.all_reduce(tensor)
+            shared = [tensor.clone()]
+            dist.all_reduce(shared[0])
+            tensor.copy_(shared[0])
+            _wait_until_released(shared)
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every process's copy of an equally shaped tensor, in rank order."""
         if not self.enabled:
             return [tensor]
-        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(out, tensor)
+        shared = [tensor.clone(), *(torch.empty_like(tensor) for _ in range(self.world_size))]
+        dist.all_gather(shared[1:], shared[0])
+        out = [t.clone() for t in shared[1:]]
+        _wait_until_released(shared)
         return out
 
     def barrier(self) -> None:
@@ -58,6 +65,24 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _wait_until_released(shared: list[torch.Tensor], timeout_s: float = 5.0) -> None:
+    """Empty `shared` and wait until the backend's own threads have let go of its tensors too.
+
+    A collective returns as soon as its result is ready, but gloo's worker thread still holds the
+    work, and with it these tensors, a moment longer; dropping them takes the GIL. If that moment
+    falls after the interpreter has begun to exit, Python ends the worker thread mid-destructor and
+    the process aborts ("terminate called without an active exception"). DistributedDataParallel
+    keeps the process group, and so its worker threads, alive past destroy_process_group, so this
+    can happen at the end of every run. Collectives here therefore use private copies and return
+    only once the worker has dropped them (a fraction of a millisecond).
+    """
+    refs = [weakref.ref(t) for t in shared]
+    shared.clear()
+    deadline = time.monotonic() + timeout_s
+    while any(ref() is not None for ref in refs) and time.monotonic() < deadline:
+        time.sleep(0)  # let the worker thread take the GIL
 
 
 def from_environment(timeout_s: float = 600.0) -> Distributed:
