@@ -4,6 +4,7 @@ verified downloads, used by checkpoints, run directories, exports, datasets and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 CHUNK = 1 << 20
+TEMPORARY = ".tmp-"  # in the names of atomic_output's temporary files: `.<stem>.tmp-<random><suffix>`
 
 
 @contextlib.contextmanager
@@ -29,7 +31,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {path.parent} does not exist")
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}{TEMPORARY}", suffix=path.suffix, dir=path.parent)
     except PermissionError:
         raise PermissionError(f"folder {path.parent} is not writable") from None
     os.close(fd)
@@ -42,8 +44,52 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         tmp.chmod(0o666 & ~umask)  # mkstemp's file is private (0600): give it a new file's usual mode
         os.replace(tmp, path)
+    except Exception as error:
+        if _disk_full(error):
+            raise OSError(errno.ENOSPC, f"no space left on the device to write {path}; "
+                                        f"{path.name} keeps its previous content") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """ENOSPC, whether raised by Python or reported in the message of a library's own error
+    (safetensors raises SafetensorError("... No space left on device (os error 28)"))."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "No space left on device" in str(error) or "os error 28" in str(error)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed process left in `folder` (from `atomic_output`);
+    returns them. Call it only while no other process can be writing there (a run holds its lock)."""
+    removed = []
+    for entry in Path(folder).iterdir():
+        if entry.name.startswith(".") and TEMPORARY in entry.name and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same resolved path, or the same inode (a hard link,
+    a bind mount) when both exist."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_overwrite(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Raise ValueError if `output` is one of `inputs` ({what: path}): checked before any work, so
+    a command never replaces the file it reads with the file it writes."""
+    for what, path in inputs.items():
+        if path is not None and str(path) and same_file(output, path):
+            raise ValueError(f"the output {output} is the {what} it is made from; write it to another file")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -169,6 +169,7 @@ def test_fine_tune_replaces_the_classifier_and_keeps_everything_else(tmp_path):
                            start["features.1.depthwise.conv.weight"])
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"] == "mobilenet_v2" and saved["model_options"]["padding"] == "tf_same"
+    run.close()  # lets go of the run folder, as `train` does at the end
     resumed_run = Run(TrainConfig.load(tmp_path / "run" / "config.json"), resume=True, progress=False)
     assert resumed_run.model.config == run.model.config  # rebuilt without the pretrained file
 

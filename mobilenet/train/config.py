@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+
+DATASET_NAMES = ("digits", "cifar10")  # names load_dataset knows; any other `data` is a path
 
 
 @dataclass
@@ -59,33 +64,93 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        """A configuration from JSON-like data, every value checked against its field's type."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a training configuration is a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training options: {', '.join(unknown)}")
-        return cls(**data)
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _typed(name, value, hints[name]) for name, value in data.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not a training configuration: {error.reason}") from None
+        except ValueError as error:
+            raise ValueError(f"{path} is not a usable training configuration: {error}") from None
+
+    def with_absolute_paths(self) -> TrainConfig:
+        """The same configuration with its file paths (data, data_root, pretrained) made absolute,
+        so that it means the same thing from any working directory."""
+        def absolute(path: str | None) -> str | None:
+            return str(Path(path).expanduser().absolute()) if path else path
+
+        data = self.data
+        if data not in DATASET_NAMES and Path(data).expanduser().exists():
+            data = absolute(data)
+        return replace(self, data=data, data_root=absolute(self.data_root), pretrained=absolute(self.pretrained))
 
     def validate(self) -> TrainConfig:
-        """Check the values a model and dataset cannot check for themselves."""
+        """Check the values a model and dataset cannot check for themselves: every number finite
+        and in its range, every choice one of its choices."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, list) else [value]
+            for number in numbers:
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise ValueError(f"{f.name.replace('_', ' ')} must be a finite number, got {number}")
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (self.optimizer in ("sgd", "rmsprop"), f"optimizer must be sgd or rmsprop, got {self.optimizer!r}"),
             (self.schedule in ("cosine", "exponential"), f"schedule must be cosine or exponential, got {self.schedule!r}"),
+            (0 < self.lr_gamma <= 1, f"lr gamma (the exponential schedule's decay per epoch) must be in (0, 1], "
+                                     f"got {self.lr_gamma}"),
             (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}"),
+            (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.amp in ("auto", "on", "off"), f"amp must be auto, on or off, got {self.amp!r}"),
             (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (0 <= self.freeze_epochs, f"freeze epochs must be >= 0, got {self.freeze_epochs}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.mean is None or len(self.mean) == 3, f"mean must have 3 values (R, G, B), got {self.mean}"),
+            (self.std is None or (len(self.std) == 3 and min(self.std) > 0),
+             f"std must have 3 positive values (R, G, B), got {self.std}"),
+            (self.classes is None or len(self.classes) >= 1, "classes must name at least one class"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         return self
+
+
+def _typed(name: str, value, hint):
+    """`value` if it is of type `hint` (float accepts int), else ValueError naming the field."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        origin, args = typing.get_origin(option) or option, typing.get_args(option)
+        if option is type(None) and value is None:
+            return None
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin in (str, dict) and isinstance(value, origin):
+            return value
+        if origin is list and isinstance(value, list):
+            try:
+                return [_typed(name, item, args[0]) for item in value]
+            except ValueError:
+                continue
+    expected = " or ".join("null" if o is type(None) else o.__name__ if isinstance(o, type) else str(o) for o in options)
+    raise ValueError(f"{name} must be {expected}, got {json.dumps(value)[:60]}")

@@ -5,10 +5,11 @@ A run directory holds:
     metrics.jsonl       one JSON line per epoch
     last.safetensors    the model after the latest epoch (a loadable checkpoint)
     best.safetensors    the model with the best test top-1 so far
-    state.safetensors   what `--resume` needs: weights, optimizer, averaged weights, generators
+    state.safetensors   what `--resume` needs: weights, optimizer, averaged weights, generators, metrics
     curves.png          loss and accuracy per epoch
-Every file is written atomically, once per epoch: a stop at any moment loses at most the epoch
-in progress, and resuming continues as if nothing had happened (same weights as an unbroken run).
+Every file is written atomically, once per epoch, in the order `mobilenet.train.rundir` gives: a
+stop at any moment loses at most the epoch in progress, and resuming continues as if nothing had
+happened (same weights as an unbroken run).
 """
 
 from __future__ import annotations
@@ -34,12 +35,7 @@ from mobilenet.models import create_model
 from mobilenet.train.config import TrainConfig
 from mobilenet.train.distributed import Distributed, from_environment
 from mobilenet.train.optim import build_optimizer, learning_rate
-
-STATE_FILE = "state.safetensors"
-
-
-class TrainingError(ValueError):
-    """A run that cannot go on (diverged, nothing to resume): reported in one line, exit status 2."""
+from mobilenet.train.rundir import BEST, CONFIG, CURVES, LAST, METRICS, STATE, RunFolder, TrainingError
 
 
 def _ema_model(model: nn.Module, decay: float):
@@ -70,7 +66,26 @@ class Run:
         self.device = self.dist.device
         self.is_main = self.dist.is_main
         self.progress = progress and self.is_main
-        self.out = Path(config.out)
+        self.folder = RunFolder(config.out)
+        self.out = self.folder.path
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the run folder (its lock): another process may write it from now on."""
+        self.folder.release()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _setup(self, resume: bool) -> None:
+        config = self.config
         pretrained = self._adopt_pretrained() if config.pretrained and not resume else None
         self._prepare_out(resume)
 
@@ -177,41 +192,57 @@ class Run:
     # --- files ---------------------------------------------------------------------------------
 
     def _prepare_out(self, resume: bool) -> None:
-        state = self.out / STATE_FILE
+        """Check the folder, then (rank 0) lock it: a run folder has one writer. A fresh start may
+        take over a folder whose run was stopped before it committed its first epoch."""
+        folder = self.folder
         if resume:
-            if not state.is_file():
-                raise TrainingError(f"nothing to resume in {self.out}: no {STATE_FILE} (start a run without --resume)")
+            folder.check_resumable()
+        else:
+            restart = folder.check_fresh()
+        if not self.is_main:
             return
-        if state.exists() or (self.out / "last.safetensors").exists():
-            raise TrainingError(f"{self.out} already holds a run: continue it with --resume, or choose another --out")
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_text(self.out / "config.json", self.config.to_json())
+        folder.acquire()
+        if resume:
+            folder.check_resumable()  # again, now that no other process can change it
+            return
+        if folder.check_fresh() or restart:
+            folder.clear()
+            print(f"{self.out}: its run stopped before finishing an epoch; starting it afresh", flush=True)
+        write_text(folder / CONFIG, self.config.to_json())
 
     def _save(self, result: EvalResult) -> None:
-        """Write the epoch's checkpoints, metrics, plot and resumable state (rank 0 only)."""
+        """Commit the epoch (rank 0 only): the best checkpoint if it improved, then the state file,
+        which is the commit point, then the views derived from it (`_write_views`)."""
         generators = self.dist.all_gather(torch.get_rng_state())  # every rank's, for its dropout
         if not self.is_main:
             return
-        weights = (self.ema.module if self.ema else self.model).state_dict()
-        save_model_state(self.out / "last.safetensors", weights, self.meta)
         if result.top1 > self.best_top1:
             self.best_top1 = result.top1
-            save_model_state(self.out / "best.safetensors", weights, self.meta)
+            save_model_state(self.folder / BEST, self._weights(), self.meta)
         extra = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.ema:
             extra.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         extra.update({f"rng.torch.{rank}": state for rank, state in enumerate(generators)})
         info = {"epoch": self.epoch, "step": self.step, "best_top1": self.best_top1, "metrics": self.metrics}
-        save_training_state(self.out / STATE_FILE, self.optimizer, extra, info)
-        write_text(self.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
+        save_training_state(self.folder / STATE, self.optimizer, extra, info)
+        self._write_views()
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """The weights a checkpoint holds: the averaged ones when the run keeps an average."""
+        return (self.ema.module if self.ema else self.model).state_dict()
+
+    def _write_views(self) -> None:
+        """last.safetensors, metrics.jsonl and curves.png as the committed state says (also on
+        resume, so a kill between the state and these files loses nothing)."""
+        save_model_state(self.folder / LAST, self._weights(), self.meta)
+        write_text(self.folder / METRICS, "".join(json.dumps(m) + "\n" for m in self.metrics))
         from mobilenet.plots import plot_curves
 
-        plot_curves(self.metrics, self.out / "curves.png",
+        plot_curves(self.metrics, self.folder / CURVES,
                     title=f"{self.config.model} x{self.config.width:g} on {self.config.data}")
 
     def _load_state(self) -> None:
-        extra, info = load_training_state(self.out / STATE_FILE, self.optimizer)
+        extra, info = load_training_state(self.folder / STATE, self.optimizer)
         self.model.load_state_dict({k[6:]: v for k, v in extra.items() if k.startswith("model.")})
         if self.ema:
             self.ema.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema.")})
@@ -221,6 +252,8 @@ class Run:
         torch.set_rng_state(saved)
         self.epoch, self.step, self.best_top1 = info["epoch"], info["step"], info["best_top1"]
         self.metrics = info["metrics"]
+        if self.is_main:
+            self._write_views()
 
     # --- training ------------------------------------------------------------------------------
 
@@ -306,17 +339,24 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
 
     Returns the metrics of the last epoch trained. `stop_after` ends this call after that many
     epochs (a later `resume` goes on), for jobs with a time limit. A resumed run takes its
-    configuration from the run directory's config.json: only `config.out` is read here.
+    configuration from the run directory's config.json: only `config.out` is read here, and the
+    run is the one in that folder wherever it was first started (a copied or moved run resumes
+    where it is). A new run records its data, data root and pretrained file as absolute paths,
+    so that resume and export work from any working directory.
     """
     if resume:
-        saved = Path(config.out) / "config.json"
-        if not saved.is_file():
-            raise TrainingError(f"nothing to resume in {config.out}: no config.json (start a run without --resume)")
-        config = TrainConfig.load(saved)
+        folder = RunFolder(config.out)
+        folder.check_resumable()
+        saved = TrainConfig.load(folder / CONFIG)
+        saved.out = config.out
+        config = saved
+    else:
+        config = config.with_absolute_paths()
     config.validate()
     dist = from_environment()
     try:
-        return Run(config, resume=resume, progress=progress, dist=dist).run(stop_after)
+        with Run(config, resume=resume, progress=progress, dist=dist) as run:
+            return run.run(stop_after)
     finally:
         dist.close()
 
