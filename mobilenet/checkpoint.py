@@ -12,6 +12,7 @@ safetensors file of the same kind: tensors, and JSON in the metadata.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from mobilenet.files import atomic_output
 from mobilenet.models import create_model
 
 FORMAT = "mobilenet.checkpoint/1"
+STATE_FORMAT = "mobilenet.training-state/1"
 
 
 @dataclass
@@ -57,7 +59,7 @@ class ModelMeta:
         if not metadata or metadata.get("format") != FORMAT:
             raise ValueError(f"{path} is a safetensors file but not a mobilenet checkpoint (no model configuration in it)")
         try:
-            return cls(
+            meta = cls(
                 config=json.loads(metadata["config"]),
                 classes=json.loads(metadata["classes"]),
                 resolution=int(metadata["resolution"]),
@@ -65,8 +67,33 @@ class ModelMeta:
                 std=tuple(json.loads(metadata["std"])),
                 extra=json.loads(metadata.get("extra", "{}")),
             )
-        except (KeyError, ValueError, TypeError) as error:
+            meta.validate()
+        except KeyError as error:
+            raise ValueError(f"{path}: damaged checkpoint metadata (no {error})") from None
+        except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: damaged checkpoint metadata ({error})") from None
+        return meta
+
+    def validate(self) -> None:
+        """Check every field's type and range (a checkpoint is input like any other)."""
+        from mobilenet.data.memory import check_resolution
+        from mobilenet.models import MODELS
+
+        config, classes = self.config, self.classes
+        if not isinstance(config, dict) or config.get("name") not in MODELS:
+            raise ValueError(f"config must name one of the models {', '.join(sorted(MODELS))}")
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise ValueError("classes must be a list of class names")
+        if config.get("num_classes") != len(classes):
+            raise ValueError(f"the model has {config.get('num_classes')} outputs but {len(classes)} class names")
+        check_resolution(self.resolution)
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be 3 finite numbers (R, G, B), got {list(values)}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {list(self.std)}")
+        if not isinstance(self.extra, dict):
+            raise ValueError("extra must be a JSON object")
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
@@ -90,6 +117,25 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return tensors, metadata
 
 
+def mobilenet_file_kind(path: str | os.PathLike) -> str | None:
+    """"checkpoint" or "training state" if `path` is such a file of ours, else None (read from
+    the safetensors header alone, so it is cheap)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            kind = (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+    return {FORMAT: "checkpoint", STATE_FORMAT: "training state"}.get(kind)
+
+
+def refuse_replacing_ours(output: str | os.PathLike, keep: tuple[str, ...] = ("checkpoint", "training state")) -> None:
+    """Raise ValueError if `output` is an existing file of ours of a kind in `keep`: an export, a
+    plot or a conversion never replaces a checkpoint or a run's training state by mistake."""
+    kind = mobilenet_file_kind(output) if os.path.isfile(output) else None
+    if kind in keep:
+        raise ValueError(f"the output {output} is a mobilenet {kind}; it is kept: write to another file")
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> None:
     """Save a model and what rebuilds it, atomically."""
     save_model_state(path, model.state_dict(), meta)
@@ -105,9 +151,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
     return tensors, ModelMeta.from_metadata(metadata, str(path))
 
 
-def build_from_meta(meta: ModelMeta) -> nn.Module:
+def build_from_meta(meta: ModelMeta, path: str | os.PathLike = "checkpoint") -> nn.Module:
+    """The model a checkpoint's configuration describes (its weights not yet loaded)."""
     config = dict(meta.config)
-    return create_model(config.pop("name"), **config)
+    try:
+        return create_model(config.pop("name"), **config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: its model configuration cannot be built: {error}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, with_meta: bool = False):
@@ -117,7 +167,7 @@ def load_checkpoint(path: str | os.PathLike, with_meta: bool = False):
     normalisation.
     """
     tensors, meta = read_checkpoint(path)
-    model = build_from_meta(meta)
+    model = build_from_meta(meta, path)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as error:
@@ -143,7 +193,7 @@ def save_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimize
             else:
                 scalars.setdefault(str(index), {})[name] = value
     metadata = {
-        "format": "mobilenet.training-state/1",
+        "format": STATE_FORMAT,
         "param_groups": json.dumps(state["param_groups"]),
         "optimizer_scalars": json.dumps(scalars),
         "info": json.dumps(info),
@@ -154,17 +204,27 @@ def save_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimize
 def load_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Restore the optimizer from a training-state file; returns its extra tensors and info."""
     tensors, metadata = read_safetensors(path)
-    if metadata.get("format") != "mobilenet.training-state/1":
+    if metadata.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a mobilenet training state")
-    slots: dict[int, dict] = {}
-    extra = {}
-    for key, value in tensors.items():
-        if key.startswith("extra."):
-            extra[key.removeprefix("extra.")] = value
-        else:
-            _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = value
-    for index, values in json.loads(metadata["optimizer_scalars"]).items():
-        slots.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict({"state": slots, "param_groups": json.loads(metadata["param_groups"])})
-    return extra, json.loads(metadata["info"])
+    try:
+        slots: dict[int, dict] = {}
+        extra = {}
+        for key, value in tensors.items():
+            if key.startswith("extra."):
+                extra[key.removeprefix("extra.")] = value
+            else:
+                _, index, name = key.split(".", 2)
+                slots.setdefault(int(index), {})[name] = value
+        for index, values in json.loads(metadata["optimizer_scalars"]).items():
+            slots.setdefault(int(index), {}).update(values)
+        optimizer.load_state_dict({"state": slots, "param_groups": json.loads(metadata["param_groups"])})
+        info = json.loads(metadata["info"])
+        for name, kind in (("epoch", int), ("step", int), ("best_top1", (int, float)), ("metrics", list)):
+            if not isinstance(info.get(name), kind) or isinstance(info.get(name), bool):
+                raise ValueError(f"info.{name} is {json.dumps(info.get(name))[:40]}")
+    except KeyError as error:
+        raise ValueError(f"{path}: damaged training state (no {error})") from None
+    except (ValueError, TypeError, AttributeError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: damaged training state ({reason})") from None
+    return extra, info

@@ -54,6 +54,12 @@ def _positive_int(name: str) -> Callable:
     return _argtype(check, int)
 
 
+def _at_least_zero(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number >= 0, got {value!r}")
+    return value
+
+
 def _backends(text: str) -> list[str]:
     from mobilenet.bench import parse_backends
 
@@ -150,6 +156,20 @@ def _checkpoint_and_data_classes(meta, dataset, path: str) -> None:
                          f"({', '.join(dataset.classes[:5])}{', ...' if len(dataset.classes) > 5 else ''})")
 
 
+def _check_plot(plot, checkpoint: str, given: bool) -> None:
+    """Before any work: the confusion plot must not replace the checkpoint (or any of ours), and
+    its folder must be writable (the default is beside the checkpoint, which may be read-only)."""
+    from mobilenet.checkpoint import refuse_replacing_ours
+    from mobilenet.files import check_output_path, refuse_overwrite
+
+    refuse_overwrite(plot, {"checkpoint": checkpoint})
+    refuse_replacing_ours(plot)
+    try:
+        check_output_path(plot)
+    except PermissionError as error:
+        raise PermissionError(f"{error}{'' if given else '; pass --plot FILE to write the confusion matrix elsewhere'}") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -157,17 +177,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mobilenet.data import load_dataset, make_loader
     from mobilenet.evaluate import evaluate
     from mobilenet.export import resolve_runtime, runtime_model
-    from mobilenet.plots import plot_confusion
+    from mobilenet.plots import plot_confusion, readable
 
     runtime = resolve_runtime(args.backend)
+    plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_suffix(".confusion.png")
+    _check_plot(plot, args.checkpoint, given=args.plot is not None)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
     dataset = load_dataset(args.data, args.split, classes=args.classes, resolution=meta.resolution, root=args.data_root)
     _checkpoint_and_data_classes(meta, dataset, args.checkpoint)
     loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers,
                          channels_last=runtime == "pytorch")
     fast, runtime = runtime_model(model, meta.resolution, runtime)
-    result = evaluate(fast, loader, len(meta.classes))
-    plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_suffix(".confusion.png")
+    result = evaluate(fast, loader, len(meta.classes), progress=not args.json)
     plot_confusion(result.confusion, meta.classes, plot, title=f"{Path(args.checkpoint).name} on {args.data} ({args.split})")
     if args.json:
         print(json.dumps({**result.to_dict(meta.classes), "checkpoint": args.checkpoint, "data": args.data,
@@ -175,8 +196,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.checkpoint} on {args.data} ({args.split}, {result.num_images} images, {runtime})")
     print(f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  loss {result.loss:.4f}")
-    width = max(len(c) for c in meta.classes)
-    for name, acc in zip(meta.classes, result.per_class):
+    names = [readable(name) for name in meta.classes]
+    width = max(len(c) for c in names)
+    for name, acc in zip(names, result.per_class):
         print(f"  {name:<{width}}  {100 * acc:6.2f}%")
     print(f"confusion matrix: {plot}")
     return 0
@@ -186,19 +208,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mobilenet.checkpoint import load_checkpoint
     from mobilenet.evaluate import predict_files
     from mobilenet.export import resolve_runtime, runtime_model
+    from mobilenet.plots import readable
 
     runtime = resolve_runtime(args.backend)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
     fast, _ = runtime_model(model, meta.resolution, runtime)
     results = predict_files(fast, args.images, meta.resolution, meta.mean, meta.std, meta.classes,
                             args.top_k, crop_fraction=meta.extra.get("crop_fraction", 0.875))
+    failed = [item for item in results if "error" in item]
     if args.json:
         print(json.dumps(results))
-        return 0
     for item in results:
-        best = ", ".join(f"{p['class']} {100 * p['probability']:.1f}%" for p in item["predictions"])
-        print(f"{item['image']}: {best}")
-    return 0
+        if "error" in item:
+            print(f"mobilenet: error: {readable(_one_line(ValueError(item['error'])))}", file=sys.stderr)
+        elif not args.json:
+            best = ", ".join(f"{readable(p['class'])} {100 * p['probability']:.1f}%" for p in item["predictions"])
+            print(f"{item['image']}: {best}")
+    return EXIT_USAGE if failed else 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -255,8 +281,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps({**result, "files": [str(p) for p in paths]}) if args.json else
               bench.sweep_table(result) + "\nwritten: " + ", ".join(map(str, paths)))
         return 0
+    from mobilenet.cost import check_resolution
+
     model, resolution = bench.build(args.model, width=args.width)
-    report = bench.measure(model, resolution=args.resolution or resolution or 224, progress=progress, **options)
+    resolution = check_resolution(args.resolution or resolution or 224, model)
+    report = bench.measure(model, resolution=resolution, progress=progress, **options)
     print(json.dumps(report) if args.json else bench.format_report(report))
     return 0
 
@@ -299,7 +328,7 @@ def build_parser() -> Parser:
     p.add_argument("--classes", type=TRAIN_FLAGS["--classes"][1], default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=_argtype(_at_least_zero, int), default=2, help="image decoding processes (default 2)")
     p.add_argument("--plot", default=None, help="confusion-matrix PNG (default: beside the checkpoint)")
     p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -373,7 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(error, file=sys.stderr)
     except (ValueError, OSError, MissingPackage) as error:
-        print(f"mobilenet: error: {_one_line(error)}", file=sys.stderr)
+        from mobilenet.plots import readable
+
+        print(f"mobilenet: error: {readable(_one_line(error))}", file=sys.stderr)
     except KeyboardInterrupt:
         print("mobilenet: interrupted; a training run keeps its last finished epoch (continue with --resume)",
               file=sys.stderr)

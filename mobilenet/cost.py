@@ -119,9 +119,10 @@ def _weight_params(layer: LayerCost) -> int:
 
 
 def check_resolution(resolution: int, model: nn.Module) -> int:
-    """Validate an input resolution: a positive integer, at least the model's total stride."""
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    """Validate an input resolution: a number of pixels in range, at least the model's total stride."""
+    from mobilenet.data.memory import check_resolution as check_pixels
+
+    check_pixels(resolution)
     stride = getattr(model, "output_stride", 1)
     if resolution < stride:
         name = getattr(model, "config", {}).get("name", type(model).__name__)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 
 @dataclass
@@ -57,14 +58,18 @@ class Tally:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, num_classes: int, *, reduce=None) -> EvalResult:
+def evaluate(model: nn.Module, loader, num_classes: int, *, reduce=None, progress: bool = False) -> EvalResult:
     """Evaluate `model` over every batch of `loader`. `reduce`, given, sums the tallies of all
-    processes of a distributed run in place (so each image is counted once)."""
+    processes of a distributed run in place (so each image is counted once). `progress` shows a
+    bar (images/s, ETA) when stderr is a terminal."""
     was_training = model.training
     model.eval()
     tally = Tally(num_classes)
-    for images, labels in loader:
-        tally.add(model(images), labels)
+    with tqdm(total=len(loader.dataset) if hasattr(loader, "dataset") else None, unit="img", desc="evaluating",
+              disable=None if progress else True, leave=False, dynamic_ncols=True) as bar:
+        for images, labels in loader:
+            tally.add(model(images), labels)
+            bar.update(len(labels))
     if reduce is not None:
         for tensor in tally.tensors():
             reduce(tensor)
@@ -76,7 +81,8 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, reduce=None) -> Eval
 def predict_files(model: nn.Module, paths: list[str | os.PathLike], resolution: int, mean, std,
                   classes: list[str], top_k: int = 5, crop_fraction: float = 0.875) -> list[dict]:
     """Class names and probabilities for each image file, with the evaluation transform: resize
-    the short side to resolution / crop_fraction, then centre-crop (1.0: the whole image)."""
+    the short side to resolution / crop_fraction, then centre-crop (1.0: the whole image). A file
+    that cannot be decoded gets `{"image": path, "error": message}` in its place."""
     from mobilenet.data.folder import decode_image, eval_transform
     from mobilenet.data.loader import Normalize
 
@@ -85,7 +91,11 @@ def predict_files(model: nn.Module, paths: list[str | os.PathLike], resolution: 
     k = max(1, min(top_k, len(classes)))
     results = []
     for path in paths:
-        image = eval_transform(decode_image(path), resolution, crop_fraction)
+        try:
+            image = eval_transform(decode_image(path), resolution, crop_fraction)
+        except ValueError as error:  # one unreadable file does not hide the others' answers
+            results.append({"image": str(path), "error": str(error)})
+            continue
         x = normalize(image.unsqueeze(0))
         probs = model(x).softmax(1)[0]
         top = probs.topk(k)

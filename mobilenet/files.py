@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 CHUNK = 1 << 20
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # permissions, or a read-only file system
 TEMPORARY = ".tmp-"  # in the names of atomic_output's temporary files: `.<stem>.tmp-<random><suffix>`
 
 
@@ -32,8 +33,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise FileNotFoundError(f"folder {path.parent} does not exist")
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.stem}{TEMPORARY}", suffix=path.suffix, dir=path.parent)
-    except PermissionError:
-        raise PermissionError(f"folder {path.parent} is not writable") from None
+    except OSError as error:
+        if error.errno in NOT_WRITABLE:
+            raise PermissionError(f"folder {path.parent} is not writable") from None
+        raise
     os.close(fd)
     tmp = Path(name)
     try:
@@ -90,6 +93,25 @@ def refuse_overwrite(output: str | os.PathLike, inputs: dict[str, str | os.PathL
     for what, path in inputs.items():
         if path is not None and str(path) and same_file(output, path):
             raise ValueError(f"the output {output} is the {what} it is made from; write it to another file")
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path, after checking that its folder exists and is writable, and that `path` is not
+    a folder: the cheap checks, made before any slow work."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"output {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    try:  # the one sure test of writability (permissions, read-only mounts, root) is to write
+        fd, probe = tempfile.mkstemp(prefix=f".{path.stem}.probe-", dir=path.parent)
+    except OSError as error:
+        if error.errno in NOT_WRITABLE:
+            raise PermissionError(f"output folder {path.parent} is not writable") from None
+        raise
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -12,6 +12,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def readable(name: str) -> str:
+    """A name as it can be shown anywhere: a folder name that is not valid UTF-8 (decoded by Python
+    with surrogate escapes) shows its odd bytes as \\xNN instead of breaking a print or a font."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _save(fig, path: str | os.PathLike) -> None:
     """Write the figure atomically: a reader never sees half a PNG."""
     with atomic_output(path) as tmp:
@@ -40,6 +46,7 @@ def plot_curves(metrics: list[dict], path: str | os.PathLike, title: str = "") -
 def plot_confusion(confusion, classes: list[str], path: str | os.PathLike, title: str = "") -> None:
     """The confusion matrix, rows the true class, columns the predicted one, with counts."""
     n = len(classes)
+    classes = [readable(name) for name in classes]
     size = max(4.0, min(16.0, 0.45 * n + 2))
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(confusion, cmap="Blues")

@@ -65,7 +65,7 @@ def test_plain_safetensors_without_configuration(tmp_path):
 def test_tensors_that_do_not_fit_the_configuration(tmp_path):
     model = create_model("mobilenet_v1", width_mult=0.25, num_classes=2)
     meta = meta_for(model)
-    meta.config = {**meta.config, "num_classes": 5}
+    meta.config, meta.classes = {**meta.config, "num_classes": 5}, list("abcde")  # consistent, but not the tensors
     save_checkpoint(tmp_path / "m.safetensors", model, meta)
     with pytest.raises(ValueError, match="do not fit"):
         load_checkpoint(tmp_path / "m.safetensors")

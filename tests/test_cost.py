@@ -94,8 +94,9 @@ def test_cost_scales_with_resolution_squared():
     assert full.params == half.params
 
 
-@pytest.mark.parametrize("resolution,message", [(0, "positive integer"), (-1, "positive integer"),
-                                                 (1.5, "positive integer"), (31, "at least 32")])
+@pytest.mark.parametrize("resolution,message", [(0, "whole number of pixels"), (-1, "whole number of pixels"),
+                                                 (1.5, "whole number of pixels"), (5000, "from 1 to 4096"),
+                                                 (31, "at least 32")])
 def test_bad_resolution(resolution, message):
     with pytest.raises(ValueError, match=message):
         cost("mobilenet_v1", resolution)

@@ -61,7 +61,7 @@ def test_two_process_run_writes_one_set_of_outputs_and_resumes(tmp_path):
     first = torchrun("-m", "mobilenet", "train", "--out", out, "--epochs", "2", "--stop-after", "1", *TINY)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("epoch 1/2") == 1  # only rank 0 reports
-    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "curves.png",
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "best.safetensors", "config.json", "curves.png",
                                                      "last.safetensors", "metrics.jsonl", "state.safetensors"]
     resumed = torchrun("-m", "mobilenet", "train", "--out", out, "--resume", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr

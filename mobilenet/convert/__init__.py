@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenet.checkpoint import ModelMeta, save_checkpoint
+from mobilenet.checkpoint import ModelMeta, refuse_replacing_ours, save_checkpoint
 from mobilenet.convert.catalog import FORMATS, HALF, IMAGENET_MEAN, IMAGENET_STD, SLIM_CROP, WEIGHTS, Weights, \
     find_by_filename, find_weights, known_weights
 from mobilenet.convert.classes import imagenet_classes
@@ -25,6 +25,7 @@ from mobilenet.convert.download import download, file_sha256
 from mobilenet.convert.keras_h5 import keras_resolution, plan_keras, read_keras_h5
 from mobilenet.convert.layout import Pair, Plan, assemble
 from mobilenet.convert.torch_sources import plan_timm, plan_torchvision, read_torch_file
+from mobilenet.files import refuse_overwrite
 from mobilenet.models import create_model
 
 
@@ -117,6 +118,8 @@ def convert(source: str | os.PathLike, source_format: str, output: str | os.Path
     centre-crop fraction, interpolation, source file, its sha256 and the published weights' name.
     Returns that metadata.
     """
+    refuse_overwrite(output, {"weights file": source})
+    refuse_replacing_ours(output, keep=("training state",))
     imported = import_weights(source, source_format)
     save_checkpoint(output, imported.model, imported.meta)
     return imported.meta

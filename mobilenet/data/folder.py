@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -158,11 +159,32 @@ def find_classes(split_dir: Path) -> list[str]:
     return classes
 
 
-def find_images(class_dir: Path) -> list[Path]:
-    """Image files under ``class_dir`` (recursively, sorted); ValueError if there are none."""
-    found = []
+def _identity(path: str | os.PathLike) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def find_images(class_dir: Path, skipped: list[str] | None = None, seen: set | None = None) -> list[Path]:
+    """Image files under ``class_dir`` (recursively, sorted); ValueError if there are none.
+
+    Symbolic links are followed, but each real folder is walked once: a link to a folder already
+    walked or in ``seen`` (a loop such as ``cat/loop -> ..``, a link to another class folder, a
+    second way into the same images) is skipped and described in ``skipped``, so no image is
+    counted twice, none is filed under two classes, and no walk is endless.
+    """
+    found, seen = [], set() if seen is None else seen
+    seen.add(_identity(class_dir))
     for parent, dirs, files in os.walk(class_dir, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        kept = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):
+            identity = _identity(os.path.join(parent, name))  # os.walk lists no dangling link as a folder
+            if identity in seen:
+                if skipped is not None:
+                    skipped.append(f"{os.path.join(parent, name)} (a link to a folder read once already)")
+                continue
+            seen.add(identity)
+            kept.append(name)
+        dirs[:] = kept
         found += [Path(parent, f) for f in sorted(files) if f.lower().endswith(EXTENSIONS) and f[0] != "."]
     if not found:
         raise ValueError(f"class folder {class_dir} has no images (looked for {', '.join(EXTENSIONS)})")
@@ -193,11 +215,16 @@ class ImageFolder(torch.utils.data.Dataset):
                 f"train/ and val/ of {self.root} must have the same class folders; "
                 f"differing: {', '.join(differ)}"
             )
-        paths, labels = [], []
+        paths, labels, skipped = [], [], []
+        split_dir = self.root / self.split
+        seen = {_identity(split_dir), *(_identity(split_dir / name) for name in self.classes)}
         for label, name in enumerate(self.classes):
-            found = find_images(self.root / self.split / name)
+            found = find_images(split_dir / name, skipped, seen)
             paths += [os.fsencode(path) for path in found]
             labels += [label] * len(found)
+        if skipped:
+            print(f"note: {self.root / self.split}: skipped {len(skipped)} folder link{'s' * (len(skipped) > 1)}: "
+                  f"{'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}", file=sys.stderr)
         # One numpy bytes array rather than a list of Path objects: forked DataLoader workers read it
         # without touching reference counts, so they share it instead of each copying it
         # (the copy-on-read memory growth of pytorch/pytorch#13246, large at ImageNet's 1.28M files).

@@ -78,5 +78,6 @@ def _find_cifar10(root: Path, download: bool) -> Path:
         if candidate.exists():
             return candidate
     raise FileNotFoundError(
-        f"CIFAR-10 not found in {root}; pass download=True to fetch it, or put {cifar.ARCHIVE} there"
+        f"CIFAR-10 not found in {root}: add --download to fetch it (download=True in Python), "
+        f"or put {cifar.ARCHIVE} there"
     )

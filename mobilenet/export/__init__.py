@@ -90,8 +90,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     config.json beside the checkpoint, and on random inputs if neither is found; INT8 needs real
     data (ValueError otherwise). Returns a JSON-ready report. Writes nothing unless every check passes.
     """
-    from mobilenet.checkpoint import load_checkpoint
+    from mobilenet.checkpoint import load_checkpoint, refuse_replacing_ours
     from mobilenet.data import make_loader
+    from mobilenet.files import refuse_overwrite
 
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
@@ -100,6 +101,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     if calibration_images < 1:
         raise ValueError(f"calibration_images must be a positive integer, got {calibration_images!r}")
     check_output_path(output)
+    refuse_overwrite(output, {"checkpoint": checkpoint, "calibration data": calibration_data})
+    refuse_replacing_ours(output)
     if format == "onnx":
         require("onnx", "onnxruntime", purpose="ONNX export")
     model, meta = load_checkpoint(checkpoint, with_meta=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from mobilenet import files
+from mobilenet.files import check_output_path
 
 INSTALL_HINT = "pip install 'mobilenet[export]' (or `make install`)"
 
@@ -33,23 +33,6 @@ def available(package: str) -> bool:
     except ImportError:
         return False
     return True
-
-
-def check_output_path(path: str | os.PathLike) -> Path:
-    """`path` as a Path, after checking that its folder exists and is writable, and that `path` is not
-    a folder: the cheap checks, made before any slow work."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"output {path} is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist")
-    try:  # the one sure test of writability (permissions, read-only mounts, root) is to write
-        fd, probe = tempfile.mkstemp(prefix=f".{path.stem}.probe-", dir=path.parent)
-    except PermissionError:
-        raise PermissionError(f"output folder {path.parent} is not writable") from None
-    os.close(fd)
-    os.unlink(probe)
-    return path
 
 
 @contextlib.contextmanager

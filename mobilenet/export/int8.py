@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from mobilenet.export.files import atomic_output, require
 from mobilenet.export.fold import inference_model
@@ -90,14 +91,17 @@ def quantize(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibra
 def compare(fp32_session, int8_session, loader) -> tuple[float, float, float, int]:
     """Top-1 agreement of the two sessions, and the top-1 accuracy of each, over a labelled loader."""
     same = right32 = right8 = total = 0
-    for images, labels in loader:
-        top32 = run(fp32_session, images).argmax(1)
-        top8 = run(int8_session, images).argmax(1)
-        truth = labels.numpy()
-        same += int((top32 == top8).sum())
-        right32 += int((top32 == truth).sum())
-        right8 += int((top8 == truth).sum())
-        total += len(truth)
+    with tqdm(total=len(loader.dataset), unit="img", desc="int8 against fp32", disable=None, leave=False,
+              dynamic_ncols=True) as bar:  # disable=None: shown only on a terminal
+        for images, labels in loader:
+            top32 = run(fp32_session, images).argmax(1)
+            top8 = run(int8_session, images).argmax(1)
+            truth = labels.numpy()
+            same += int((top32 == top8).sum())
+            right32 += int((top32 == truth).sum())
+            right8 += int((top8 == truth).sum())
+            total += len(truth)
+            bar.update(len(truth))
     if total == 0:
         raise ValueError("the evaluation split is empty")
     return same / total, right32 / total, right8 / total, total

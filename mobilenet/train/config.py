@@ -9,6 +9,8 @@ import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from mobilenet.data.memory import check_resolution
+
 DATASET_NAMES = ("digits", "cifar10")  # names load_dataset knows; any other `data` is a path
 
 
@@ -129,6 +131,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.resolution is not None:
+            check_resolution(self.resolution)
         return self
 
 

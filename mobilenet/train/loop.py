@@ -71,7 +71,7 @@ class Run:
         try:
             self._setup(resume)
         except BaseException:
-            self.close()
+            self.folder.release(failed=True)
             raise
 
     def close(self) -> None:
@@ -139,6 +139,8 @@ class Run:
         self.metrics: list[dict] = []
         if resume:
             self._load_state()
+        elif self.is_main:  # written once everything it names was found and built
+            write_text(self.folder / CONFIG, self.config.to_json())
 
     def _wrap(self) -> None:
         """What the training step calls: the model, in DDP when distributed (DDP registers the
@@ -182,6 +184,11 @@ class Run:
         replaced = meta.num_classes != self.model.config["num_classes"]
         if replaced:
             tensors = {k: v for k, v in tensors.items() if not k.startswith("classifier.")}
+        own = self.model.state_dict()
+        for key, value in tensors.items():
+            if key in own and own[key].shape != value.shape:
+                raise TrainingError(f"{self.config.pretrained} does not fit {self.config.model}: tensor {key} has "
+                                    f"shape {tuple(value.shape)}, the model's is {tuple(own[key].shape)}")
         missing, unexpected = self.model.load_state_dict(tensors, strict=False)
         missing = [k for k in missing if not (replaced and k.startswith("classifier."))]
         if missing or unexpected:
@@ -208,7 +215,6 @@ class Run:
         if folder.check_fresh() or restart:
             folder.clear()
             print(f"{self.out}: its run stopped before finishing an epoch; starting it afresh", flush=True)
-        write_text(folder / CONFIG, self.config.to_json())
 
     def _save(self, result: EvalResult) -> None:
         """Commit the epoch (rank 0 only): the best checkpoint if it improved, then the state file,

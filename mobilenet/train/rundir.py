@@ -50,6 +50,7 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise TrainingError(f"--out {self.path} is a file, not a folder")
         self._lock: int | None = None
+        self.created = False
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -79,6 +80,7 @@ class RunFolder:
 
     def acquire(self) -> None:
         """Take the folder's lock (creating the folder), then remove what killed writers left."""
+        self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -98,10 +100,16 @@ class RunFolder:
         for name in OUTPUTS:
             (self.path / name).unlink(missing_ok=True)
 
-    def release(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+    def release(self, *, failed: bool = False) -> None:
+        """Let go of the lock. `failed`: the run stopped before writing anything, so a folder it
+        created is removed again (the lock file was all it held)."""
+        if self._lock is None:
+            return
+        if failed and self.created and [p.name for p in self.path.iterdir()] == [LOCK]:
+            (self.path / LOCK).unlink()
+            self.path.rmdir()
+        os.close(self._lock)
+        self._lock = None
 
 
 __all__ = ["BEST", "CONFIG", "CURVES", "LAST", "LOCK", "METRICS", "OUTPUTS", "RunFolder", "STATE", "TrainingError"]
