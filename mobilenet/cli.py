@@ -343,7 +343,7 @@ def build_parser() -> Parser:
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("convert", help="import published weights (torchvision, timm, Keras) as our checkpoint")
-    p.add_argument("source", nargs="?", default=None, help="a .pth, .safetensors or .h5 file")
+    p.add_argument("source", nargs="?", default=None, help="a .pth, .safetensors, .h5 or .keras file")
     p.add_argument("--from", dest="source_format", required=True, choices=["torchvision", "timm", "keras"])
     p.add_argument("--output", required=True, help="the checkpoint to write")
     p.add_argument("--download", default=None, metavar="NAME",

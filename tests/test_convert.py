@@ -16,9 +16,11 @@ Where each layout comes from:
 - Keras: `keras/src/applications/mobilenet.py` and `mobilenet_v2.py` (keras-team/keras) for layer
   names, HWIO kernels, BatchNormalization eps 1e-3, ReLU6, ZeroPadding2D((0, 1), (0, 1)) /
   `correct_pad` before stride-2 'valid' convolutions, 'same' elsewhere; the published V2 files name
-  the classifier 'Logits' (keras_applications). HDF5 layouts: Keras 2 `save_weights`
-  (`layer_names` / `weight_names` attributes, `<layer>/<layer>/kernel:0`), Keras 2 `save` (the same
-  under `model_weights`), Keras 3 `.weights.h5` (`layers/<layer>/vars/<i>`).
+  the classifier 'Logits' (keras_applications). HDF5 layouts built here, which the installed
+  Keras 3 cannot write: Keras 2 `save_weights` (`layer_names` / `weight_names` attributes,
+  `<layer>/<layer>/kernel:0`), Keras 2 `save` (the same under `model_weights`), TF-Keras 2.13
+  `.weights.h5` (`_layer_checkpoint_dependencies/<class>_<n>/vars/<i>`). Every format Keras 3
+  writes is tested against files the real library wrote, in test_keras_real.py.
 """
 
 import functools
@@ -280,15 +282,31 @@ def keras_layers(arch, alpha, num_classes, seed=0, classifier="Logits"):
     return layers
 
 
+def keras_kind(name, weights) -> str:
+    """The Keras class of a layer, as Keras's per-class names spell it."""
+    roles = [role for role, _ in weights]
+    if roles[:1] == ["gamma"]:
+        return "batch_normalization"
+    if roles[:1] == ["depthwise_kernel"]:
+        return "depthwise_conv2d"
+    return "dense" if name in ("Logits", "predictions") else "conv2d" if roles else "re_lu"
+
+
 def write_keras(path, layers, layout):
-    """Write `layers` as Keras 2 `save_weights` ('keras2'), Keras 2 `save` ('model') or Keras 3
-    `save_weights` ('keras3') would."""
+    """Write `layers` as Keras 2 `save_weights` ('keras2'), Keras 2 `save` ('model') or TF-Keras
+    2.13's `save_weights` ('keras2.13') would. Real Keras 3 files are written by Keras itself in
+    test_keras_real.py; TF-Keras 2.13 used the same layout under `_layer_checkpoint_dependencies`
+    (layers named per class and numbered in creation order), which Keras 3 still reads and cannot
+    write, so it is built here."""
     h5py = pytest.importorskip("h5py")
     with h5py.File(path, "w") as f:
-        if layout == "keras3":
+        if layout == "keras2.13":
             f.create_group("vars")
+            counts = {}
             for name, weights in layers:
-                group = f.create_group(f"layers/{name}/vars")
+                kind = keras_kind(name, weights)
+                number = counts[kind] = counts.get(kind, -1) + 1
+                group = f.create_group(f"_layer_checkpoint_dependencies/{kind}{f'_{number}' if number else ''}/vars")
                 for i, (_, array) in enumerate(weights):
                     group.create_dataset(str(i), data=array)
             return
@@ -468,14 +486,14 @@ def test_timm_pth_is_read_too(tmp_path):
 
 @pytest.mark.parametrize("arch, alpha, layout, size, classifier", [
     ("v1", 0.25, "keras2", 96, None),
-    ("v1", 0.5, "keras3", 64, None),
+    ("v1", 0.5, "keras2.13", 64, None),
     ("v2", 0.35, "model", 72, "Logits"),  # 72 -> stride-2 layers at odd sizes 9 and 5: correct_pad == 'SAME'
-    ("v2", 0.5, "keras3", 64, "predictions"),
+    ("v2", 0.5, "keras2.13", 64, "predictions"),
 ])
 def test_keras(tmp_path, arch, alpha, layout, size, classifier):
     layers = keras_layers(arch, alpha, 1000, classifier=classifier or "Logits")
     name = "mobilenet_2_5_128_tf.h5" if arch == "v1" and layout == "keras2" else "w.h5"
-    path = tmp_path / (name if layout != "keras3" else "w.weights.h5")
+    path = tmp_path / (name if layout != "keras2.13" else "w.weights.h5")
     write_keras(path, layers, layout)
     imported = import_weights(path, "keras")
     assert_one_to_one(imported, keras_names(layers))

@@ -108,7 +108,7 @@ def convert(source: str | os.PathLike, source_format: str, output: str | os.Path
     Supported: torchvision MobileNetV2 (`.pth`); timm mobilenetv1_100 / _125 and mobilenetv2_050 /
     _100 / _140 and other plain widths (`.safetensors` or `.pth`); Keras applications MobileNet
     (alpha 0.25-1.0) and MobileNetV2 (alpha 0.35-1.4) with their classifier (`.h5`: Keras 2
-    weights or full-model files, Keras 3 `.weights.h5`). Anything else (timm's depth-multiplied
+    weights or full-model files, Keras 3 `.weights.h5` and `.keras`). Anything else (timm's depth-multiplied
     110d/120d or head-conv 100h, MobileNetV3, headless files) is refused with a ValueError saying
     why, as is a file that pickles code, or any tensor left unmapped, missing or of the wrong shape.
 

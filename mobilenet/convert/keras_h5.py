@@ -1,16 +1,20 @@
-"""Keras sources: Keras applications' MobileNet and MobileNetV2 weights in HDF5, read with h5py
-(no TensorFlow), and their name map.
+"""Keras sources: Keras applications' MobileNet and MobileNetV2 weights in HDF5 (or a Keras 3
+`.keras` zip), read with h5py (no TensorFlow), and their name map.
 
-Three HDF5 layouts are read:
+Four layouts are read:
 - Keras 2 weights file (`model.save_weights('x.h5')`, the layout of the published
   `mobilenet_1_0_224_tf.h5` ...): the root's attribute `layer_names` lists the layers; each layer
   group's attribute `weight_names` lists its weights, stored at `<layer>/<weight name>`, e.g.
   `conv_dw_1/conv_dw_1/depthwise_kernel:0`.
 - Keras 2 full model (`model.save('x.h5')`): the same under a `model_weights` group.
-- Keras 3 weights file (`x.weights.h5`): `layers/<layer>/vars/<i>` (Keras 2.13's
-  `_layer_checkpoint_dependencies/<layer>/vars/<i>`), unnamed and in creation order: Conv2D
-  kernel then bias, DepthwiseConv2D kernel, BatchNormalization gamma, beta, moving_mean,
-  moving_variance, Dense kernel then bias.
+- Keras 3 weights file (`x.weights.h5`, and the same file as `model.weights.h5` inside a `.keras`
+  zip): `layers/<class>_<n>/vars/<i>` (TF-Keras 2.13: `_layer_checkpoint_dependencies/...`). Layers
+  are not stored under the applications' names but under Keras's per-class names numbered in
+  creation order (`conv2d`, `conv2d_1`, ..., `depthwise_conv2d_12`, `batch_normalization_26`,
+  `dense`); weightless layers keep an empty `vars`. The applications' names come back from each
+  class's order (`_application_names`). Variables are unnamed, in order: Conv2D kernel then bias,
+  DepthwiseConv2D kernel, BatchNormalization gamma, beta, moving_mean, moving_variance, Dense
+  kernel then bias.
 Every weight is named here `<layer>/<role>` (`conv1/kernel`, `conv1_bn/gamma`, ...), a depthwise
 kernel's role being `kernel` too.
 
@@ -32,7 +36,9 @@ as at 224 and every multiple of 32; V2's `correct_pad` is 'SAME' at any size).
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +49,8 @@ from mobilenet.models import v1, v2
 
 BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras's names, in its order
 KERAS3_ROLES = {1: ("kernel",), 2: ("kernel", "bias"), 4: BN_ROLES}  # by number of variables in a layer
+KERAS_ZIP_WEIGHTS = "model.weights.h5"  # the weights inside a Keras 3 `.keras` zip, in the `.weights.h5` layout
+GENERIC_NAME = re.compile(r"([a-z0-9_]+?)(?:_(\d+))?")  # Keras 3's per-class layer names: conv2d, conv2d_1, ...
 KERAS_RESOLUTION = re.compile(r"_(96|128|160|192|224)(?:_tf)?(?:_no_top)?\.h5$")
 
 
@@ -58,17 +66,33 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _open_h5(path: Path):
+    """An h5py File of a Keras HDF5 file, or of the `model.weights.h5` inside a `.keras` zip."""
+    h5py = _h5py()
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if KERAS_ZIP_WEIGHTS not in archive.namelist():
+                    raise ValueError(f"{path} is a zip file without {KERAS_ZIP_WEIGHTS}: not a Keras 3 .keras model")
+                data = archive.read(KERAS_ZIP_WEIGHTS)
+        except (zipfile.BadZipFile, OSError) as error:
+            raise ValueError(f"{path} is not a readable .keras file: {error}") from None
+        source = io.BytesIO(data)
+    else:
+        source = path
+    try:
+        return h5py.File(source, "r")
+    except OSError as error:
+        raise ValueError(f"{path} is not a readable HDF5 file: {str(error).splitlines()[0]}") from None
+
+
 def read_keras_h5(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The weights of a Keras HDF5 file as `{'<layer>/<role>': tensor}` in Keras's own layout,
-    and where each one lives in the file."""
+    """The weights of a Keras HDF5 file (or `.keras` zip) as `{'<layer>/<role>': tensor}` in
+    Keras's own layout, under the applications' layer names, and where each one lives in the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
     h5py = _h5py()
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"{path} is not a readable HDF5 file: {str(error).splitlines()[0]}") from None
     tensors: dict[str, torch.Tensor] = {}
     places: dict[str, str] = {}
 
@@ -78,17 +102,19 @@ def read_keras_h5(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
         tensors[key] = torch.from_numpy(np.array(dataset[()], dtype=np.float32))
         places[key] = place
 
-    with handle as f:
+    with _open_h5(path) as f:
         keras3 = next((g for g in ("layers", "_layer_checkpoint_dependencies") if g in f), None)
         if keras3:
-            for layer, group in f[keras3].items():
-                variables = group.get("vars") if isinstance(group, h5py.Group) else None
-                if not variables:
-                    continue  # layers without weights (input, ReLU, padding, add) keep an empty group
+            with_weights = {layer: group["vars"] for layer, group in f[keras3].items()
+                            if isinstance(group, h5py.Group) and len(group.get("vars", ())) > 0}
+            # layers without weights (input, ReLU, padding, add) keep an empty group and are skipped
+            names = _application_names(list(with_weights), path)
+            for layer, variables in with_weights.items():
                 indices = sorted(variables, key=int)
                 roles = KERAS3_ROLES.get(len(indices), tuple(f"var{i}" for i in indices))
+                shown = f" ({names[layer]})" if names[layer] != layer else ""
                 for index, role in zip(indices, roles):
-                    put(f"{layer}/{role}", f"{keras3}/{layer}/vars/{index}", variables[index])
+                    put(f"{names[layer]}/{role}", f"{keras3}/{layer}/vars/{index}{shown}", variables[index])
         else:
             root = f["model_weights"] if "model_weights" in f else f
             if "layer_names" not in root.attrs:
@@ -103,6 +129,66 @@ def read_keras_h5(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     if not tensors:
         raise ValueError(f"{path} holds no weights")
     return tensors, places
+
+
+def _kind_and_order(name: str) -> tuple[str, int]:
+    """Keras 3's generic layer name split into its class and creation index:
+    `batch_normalization_10` -> ('batch_normalization', 10), `conv2d` -> ('conv2d', 0)."""
+    match = GENERIC_NAME.fullmatch(name)
+    return (match.group(1), int(match.group(2) or 0)) if match else (name, 0)
+
+
+def _application_sequence(arch: str) -> dict[str, list[str]]:
+    """The applications' layer names with weights, per Keras class, in creation order: what a
+    Keras 3 weights file numbers conv2d, conv2d_1, ... (read off our units, from the same tables)."""
+    layers = _v1_layers if arch == "mobilenet_v1" else _v2_layers
+    sequence: dict[str, list[str]] = {"conv2d": [], "depthwise_conv2d": [], "batch_normalization": [], "dense": []}
+    for unit in model_units(arch):
+        conv, bn = layers(unit)
+        sequence["depthwise_conv2d" if unit.part == "depthwise" else "conv2d"].append(conv)
+        sequence["batch_normalization"].append(bn)
+    if arch == "mobilenet_v1":
+        sequence["conv2d"].append("conv_preds")  # a 1x1 Conv2D with bias, after the features
+    else:
+        sequence["dense"].append("predictions")
+    return sequence
+
+
+def _application_names(layers: list[str], path: Path) -> dict[str, str]:
+    """The applications' name of each layer of a Keras 3 weights file.
+
+    Keras 3 stores a functional model's layers as `layers/<class name>_<n>` numbered per class in
+    creation order (HDF5 lists them alphabetically, so `_10` before `_2`: the order comes from the
+    numbers), not under the applications' names. The architecture is MobileNetV2 when a Dense
+    classifier is present, else MobileNet; each class's layers are then matched in order with the
+    applications' sequence, and a file whose sequence does not fit is refused, naming the first
+    mismatch.
+    """
+    by_kind: dict[str, list[tuple[int, str]]] = {}
+    for layer in layers:
+        kind, order = _kind_and_order(layer)
+        by_kind.setdefault(kind, []).append((order, layer))
+    arch = "mobilenet_v2" if "dense" in by_kind else "mobilenet_v1"
+    variant = "Keras MobileNetV2" if arch == "mobilenet_v2" else "Keras MobileNet"
+    unknown = sorted(set(by_kind) - {"conv2d", "depthwise_conv2d", "batch_normalization", "dense"})
+    if unknown:
+        raise ValueError(f"{path}: layer {by_kind[unknown[0]][0][1]} has weights, but no layer of that kind is in "
+                         f"{variant} (not a Keras applications MobileNet / MobileNetV2 file)")
+    names = {}
+    for kind, expected in _application_sequence(arch).items():
+        found = [layer for _, layer in sorted(by_kind.get(kind, []))]
+        for i, (layer, application) in enumerate(zip(found, expected)):
+            if _kind_and_order(layer)[1] != i:
+                raise ValueError(f"{path}: {kind} layers are not numbered 0, 1, 2, ...: {layer} is the {i + 1}th "
+                                 f"(where {variant} has {application})")
+            names[layer] = application
+        if len(found) < len(expected):
+            raise ValueError(f"{path}: its layers do not fit {variant}: {kind} layer {len(found) + 1} of "
+                             f"{len(expected)} ({expected[len(found)]}) is missing")
+        if len(found) > len(expected):
+            raise ValueError(f"{path}: its layers do not fit {variant}: {found[len(expected)]} is one {kind} more "
+                             f"than its {len(expected)}")
+    return names
 
 
 def _hwio_to_oihw(kernel: torch.Tensor) -> torch.Tensor:

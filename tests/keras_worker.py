@@ -1,0 +1,66 @@
+"""The Keras side of the real-Keras tests, run in its own process (Keras sets torch state such as
+threads when imported): build `keras.applications.MobileNet` / `MobileNetV2` without weights,
+give every weight and every BatchNorm statistic random values, save the model in each format
+Keras 3 writes, and record Keras's own logits on fixed images.
+
+    python keras_worker.py OUT_DIR SIZE ARCH:ALPHA [ARCH:ALPHA ...]
+
+writes OUT_DIR/images.npy (N x SIZE x SIZE x 3, NHWC as Keras takes them), and for each model
+OUT_DIR/<arch>_<alpha>.{weights.h5,keras,h5} and OUT_DIR/<arch>_<alpha>.logits.npy, and prints
+one JSON line with the Keras version.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+CLASSES = 10
+IMAGES = 4
+APPLICATIONS = {"mobilenet_v1": keras.applications.MobileNet, "mobilenet_v2": keras.applications.MobileNetV2}
+
+
+def randomise(model: keras.Model, rng: np.random.Generator) -> None:
+    """Random weights everywhere, and BatchNorm statistics far from 0 and 1, so that a mapping
+    that mixes up two layers, two roles or a transposition shows in the logits."""
+    for layer in model.layers:
+        values = []
+        for weight in layer.weights:
+            shape, name = tuple(weight.shape), weight.path.rsplit("/", 1)[-1]
+            if name == "moving_variance":
+                values.append(rng.uniform(0.5, 2.0, shape))
+            elif name in ("gamma", "moving_mean", "beta"):
+                values.append(rng.normal(1.0 if name == "gamma" else 0.0, 0.2, shape))
+            else:
+                fan_in = int(np.prod(shape[:-1])) or 1
+                values.append(rng.normal(0.0, (2.0 / fan_in) ** 0.5, shape))
+        if values:
+            layer.set_weights([v.astype(np.float32) for v in values])
+
+
+def main() -> None:
+    out, size, specs = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1.0, 1.0, (IMAGES, size, size, 3)).astype(np.float32)
+    np.save(out / "images.npy", images)
+    for spec in specs:
+        arch, alpha = spec.split(":")
+        model = APPLICATIONS[arch](input_shape=(size, size, 3), alpha=float(alpha), weights=None, classes=CLASSES,
+                                   classifier_activation=None)
+        randomise(model, rng)
+        stem = out / f"{arch}_{alpha}"
+        model.save_weights(f"{stem}.weights.h5")
+        model.save(f"{stem}.keras")
+        model.save(f"{stem}.h5")  # the legacy full-model HDF5 format, which Keras 3 still writes
+        logits = keras.ops.convert_to_numpy(model(images, training=False))
+        np.save(f"{stem}.logits.npy", logits)
+    print(json.dumps({"keras": keras.__version__, "backend": keras.backend.backend()}))
+
+
+if __name__ == "__main__":
+    main()
