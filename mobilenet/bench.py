@@ -42,8 +42,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenet.export.files import available
+from mobilenet.checks import whole_number
+from mobilenet.optional import available
 from mobilenet.export.fold import inference_model
+from mobilenet.models import MobileNet
 
 BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
 NEEDS = {"onnxruntime": ("onnx", "onnxruntime"), "onnxruntime-int8": ("onnx", "onnxruntime")}
@@ -252,10 +254,8 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
     """
     names = parse_backends(backends)
     for name, value in (("batch", batch), ("resolution", resolution), ("iterations", iterations)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+        whole_number(value, name)
+    whole_number(warmup, "warmup", minimum=0)
     previous_threads = torch.get_num_threads()
     threads = threads or previous_threads
     torch.set_num_threads(threads)
@@ -313,7 +313,7 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
         if not row["backend"].endswith("int8"):  # the fp32 limit says nothing of integer kernels
             row["of_compute_bound"] = bound["limit_ms"] / row["median_ms"]
     return {
-        "model": dict(getattr(model, "config", {})) or type(model).__name__,
+        "model": model.config.to_dict() if isinstance(model, MobileNet) else type(model).__name__,
         "batch": batch, "resolution": resolution, "iterations": iterations, "warmup": warmup,
         "results": results,
         "skipped": skipped,

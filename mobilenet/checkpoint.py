@@ -21,8 +21,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from mobilenet.checks import check_resolution, first_line
 from mobilenet.files import atomic_output
-from mobilenet.models import create_model
+from mobilenet.models import ModelConfig, create_model
 
 FORMAT = "mobilenet.checkpoint/1"
 STATE_FORMAT = "mobilenet.training-state/1"
@@ -32,7 +33,7 @@ STATE_FORMAT = "mobilenet.training-state/1"
 class ModelMeta:
     """What a checkpoint says about its model, beside the tensors."""
 
-    config: dict
+    config: ModelConfig
     classes: list[str]
     resolution: int
     mean: tuple[float, float, float]
@@ -41,12 +42,12 @@ class ModelMeta:
 
     @property
     def num_classes(self) -> int:
-        return int(self.config["num_classes"])
+        return self.config.num_classes
 
     def to_metadata(self) -> dict[str, str]:
         return {
             "format": FORMAT,
-            "config": json.dumps(self.config),
+            "config": json.dumps(self.config.to_dict()),
             "classes": json.dumps(self.classes),
             "resolution": str(self.resolution),
             "mean": json.dumps(list(self.mean)),
@@ -60,7 +61,7 @@ class ModelMeta:
             raise ValueError(f"{path} is a safetensors file but not a mobilenet checkpoint (no model configuration in it)")
         try:
             meta = cls(
-                config=json.loads(metadata["config"]),
+                config=ModelConfig.from_dict(json.loads(metadata["config"])),
                 classes=json.loads(metadata["classes"]),
                 resolution=int(metadata["resolution"]),
                 mean=tuple(json.loads(metadata["mean"])),
@@ -76,16 +77,15 @@ class ModelMeta:
 
     def validate(self) -> None:
         """Check every field's type and range (a checkpoint is input like any other)."""
-        from mobilenet.data.memory import check_resolution
         from mobilenet.models import MODELS
 
         config, classes = self.config, self.classes
-        if not isinstance(config, dict) or config.get("name") not in MODELS:
-            raise ValueError(f"config must name one of the models {', '.join(sorted(MODELS))}")
+        if config.name not in MODELS:
+            raise ValueError(f"config must name one of the models {', '.join(sorted(MODELS))}, got {config.name!r}")
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
             raise ValueError("classes must be a list of class names")
-        if config.get("num_classes") != len(classes):
-            raise ValueError(f"the model has {config.get('num_classes')} outputs but {len(classes)} class names")
+        if config.num_classes != len(classes):
+            raise ValueError(f"the model has {config.num_classes} outputs but {len(classes)} class names")
         check_resolution(self.resolution)
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
@@ -112,8 +112,8 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{path} is not a readable safetensors checkpoint (truncated or another format): {reason}") from None
+        raise ValueError(f"{path} is not a readable safetensors checkpoint (truncated or another format): "
+                         f"{first_line(error)}") from None
     return tensors, metadata
 
 
@@ -153,11 +153,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], M
 
 def build_from_meta(meta: ModelMeta, path: str | os.PathLike = "checkpoint") -> nn.Module:
     """The model a checkpoint's configuration describes (its weights not yet loaded)."""
-    config = dict(meta.config)
-    try:
-        return create_model(config.pop("name"), **config)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: its model configuration cannot be built: {error}") from None
+    config = meta.config.to_dict()
+    return create_model(config.pop("name"), **config)
 
 
 def load_checkpoint(path: str | os.PathLike, with_meta: bool = False):
@@ -225,6 +222,5 @@ def load_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimize
     except KeyError as error:
         raise ValueError(f"{path}: damaged training state (no {error})") from None
     except (ValueError, TypeError, AttributeError, RuntimeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{path}: damaged training state ({reason})") from None
+        raise ValueError(f"{path}: damaged training state ({first_line(error)})") from None
     return extra, info

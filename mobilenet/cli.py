@@ -11,7 +11,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from mobilenet.export.files import MissingPackage
+from mobilenet.checks import some, whole_number
+from mobilenet.optional import MissingPackage
 from mobilenet.export.runtime import RUNTIMES
 from mobilenet.models.layers import check_num_classes, check_width
 
@@ -46,18 +47,11 @@ def _argtype(check: Callable, convert: Callable) -> Callable:
 
 
 def _positive_int(name: str) -> Callable:
-    def check(value):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        return value
-
-    return _argtype(check, int)
+    return _argtype(lambda value: whole_number(value, name), int)
 
 
-def _at_least_zero(value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"must be a whole number >= 0, got {value!r}")
-    return value
+def _at_least_zero(name: str) -> Callable:
+    return _argtype(lambda value: whole_number(value, name, minimum=0), int)
 
 
 def _backends(text: str) -> list[str]:
@@ -151,9 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _checkpoint_and_data_classes(meta, dataset, path: str) -> None:
     if list(dataset.classes) != list(meta.classes):
-        raise ValueError(f"checkpoint {path} was trained on {len(meta.classes)} classes ({', '.join(meta.classes[:5])}"
-                         f"{', ...' if len(meta.classes) > 5 else ''}) but the data has {len(dataset.classes)} "
-                         f"({', '.join(dataset.classes[:5])}{', ...' if len(dataset.classes) > 5 else ''})")
+        raise ValueError(f"checkpoint {path} was trained on {len(meta.classes)} classes ({some(meta.classes)}) "
+                         f"but the data has {len(dataset.classes)} ({some(dataset.classes)})")
 
 
 def _check_plot(plot, checkpoint: str, given: bool) -> None:
@@ -239,8 +232,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise ValueError("give a SOURCE file to convert, or --download NAME to fetch one first")
     meta = convert(source, args.source_format, args.output)
     config = meta.config
-    print(f"wrote {args.output}: {config['name']} width {config['width_mult']:g}, {len(meta.classes)} classes, "
-          f"activation {config['activation']}, BatchNorm eps {config['bn_eps']:g}, padding {config['padding']} "
+    print(f"wrote {args.output}: {config.name} width {config.width_mult:g}, {len(meta.classes)} classes, "
+          f"activation {config.activation}, BatchNorm eps {config.bn_eps:g}, padding {config.padding} "
           f"(from {args.source_format} {source})")
     return 0
 
@@ -281,10 +274,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps({**result, "files": [str(p) for p in paths]}) if args.json else
               bench.sweep_table(result) + "\nwritten: " + ", ".join(map(str, paths)))
         return 0
-    from mobilenet.cost import check_resolution
+    from mobilenet.cost import check_model_resolution
 
     model, resolution = bench.build(args.model, width=args.width)
-    resolution = check_resolution(args.resolution or resolution or 224, model)
+    resolution = check_model_resolution(args.resolution or resolution or 224, model)
     report = bench.measure(model, resolution=resolution, progress=progress, **options)
     print(json.dumps(report) if args.json else bench.format_report(report))
     return 0
@@ -328,7 +321,7 @@ def build_parser() -> Parser:
     p.add_argument("--classes", type=TRAIN_FLAGS["--classes"][1], default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256)
-    p.add_argument("--workers", type=_argtype(_at_least_zero, int), default=2, help="image decoding processes (default 2)")
+    p.add_argument("--workers", type=_at_least_zero("--workers"), default=2, help="image decoding processes (default 2)")
     p.add_argument("--plot", default=None, help="confusion-matrix PNG (default: beside the checkpoint)")
     p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from mobilenet.models import create_model
+from mobilenet.checks import check_resolution
+from mobilenet.models import MobileNet, create_model
 from mobilenet.models.layers import TFSamePad
 
 KINDS = ("conv", "depthwise", "pointwise", "fc", "pool")
@@ -118,14 +119,12 @@ def _weight_params(layer: LayerCost) -> int:
     return k * k * (1 if layer.kind == "depthwise" else c_in) * c_out
 
 
-def check_resolution(resolution: int, model: nn.Module) -> int:
+def check_model_resolution(resolution: int, model: nn.Module) -> int:
     """Validate an input resolution: a number of pixels in range, at least the model's total stride."""
-    from mobilenet.data.memory import check_resolution as check_pixels
-
-    check_pixels(resolution)
+    check_resolution(resolution)
     stride = getattr(model, "output_stride", 1)
     if resolution < stride:
-        name = getattr(model, "config", {}).get("name", type(model).__name__)
+        name = model.config.name if isinstance(model, MobileNet) else type(model).__name__
         raise ValueError(
             f"resolution {resolution} is too small for {name}, whose strides downsample by {stride}: "
             f"use at least {stride}"
@@ -161,7 +160,7 @@ def layer_costs(model: nn.Module, resolution: int) -> list[LayerCost]:
     Layers are visited in construction order, which for MobileNets is execution order; the
     BatchNorm after a convolution is booked to that convolution's row.
     """
-    check_resolution(resolution, model)
+    check_model_resolution(resolution, model)
     shape: tuple[int, int, int] = (3, resolution, resolution)
     rows: list[LayerCost] = []
     tf_same = False
@@ -206,15 +205,12 @@ def cost(model: str | nn.Module, resolution: int = 224, **model_kwargs) -> CostR
             model = create_model(model, **model_kwargs)
     elif model_kwargs:
         raise ValueError("model arguments are only taken with a model name, not with a built model")
-    config = getattr(model, "config", {})
-    return CostReport(
-        model=config.get("name", type(model).__name__),
-        width_mult=config.get("width_mult", 1.0),
-        resolution=resolution,
-        num_classes=config.get("num_classes", 0),
-        small_input=config.get("small_input", False),
-        layers=layer_costs(model, resolution),
-    )
+    if not isinstance(model, MobileNet):
+        raise ValueError(f"cost() takes a model name or a MobileNet, got {type(model).__name__}")
+    config = model.config
+    return CostReport(model=config.name, width_mult=config.width_mult, resolution=resolution,
+                      num_classes=config.num_classes, small_input=config.small_input,
+                      layers=layer_costs(model, resolution))
 
 
 def separable_ratio(out_channels: int, kernel_size: int = 3) -> float:

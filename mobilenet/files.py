@@ -29,6 +29,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     content or the whole new one. The temporary name keeps `path`'s suffix, which some writers
     insist on (torch.export wants ".pt2")."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"output {path} is a folder; give a file name")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {path.parent} does not exist")
     try:

@@ -1,5 +1,6 @@
 """Checkpoints: safetensors with the configuration in the metadata, atomic, never code."""
 
+import dataclasses
 import pickle
 
 import pytest
@@ -10,7 +11,7 @@ from mobilenet.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 
 
 def meta_for(model, classes=None) -> ModelMeta:
-    n = model.config["num_classes"]
+    n = model.config.num_classes
     return ModelMeta(config=model.config, classes=classes or [f"c{i}" for i in range(n)], resolution=64,
                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -65,7 +66,7 @@ def test_plain_safetensors_without_configuration(tmp_path):
 def test_tensors_that_do_not_fit_the_configuration(tmp_path):
     model = create_model("mobilenet_v1", width_mult=0.25, num_classes=2)
     meta = meta_for(model)
-    meta.config, meta.classes = {**meta.config, "num_classes": 5}, list("abcde")  # consistent, but not the tensors
+    meta.config, meta.classes = dataclasses.replace(meta.config, num_classes=5), list("abcde")  # consistent, but not the tensors
     save_checkpoint(tmp_path / "m.safetensors", model, meta)
     with pytest.raises(ValueError, match="do not fit"):
         load_checkpoint(tmp_path / "m.safetensors")

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mobilenet.cli import main
-from mobilenet.export import available
+from mobilenet.optional import available
 from mobilenet.train import TrainConfig, train
 
 ONNX = available("onnx") and available("onnxruntime")
@@ -98,20 +98,22 @@ def damaged_checkpoint(run, tmp_path, **changes) -> str:
 
 @pytest.mark.parametrize("changes, text", [
     ({"config": json.dumps({"name": "mobilenet_v1", "width_mult": 0.25, "num_classes": 3, "colour": "red"})},
-     "cannot be built: MobileNetV1.__init__() got an unexpected keyword argument 'colour'"),
-    ({"config": "[1, 2]"}, "config must name one of the models"),
+     "unknown model options: colour"),
+    ({"config": "[1, 2]"}, "a model configuration is a JSON object, got list"),
+    ({"config": json.dumps({"name": "resnet", "width_mult": 1, "num_classes": 3, "small_input": False,
+                            "activation": "relu", "dropout": 0})}, "config must name one of the models"),
     ({"resolution": "0"}, "resolution must be a whole number of pixels"),
     ({"mean": "[0.5, 0.5]"}, "mean must be 3 finite numbers"),
     ({"std": "[0.5, 0.0, 0.5]"}, "std must be positive"),
     ({"classes": json.dumps(["0", "1"])}, "3 outputs but 2 class names"),
     ({"extra": "[]"}, "extra must be a JSON object"),
-], ids=["unknown-key", "config-list", "resolution-0", "two-means", "zero-std", "more-logits", "extra-list"])
+], ids=["unknown-key", "config-list", "unknown-model", "resolution-0", "two-means", "zero-std", "more-logits", "extra-list"])
 def test_checkpoint_metadata_is_validated(capsys, run, tmp_path, changes, text):
     path = damaged_checkpoint(run, tmp_path, **changes)
     for command in (["eval", path, "--data", "digits"], ["predict", path, "x.png"], ["export", path, "--format", "pt2",
                                                                                      "--output", tmp_path / "x.pt2"]):
         line = refused(capsys, text, *command)
-        assert path in line
+        assert "damaged checkpoint metadata" in line and path in line
 
 
 def test_a_resumed_run_validates_its_files(capsys, tmp_path):

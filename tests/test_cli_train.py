@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilenet.export import available
+from mobilenet.optional import available
 
 ONNX = available("onnx") and available("onnxruntime")
 TINY = ["--model", "mobilenet_v1", "--width", "0.25", "--small-input", "--resolution", "16",

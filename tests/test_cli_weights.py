@@ -32,7 +32,7 @@ def test_convert_predict_and_fine_tune_a_torchvision_file(cli, tmp_path):
     assert tuned.returncode == 0, tuned.stderr
     model, meta = load_checkpoint(out / "last.safetensors", with_meta=True)
     assert meta.classes == ["0", "1"] and model.classifier.out_features == 2
-    assert model.config["activation"] == "relu6" and model.config["width_mult"] == 0.35
+    assert model.config.activation == "relu6" and model.config.width_mult == 0.35
     assert meta.mean == (0.485, 0.456, 0.406)  # the pretrained model's own normalisation
 
 
@@ -43,7 +43,7 @@ def test_convert_a_keras_file_records_tf_options(cli, tmp_path):
     proc = cli("convert", source, "--from", "keras", "--output", ckpt)
     assert proc.returncode == 0, proc.stderr
     model = load_checkpoint(ckpt)
-    assert (model.config["padding"], model.config["bn_eps"]) == ("tf_same", 1e-3)
+    assert (model.config.padding, model.config.bn_eps) == ("tf_same", 1e-3)
 
 
 def test_convert_errors(cli, tmp_path):

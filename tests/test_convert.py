@@ -426,7 +426,7 @@ def test_torchvision_v2(tmp_path, width, num_classes, filename):
     torch.save(sd, path)
     imported = import_weights(path, "torchvision")
     assert_one_to_one(imported, sd)
-    config = imported.model.config
+    config = imported.model.config.to_dict()
     assert (config["name"], config["width_mult"], config["num_classes"]) == ("mobilenet_v2", width, num_classes)
     assert (config["activation"], config["bn_eps"], config["padding"]) == ("relu6", 1e-5, "symmetric")
     x = image(64)
@@ -435,7 +435,7 @@ def test_torchvision_v2(tmp_path, width, num_classes, filename):
 
     meta = convert(path, "torchvision", tmp_path / "out.safetensors")
     model, loaded = load_checkpoint(tmp_path / "out.safetensors", with_meta=True)
-    assert loaded.config == config and loaded.resolution == 224
+    assert loaded.config.to_dict() == config and loaded.resolution == 224
     assert loaded.mean == (0.485, 0.456, 0.406) and loaded.std == (0.229, 0.224, 0.225)
     assert meta.extra["source_format"] == "torchvision" and meta.extra["source"] == filename
     with torch.no_grad():
@@ -467,7 +467,7 @@ def test_timm(tmp_path, arch, width, size):
     save_file(sd, str(path))
     imported = import_weights(path, "timm")
     assert_one_to_one(imported, sd)
-    config = imported.model.config
+    config = imported.model.config.to_dict()
     assert (config["name"], config["width_mult"]) == (f"mobilenet_{arch}", width)
     assert (config["activation"], config["bn_eps"], config["padding"]) == ("relu6", 1e-5, "symmetric")
     x = image(size)
@@ -481,7 +481,7 @@ def test_timm(tmp_path, arch, width, size):
 def test_timm_pth_is_read_too(tmp_path):
     sd = timm_state("v2", 0.5, 10)
     torch.save({"state_dict": sd}, tmp_path / "checkpoint.pth")  # a training checkpoint's wrapper
-    assert import_weights(tmp_path / "checkpoint.pth", "timm").model.config["num_classes"] == 10
+    assert import_weights(tmp_path / "checkpoint.pth", "timm").model.config.num_classes == 10
 
 
 @pytest.mark.parametrize("arch, alpha, layout, size, classifier", [
@@ -497,7 +497,7 @@ def test_keras(tmp_path, arch, alpha, layout, size, classifier):
     write_keras(path, layers, layout)
     imported = import_weights(path, "keras")
     assert_one_to_one(imported, keras_names(layers))
-    config = imported.model.config
+    config = imported.model.config.to_dict()
     assert (config["name"], config["width_mult"], config["num_classes"]) == (f"mobilenet_{arch}", alpha, 1000)
     assert (config["activation"], config["bn_eps"], config["padding"]) == ("relu6", 1e-3, "tf_same")
     assert config["dropout"] == (1e-3 if arch == "v1" else 0.0)

@@ -546,3 +546,11 @@ def test_loader_arguments_are_checked():
         make_loader(data, 2, train=True, rank=2, world_size=2)
     with pytest.raises(ValueError, match="make_loader needs a dataset from load_dataset"):
         make_loader([1, 2, 3], 2, train=False)
+
+
+def test_digits_normalisation_is_the_training_splits_own():
+    from mobilenet.data import digits
+
+    pixels = digits.load_digits("train", 32).images[:, 0].double() / 255
+    assert digits.MEAN == (round(pixels.mean().item(), 4),) * 3
+    assert digits.STD == (round(pixels.std().item(), 4),) * 3

@@ -121,7 +121,7 @@ def test_onnx_metadata(small, tmp_path):
     assert json.loads(props["classes"]) == meta.classes
     assert json.loads(props["mean"]) == list(meta.mean) and json.loads(props["std"]) == list(meta.std)
     assert int(props["resolution"]) == 64
-    assert json.loads(props["config"]) == model.config
+    assert json.loads(props["config"]) == model.config.to_dict()
     assert "mean" in props["preprocessing"]
 
 
@@ -315,8 +315,8 @@ def test_missing_onnxruntime_is_one_line(digits_checkpoint, tmp_path):
 
 
 def test_missing_package_error_names_the_extra(monkeypatch):
-    import mobilenet.export.files as files
+    import mobilenet.optional as optional
 
-    monkeypatch.setattr(files, "available", lambda name: name != "onnx")
+    monkeypatch.setattr(optional, "available", lambda name: name != "onnx")
     with pytest.raises(MissingPackage, match=r"needs onnx, which is not installed: pip install 'mobilenet\[export\]'"):
-        files.require("onnx", "onnxruntime", purpose="ONNX export")
+        optional.require("onnx", "onnxruntime", purpose="ONNX export")

@@ -49,7 +49,7 @@ def keras_files(tmp_path_factory):
 @pytest.mark.parametrize("arch, alpha", MODELS)
 def test_real_keras_files_give_kerass_logits(keras_files, arch, alpha, suffix):
     imported = import_weights(keras_files / f"{arch}_{alpha}{suffix}", "keras")
-    assert imported.meta.config["name"] == arch and imported.meta.config["width_mult"] == float(alpha)
+    assert imported.meta.config.name == arch and imported.meta.config.width_mult == float(alpha)
     assert imported.meta.num_classes == 10
     images = torch.from_numpy(np.load(keras_files / "images.npy")).permute(0, 3, 1, 2)
     with torch.no_grad():

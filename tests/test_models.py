@@ -165,7 +165,7 @@ def test_init_is_kaiming_fan_out_as_pytorch_counts_it():
 @pytest.mark.parametrize("name", MODELS)
 def test_config_rebuilds_the_same_model(name):
     model = create_model(name, width_mult=0.5, num_classes=3, small_input=True)
-    config = dict(model.config)
+    config = model.config.to_dict()
     rebuilt = create_model(config.pop("name"), **config)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 

@@ -60,7 +60,7 @@ def test_run_directory_and_checkpoint(tmp_path):
     model, meta = load_checkpoint(out / "last.safetensors", with_meta=True)
     assert not model.training
     assert meta.classes == ["0", "1", "2"] and meta.resolution == 16 and meta.num_classes == 3
-    assert model.config == {**model.config, "name": "mobilenet_v1", "width_mult": 0.25, "small_input": True}
+    assert (model.config.name, model.config.width_mult, model.config.small_input) == ("mobilenet_v1", 0.25, True)
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
 
 
@@ -154,7 +154,7 @@ def pretrained_checkpoint(tmp_path, num_classes: int):
 def test_fine_tune_replaces_the_classifier_and_keeps_everything_else(tmp_path):
     path, source = pretrained_checkpoint(tmp_path, num_classes=7)
     run = Run(tiny(tmp_path / "run", pretrained=str(path), freeze_epochs=1, epochs=2), progress=False)
-    assert run.model.config["padding"] == "tf_same" and run.model.config["bn_eps"] == 1e-3
+    assert run.model.config.padding == "tf_same" and run.model.config.bn_eps == 1e-3
     assert run.model.classifier.out_features == 3 and run.meta.mean == (0.5, 0.5, 0.5)
     start = {k: v.clone() for k, v in run.model.state_dict().items()}
     for key, value in source.items():

@@ -47,14 +47,6 @@ class Weights:
     sha256_prefix: str | None = None  # what the publisher's file name tells of the sha256
     sha256: str | None = None  # the full digest, where known
 
-    @property
-    def checksum_note(self) -> str:
-        if self.sha256:
-            return "full sha256"
-        if self.sha256_prefix:
-            return f"sha256 prefix {self.sha256_prefix} (from the publisher's file name)"
-        return "no published checksum: size and file structure are checked"
-
 
 def _torchvision() -> list[Weights]:
     base = "https://download.pytorch.org/models/"

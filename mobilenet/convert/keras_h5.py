@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilenet.checks import first_line
 from mobilenet.convert.layout import BN_PARAMS, Pair, Plan, Unit, model_units, width_from
 from mobilenet.models import v1, v2
 
@@ -83,7 +84,7 @@ def _open_h5(path: Path):
     try:
         return h5py.File(source, "r")
     except OSError as error:
-        raise ValueError(f"{path} is not a readable HDF5 file: {str(error).splitlines()[0]}") from None
+        raise ValueError(f"{path} is not a readable HDF5 file: {first_line(error)}") from None
 
 
 def read_keras_h5(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

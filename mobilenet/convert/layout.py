@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from mobilenet.models import v1, v2
+from mobilenet.models import ConvBNAct, create_model
 
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
@@ -23,30 +23,36 @@ BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 @dataclass(frozen=True)
 class Unit:
     """One convolution + BatchNorm of our model: `prefix` is its module path (`prefix.conv`,
-    `prefix.bn`), `block` its index in `features`, `part` its role in the papers' terms."""
+    `prefix.bn`), `block` its index in `features`, `part` its role in the papers' terms,
+    `out_channels` its width, `expands` whether its block has an expansion layer (V2, t > 1)."""
 
     prefix: str
     block: int
     part: str  # 'stem', 'depthwise', 'pointwise' (V1), 'expand', 'project' (V2), 'head' (V2)
+    out_channels: int
+    expands: bool = False
 
 
-def model_units(arch: str) -> list[Unit]:
-    """Our units in forward order, read from the same tables that build the models."""
-    units = [Unit("features.0", 0, "stem")]
-    if arch == "mobilenet_v1":
-        for i in range(1, len(v1.BLOCKS) + 1):
-            units += [Unit(f"features.{i}.depthwise", i, "depthwise"), Unit(f"features.{i}.pointwise", i, "pointwise")]
-        return units
-    if arch != "mobilenet_v2":
+IMPORTABLE = ("mobilenet_v1", "mobilenet_v2")
+
+
+def model_units(arch: str, width_mult: float = 1.0) -> list[Unit]:
+    """Our units in forward order, read off the model itself, built from its tables on the meta
+    device (no memory, no time): the name maps never restate the architecture."""
+    if arch not in IMPORTABLE:
         raise ValueError(f"no weight import for {arch!r}")
-    i = 1
-    for stage in v2.STAGES:
-        for _ in range(stage.repeats):
-            if stage.expansion != 1:
-                units.append(Unit(f"features.{i}.expand", i, "expand"))
-            units += [Unit(f"features.{i}.depthwise", i, "depthwise"), Unit(f"features.{i}.project", i, "project")]
-            i += 1
-    units.append(Unit(f"features.{i}", i, "head"))
+    with torch.device("meta"):
+        model = create_model(arch, width_mult=width_mult, num_classes=1)
+    units = []
+    last = len(model.features) - 1
+    for i, block in enumerate(model.features):
+        if isinstance(block, ConvBNAct):
+            units.append(Unit(f"features.{i}", i, "stem" if i == 0 else "head", block.conv.out_channels))
+            continue
+        expands = isinstance(getattr(block, "expand", None), ConvBNAct)
+        units += [Unit(f"features.{i}.{name}", i, name, part.conv.out_channels, expands)
+                  for name, part in block.named_children() if isinstance(part, ConvBNAct)]
+    assert units[0].part == "stem" and (arch == "mobilenet_v1" or units[-1].block == last)
     return units
 
 

@@ -37,6 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from mobilenet.checks import first_line
 from mobilenet.convert.layout import Plan, Unit, model_units, torch_style_pairs, width_from
 from mobilenet.models import v1, v2
 
@@ -45,14 +46,6 @@ from mobilenet.models import v1, v2
 TIMM_V1_REPEATS = (1, 2, 2, 6, 2)
 TIMM_V2_REPEATS = tuple(stage.repeats for stage in v2.STAGES)  # (1, 2, 3, 4, 3, 3, 1), as timm's V2 arch_def
 TIMM_SUPPORTED = ("mobilenetv1_100", "mobilenetv1_125", "mobilenetv2_050", "mobilenetv2_100", "mobilenetv2_140")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error)
-    if match := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):  # torch's weights_only refusal
-        return f"it would call {match.group(1)}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(error).__name__
 
 
 def _refusal_reason(error: pickle.UnpicklingError) -> str:
@@ -76,7 +69,7 @@ def read_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            raise ValueError(f"{path} is not a readable safetensors file: {_first_line(error)}") from None
+            raise ValueError(f"{path} is not a readable safetensors file: {first_line(error, 200)}") from None
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols: the refusal below says enough
             warnings.simplefilter("ignore")
@@ -87,7 +80,7 @@ def read_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
             "only plain state dicts of tensors are read, and nothing from the file was run"
         ) from None
     except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        raise ValueError(f"{path} is not a readable PyTorch weights file: {_first_line(error)}") from None
+        raise ValueError(f"{path} is not a readable PyTorch weights file: {first_line(error, 200)}") from None
     return _state_dict(obj, path)
 
 
@@ -109,22 +102,11 @@ def _torchvision_names(unit: Unit) -> tuple[str, str]:
     i = unit.block
     if unit.part in ("stem", "head"):
         return f"features.{i}.0", f"features.{i}.1"
-    expands = v2_expansion(i) != 1
-    index = {"expand": 0, "depthwise": 1 if expands else 0}.get(unit.part)
+    index = {"expand": 0, "depthwise": 1 if unit.expands else 0}.get(unit.part)
     if index is not None:
         return f"features.{i}.conv.{index}.0", f"features.{i}.conv.{index}.1"
-    conv = 2 if expands else 1  # the projection: a bare conv then its BatchNorm
+    conv = 2 if unit.expands else 1  # the projection: a bare conv then its BatchNorm
     return f"features.{i}.conv.{conv}", f"features.{i}.conv.{conv + 1}"
-
-
-def v2_expansion(block: int) -> int:
-    """The expansion factor t of our V2 block `features.<block>` (1-based), from Table 2."""
-    i = 1
-    for stage in v2.STAGES:
-        if block < i + stage.repeats:
-            return stage.expansion
-        i += stage.repeats
-    raise IndexError(block)
 
 
 def plan_torchvision(tensors: dict[str, torch.Tensor]) -> Plan:
@@ -133,13 +115,14 @@ def plan_torchvision(tensors: dict[str, torch.Tensor]) -> Plan:
         hint = " (this looks like MobileNetV3, which we do not build)" if any(".block." in k for k in tensors) else ""
         raise ValueError(f"not a torchvision MobileNetV2 state dict: no 'features.1.conv.0.0.weight'{hint}")
     blocks = {int(m.group(1)) for k in tensors if (m := re.match(r"features\.(\d+)\.", k))}
-    head = sum(s.repeats for s in v2.STAGES) + 1
+    units = model_units("mobilenet_v2")
+    head = units[-1].block
     if max(blocks) != head:
         raise ValueError(f"unsupported torchvision MobileNetV2: features.0-{max(blocks)}, the paper's layout has features.0-{head}")
     if "classifier.1.weight" not in tensors:
         raise ValueError("not a torchvision MobileNetV2 state dict: no classifier.1.weight")
     width = width_from(tensors[f"features.{head - 1}.conv.2.weight"].shape[0], v2.STAGES[-1].out_channels)
-    pairs = torch_style_pairs(model_units("mobilenet_v2"), _torchvision_names, "classifier.1")
+    pairs = torch_style_pairs(units, _torchvision_names, "classifier.1")
     return Plan("mobilenet_v2", width, int(tensors["classifier.1.weight"].shape[0]),
                 dict(activation="relu6", bn_eps=1e-5, padding="symmetric", dropout=0.2), pairs,
                 variant=f"torchvision mobilenet_v2 width {width:g}")
@@ -158,7 +141,7 @@ def _timm_names(is_v2: bool):
             return "conv_head", "bn2"
         stage = max(s for s, start in enumerate(starts) if start <= unit.block)
         block = f"blocks.{stage}.{unit.block - starts[stage]}"
-        if not is_v2 or v2_expansion(unit.block) == 1:  # DepthwiseSeparableConv: conv_dw/bn1, conv_pw/bn2
+        if not unit.expands:  # DepthwiseSeparableConv: conv_dw/bn1, conv_pw/bn2
             return (f"{block}.conv_dw", f"{block}.bn1") if unit.part == "depthwise" else (f"{block}.conv_pw", f"{block}.bn2")
         return {  # InvertedResidual
             "expand": (f"{block}.conv_pw", f"{block}.bn1"),
@@ -213,7 +196,7 @@ def _check_timm_v1_rounding(tensors: dict[str, torch.Tensor]) -> None:
         return  # `assemble` names the missing tensor
     theirs = [tensors[name].shape[0] for name in names]
     width = width_from(theirs[-1], v1.BLOCKS[-1].out_channels)
-    ours = [v1.scale_channels(v1.STEM_CHANNELS, width)] + [v1.scale_channels(b.out_channels, width) for b in v1.BLOCKS]
+    ours = [unit.out_channels for unit in model_units("mobilenet_v1", width) if unit.part in ("stem", "pointwise")]
     if theirs != ours:
         raise ValueError(
             f"unsupported timm MobileNetV1 width {width:g}: timm rounds channels to multiples of 8 ({theirs[:4]}...), "

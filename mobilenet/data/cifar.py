@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from mobilenet import files
-from mobilenet.data.memory import InMemoryDataset, check_resolution, resize_uint8
+from mobilenet.checks import check_resolution
+from mobilenet.data.memory import InMemoryDataset, resize_uint8
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -4,7 +4,7 @@ Source: "Optical Recognition of Handwritten Digits" (E. Alpaydin and C. Kaynak, 
 Learning Repository, 1998, https://doi.org/10.24432/C50P49), in the copy shipped with
 scikit-learn: 1,797 grayscale images of 8x8 pixels with values 0..16, ten classes "0".."9".
 Licence: CC BY 4.0. ``digits.npz`` next to this file holds the images with a fixed, class-
-stratified split of 1,437 training and 360 test images; ``make_digits.py`` is the one-off script
+stratified split of 1,437 training and 360 test images; ``tools/make_digits.py`` is the one-off script
 that made it (see there for how the split was chosen).
 
 The digits let every command of the package run in seconds with no download. To look like the
@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mobilenet.data.memory import InMemoryDataset, check_resolution
+from mobilenet.checks import check_resolution
+from mobilenet.data.memory import InMemoryDataset
 
 CLASSES = [str(digit) for digit in range(10)]
-# Per-channel mean and std (0..1 scale) of the training split at 32x32, from `digits_stats()`.
+# Per-channel mean and std (0..1 scale) of the training split at 32x32 (a test recomputes them).
 # The three channels are copies of one grey channel, so the three values are equal.
 MEAN = (0.3055, 0.3055, 0.3055)
 STD = (0.3237, 0.3237, 0.3237)
@@ -51,8 +52,3 @@ def to_rgb_uint8(images: torch.Tensor, resolution: int) -> torch.Tensor:
     grey = resized.round_().clamp_(0, 255).to(torch.uint8)
     return grey.expand(-1, 3, -1, -1).contiguous()
 
-
-def digits_stats() -> tuple[float, float]:
-    """Mean and std (0..1 scale) of the training split at 32x32: how ``MEAN`` and ``STD`` were made."""
-    pixels = load_digits("train", 32).images[:, 0].double() / 255
-    return pixels.mean().item(), pixels.std().item()

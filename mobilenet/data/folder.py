@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mobilenet.data.memory import check_resolution, class_positions
+from mobilenet.checks import check_resolution
+from mobilenet.data.memory import class_positions
 
 SPLITS = {"train": "train", "val": "val", "test": "val"}
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")

@@ -9,7 +9,8 @@ from pathlib import Path
 from mobilenet.data import cifar
 from mobilenet.data.digits import load_digits
 from mobilenet.data.folder import ImageFolder
-from mobilenet.data.memory import InMemoryDataset, check_resolution
+from mobilenet.checks import check_resolution
+from mobilenet.data.memory import InMemoryDataset
 
 SPLITS = {"train": "train", "val": "test", "test": "test"}  # val and test name the held-out split
 ALLOWED = (

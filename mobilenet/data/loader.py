@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from mobilenet.checks import whole_number
 from mobilenet.data.folder import ImageFolder
 from mobilenet.data.memory import InMemoryDataset
 
@@ -86,13 +87,10 @@ class _ShardedLoader:
 
     def __init__(self, size: int, batch_size: int, train: bool, seed: int, rank: int,
                  world_size: int) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        if not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
-        if not isinstance(rank, int) or not 0 <= rank < world_size:
+        whole_number(batch_size, "batch_size")
+        whole_number(seed, "seed", minimum=0)
+        whole_number(world_size, "world_size")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank must be an integer in 0..{world_size - 1}, got {rank!r}")
         self.size, self.batch_size, self.train = size, batch_size, train
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -106,8 +104,7 @@ class _ShardedLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next iteration yields."""
-        if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        whole_number(epoch, "epoch", minimum=0)
         self.epoch = epoch
 
     def _samples_per_rank(self) -> int:
@@ -208,8 +205,7 @@ class FolderLoader(_ShardedLoader):
 
     def __init__(self, dataset: ImageFolder, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
                  world_size: int = 1, workers: int = 2, channels_last: bool = False) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+        whole_number(workers, "workers", minimum=0)
         self.dataset = dataset
         self.normalize = Normalize(dataset.mean, dataset.std, channels_last)
         super().__init__(len(dataset), batch_size, train, seed, rank, world_size)

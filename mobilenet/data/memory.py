@@ -39,16 +39,6 @@ def class_positions(available: Sequence[str], wanted: Sequence[str]) -> list[int
     return [list(available).index(name) for name in wanted]
 
 
-MAX_RESOLUTION = 4096  # pixels a side: 8x ImageNet's 512; one such image is already 200 MB of activations
-
-
-def check_resolution(resolution: int) -> int:
-    """Return ``resolution`` if it is a usable image side in pixels, else raise ValueError."""
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= MAX_RESOLUTION:
-        raise ValueError(f"resolution must be a whole number of pixels from 1 to {MAX_RESOLUTION}, got {resolution!r}")
-    return resolution
-
-
 def resize_uint8(images: torch.Tensor, resolution: int) -> torch.Tensor:
     """Resize a uint8 ``N x C x H x W`` batch to ``resolution`` squared (bilinear, antialiased)."""
     if images.shape[-2:] == (resolution, resolution):

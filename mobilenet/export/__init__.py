@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from mobilenet.checks import some, whole_number
 from mobilenet.data.loader import Normalize
-from mobilenet.export.files import MissingPackage, atomic_output, available, check_output_path, require
+from mobilenet.files import atomic_output, check_output_path
+from mobilenet.optional import MissingPackage, available, require
 from mobilenet.export.fold import fold_batchnorm, fold_conv_bn, inference_model
 from mobilenet.export.int8 import Int8Report, export_int8, quantize
 from mobilenet.export.onnx import CheckResult, export_onnx, read_metadata, session
@@ -66,18 +68,14 @@ def sample_images(dataset, count: int, seed: int = 0) -> torch.Tensor:
     return Normalize(dataset.mean, dataset.std, channels_last=False)(images)
 
 
-def _some(names: list[str]) -> str:
-    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-
-
 def _load_split(source: DataSource, split: str, meta):
     from mobilenet.data import load_dataset
 
     dataset = load_dataset(source.data, split, classes=list(source.classes) if source.classes else None,
                            resolution=meta.resolution, root=source.root)
     if list(dataset.classes) != list(meta.classes):
-        raise ValueError(f"the data {source.data!r} (from {source.found_in}) has classes {_some(dataset.classes)}, "
-                         f"not the checkpoint's {_some(meta.classes)}")
+        raise ValueError(f"the data {source.data!r} (from {source.found_in}) has classes {some(dataset.classes)}, "
+                         f"not the checkpoint's {some(meta.classes)}")
     return dataset
 
 
@@ -98,8 +96,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if int8 and format != "onnx":
         raise ValueError("INT8 quantization is for ONNX: use --format onnx with --int8")
-    if calibration_images < 1:
-        raise ValueError(f"calibration_images must be a positive integer, got {calibration_images!r}")
+    whole_number(calibration_images, "calibration_images")
     check_output_path(output)
     refuse_overwrite(output, {"checkpoint": checkpoint, "calibration data": calibration_data})
     refuse_replacing_ours(output)

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mobilenet.export.files import atomic_output, require
+from mobilenet.files import atomic_output
+from mobilenet.optional import require
 from mobilenet.export.fold import inference_model
 from mobilenet.export.onnx import INPUT, CheckResult, add_metadata, check_against, metadata, run, session, to_onnx
 
@@ -120,7 +121,7 @@ def export_int8(model: nn.Module, path: str | os.PathLike, calibration: torch.Te
         fp32_session = session(fp32_path)
         fp32_check = check_against(fp32_session, model, check_images, describe)
         quantize(fp32_path, tmp, calibration)
-        props = metadata(meta, getattr(model, "config", None), resolution)
+        props = metadata(meta, model, resolution)
         props["quantization"] = "int8 QDQ: per-channel int8 weights, uint8 activations, MinMax calibration " \
                                 f"on {len(calibration)} images"
         add_metadata(tmp, props)

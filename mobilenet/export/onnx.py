@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenet.export.files import atomic_output, require
+from mobilenet.files import atomic_output
+from mobilenet.optional import require
 from mobilenet.export.fold import inference_model
+from mobilenet.models import MobileNet
 
 INPUT, OUTPUT = "input", "logits"
 FORMAT = "mobilenet.onnx/1"
@@ -48,12 +50,13 @@ class CheckResult:
         return {"max_abs_diff": self.max_abs_diff, "batch_sizes": list(self.batch_sizes), "inputs": self.inputs}
 
 
-def metadata(meta=None, config: dict | None = None, resolution: int | None = None) -> dict[str, str]:
-    """The metadata_props of an exported model, from a checkpoint's ModelMeta or a bare configuration."""
+def metadata(meta=None, model: nn.Module | None = None, resolution: int | None = None) -> dict[str, str]:
+    """The metadata_props of an exported model, from a checkpoint's ModelMeta, else the model's own
+    configuration."""
     if meta is not None:
         props = meta.to_metadata()
     else:
-        props = {"config": json.dumps(config or {})}
+        props = {"config": json.dumps(model.config.to_dict() if isinstance(model, MobileNet) else {})}
         if resolution is not None:
             props["resolution"] = str(resolution)
     props["format"] = FORMAT
@@ -161,7 +164,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, images: torch.Tensor,
     resolution = int(images.shape[-1])
     with atomic_output(path) as tmp:
         to_onnx(inference_model(model, channels_last=False), tmp, resolution, dynamo=dynamo)
-        add_metadata(tmp, metadata(meta, getattr(model, "config", None), resolution))
+        add_metadata(tmp, metadata(meta, model, resolution))
         result = check_against(session(tmp), model, images, describe)
     return result
 

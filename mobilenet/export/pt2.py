@@ -13,7 +13,7 @@ import os
 import torch
 from torch import nn
 
-from mobilenet.export.files import atomic_output
+from mobilenet.files import atomic_output
 from mobilenet.export.fold import inference_model
 from mobilenet.export.onnx import FP32_TOLERANCE, CheckResult, metadata
 
@@ -51,7 +51,7 @@ def export_pt2(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, 
     reloaded program's logits match the original model's within 1e-4 at batch 1 and len(images)."""
     resolution = int(images.shape[-1])
     with atomic_output(path) as tmp:
-        props = metadata(meta, getattr(model, "config", None), resolution)
+        props = metadata(meta, model, resolution)
         torch.export.save(export_program(model, resolution), str(tmp), extra_files={METADATA_FILE: json.dumps(props)})
         module = load_pt2(tmp)[0].module()
         with torch.inference_mode():

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenet.export.files import available, require
+from mobilenet.optional import available, require
 from mobilenet.export.fold import inference_model
 
 RUNTIMES = ("auto", "onnxruntime", "pytorch")

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from mobilenet.checks import whole_number
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 PADDINGS = ("symmetric", "tf_same")
 
@@ -43,8 +45,7 @@ def check_width(width_mult: float) -> float:
 
 def check_num_classes(num_classes: int) -> int:
     """Validate the number of classes: an integer of at least 1."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    whole_number(num_classes, "num_classes")
     return num_classes
 
 

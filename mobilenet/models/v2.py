@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from mobilenet.models.layers import (
-    ConvBNAct, InvertedResidual, check_activation, check_num_classes, check_padding, check_width, init_weights,
-    make_divisible,
-)
+from mobilenet.models.base import STEM_CHANNELS, MobileNet, ModelConfig
+from mobilenet.models.layers import ConvBNAct, InvertedResidual, make_divisible
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,6 @@ class Stage:
     stride: int
 
 
-STEM_CHANNELS = 32  # Table 2, first row: conv2d, 32 channels, stride 2
 HEAD_CHANNELS = 1280  # Table 2, the conv2d 1x1 before the pooling
 
 STAGES: tuple[Stage, ...] = (
@@ -47,61 +43,31 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-class MobileNetV2(nn.Module):
-    """MobileNet V2 at width multiplier `width_mult`.
+class MobileNetV2(MobileNet):
+    """MobileNet V2 at width multiplier `width_mult`."""
 
-    `small_input=True` is our variant for 32x32 images (CIFAR): the stem and the first stride-2
-    stage run at stride 1, so the last feature map is 4x4 rather than 1x1.
-    """
+    ROWS = STAGES
 
-    def __init__(
-        self,
-        width_mult: float = 1.0,
-        num_classes: int = 1000,
-        small_input: bool = False,
-        activation: str = "relu6",
-        dropout: float = 0.2,
-        bn_eps: float = 1e-5,
-        padding: str = "symmetric",
-    ) -> None:
-        super().__init__()
-        width_mult = check_width(width_mult)
-        check_num_classes(num_classes)
-        check_activation(activation)
-        check_padding(padding)
-        self.config = {
-            "name": "mobilenet_v2", "width_mult": width_mult, "num_classes": num_classes,
-            "small_input": bool(small_input), "activation": activation, "dropout": dropout, "bn_eps": bn_eps, "padding": padding,
-        }
-        stages = list(STAGES)
-        if small_input:
-            first = next(i for i, s in enumerate(stages) if s.stride == 2)
-            stages[first] = Stage(stages[first].expansion, stages[first].out_channels, stages[first].repeats, 1)
-        stem_stride = 1 if small_input else 2
+    def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, small_input: bool = False,
+                 activation: str = "relu6", dropout: float = 0.2, bn_eps: float = 1e-5,
+                 padding: str = "symmetric") -> None:
+        super().__init__(ModelConfig("mobilenet_v2", width_mult, num_classes, bool(small_input), activation, dropout,
+                                     bn_eps, padding))
 
-        channels = make_divisible(STEM_CHANNELS * width_mult)
-        layers: list[nn.Module] = [ConvBNAct(3, channels, 3, stem_stride, activation=activation, bn_eps=bn_eps, padding=padding)]
-        output_stride = stem_stride
-        for stage in stages:
-            out = make_divisible(stage.out_channels * width_mult)
+    def stem_channels(self, width_mult: float) -> int:
+        return make_divisible(STEM_CHANNELS * width_mult)
+
+    def body(self, rows: tuple[Stage, ...], channels: int, config: ModelConfig) -> tuple[list[nn.Module], int]:
+        layers: list[nn.Module] = []
+        for stage in rows:
+            out = make_divisible(stage.out_channels * config.width_mult)
             for i in range(stage.repeats):
-                stride = stage.stride if i == 0 else 1
-                layers.append(InvertedResidual(channels, out, stride, stage.expansion, activation, bn_eps, padding))
+                layers.append(InvertedResidual(channels, out, stage.stride if i == 0 else 1, stage.expansion,
+                                               config.activation, config.bn_eps, config.padding))
                 channels = out
-            output_stride *= stage.stride
-        head = make_divisible(HEAD_CHANNELS * max(1.0, width_mult))
-        layers.append(ConvBNAct(channels, head, 1, activation=activation, bn_eps=bn_eps))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(head, num_classes)
-        self.num_features = head
-        self.output_stride = output_stride
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x)).flatten(1)
-        return self.classifier(self.dropout(x))
+        head = make_divisible(HEAD_CHANNELS * max(1.0, config.width_mult))
+        layers.append(ConvBNAct(channels, head, 1, activation=config.activation, bn_eps=config.bn_eps))
+        return layers, head
 
 
 def mobilenet_v2(width_mult: float = 1.0, num_classes: int = 1000, small_input: bool = False, **kwargs) -> MobileNetV2:

@@ -9,7 +9,7 @@ import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from mobilenet.data.memory import check_resolution
+from mobilenet.checks import check_resolution
 
 DATASET_NAMES = ("digits", "cifar10")  # names load_dataset knows; any other `data` is a path
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from mobilenet.checkpoint import (
     ModelMeta, load_training_state, read_checkpoint, save_model_state, save_training_state,
 )
-from mobilenet.cost import check_resolution
+from mobilenet.cost import check_model_resolution
 from mobilenet.data import load_dataset, make_loader
 from mobilenet.data.loader import Normalize
 from mobilenet.evaluate import EvalResult, evaluate
@@ -114,7 +113,7 @@ class Run:
         if pretrained is not None:
             self._load_pretrained(*pretrained)
         self.model = self.model.to(self.device)
-        check_resolution(self.train_set.resolution, self.model)
+        check_model_resolution(self.train_set.resolution, self.model)
         if memory:
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.sync_bn and self.dist.enabled:
@@ -167,7 +166,7 @@ class Run:
     def _adopt_pretrained(self) -> tuple[dict, ModelMeta]:
         """Take the architecture of the checkpoint to start from into this run's configuration."""
         tensors, meta = read_checkpoint(self.config.pretrained)
-        arch = dict(meta.config)
+        arch = meta.config.to_dict()
         self.config.model = arch.pop("name")
         self.config.width = arch.pop("width_mult")
         self.config.small_input = arch.pop("small_input", False)
@@ -181,7 +180,7 @@ class Run:
 
     def _load_pretrained(self, tensors: dict, meta: ModelMeta) -> None:
         """Every tensor of the checkpoint, but a classifier for another number of classes."""
-        replaced = meta.num_classes != self.model.config["num_classes"]
+        replaced = meta.num_classes != self.model.config.num_classes
         if replaced:
             tensors = {k: v for k, v in tensors.items() if not k.startswith("classifier.")}
         own = self.model.state_dict()

@@ -5,7 +5,7 @@ run at install or load time. scikit-learn is needed only here and is imported la
 not a dependency of the package. To regenerate::
 
     python3 -m venv /tmp/skl && /tmp/skl/bin/pip install scikit-learn numpy
-    /tmp/skl/bin/python mobilenet/data/make_digits.py
+    /tmp/skl/bin/python tools/make_digits.py
 
 Source: the UCI "Optical Recognition of Handwritten Digits" data (Alpaydin and Kaynak, 1998),
 test part, as shipped with scikit-learn (``sklearn/datasets/data/digits.csv.gz``): 1,797 images
@@ -30,7 +30,7 @@ import numpy as np
 
 SEED = 0
 TEST_SIZE = 360
-OUTPUT = Path(__file__).with_name("digits.npz")
+OUTPUT = Path(__file__).resolve().parent.parent / "mobilenet" / "data" / "digits.npz"
 
 
 def stratified_test_indices(labels: np.ndarray, test_size: int, seed: int) -> np.ndarray:

@@ -1,0 +1,31 @@
+"""Optional packages (onnx, onnxruntime, onnxscript; keras for tests) asked about in one place,
+importable from every layer without importing the packages that use them."""
+
+from __future__ import annotations
+
+import importlib.util
+
+INSTALL_HINT = "pip install 'mobilenet[export]' (or `make install`)"
+
+
+class MissingPackage(ImportError):
+    """An optional package is not installed; the message says how to get it."""
+
+
+def available(package: str) -> bool:
+    """Whether `package` is installed (found, not imported: asking costs nothing)."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require(*packages: str, purpose: str = "this") -> None:
+    """Raise one MissingPackage line naming every package of `packages` that is not installed."""
+    missing = [name for name in packages if not available(name)]
+    if missing:
+        raise MissingPackage(f"{purpose} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                             f"not installed: {INSTALL_HINT}")
+
+
+__all__ = ["INSTALL_HINT", "MissingPackage", "available", "require"]
