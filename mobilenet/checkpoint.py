@@ -44,6 +44,19 @@ class ModelMeta:
     def num_classes(self) -> int:
         return self.config.num_classes
 
+    @property
+    def crop_fraction(self) -> float:
+        """The centre crop of the evaluation transform the model was trained with (in `extra`;
+        checkpoints that do not say were trained on image folders, whose crop is the default)."""
+        from mobilenet.data.folder import EVAL_CROP_FRACTION
+
+        return float(self.extra.get("crop_fraction", EVAL_CROP_FRACTION))
+
+    @property
+    def data(self) -> dict | None:
+        """Where the model's images come from (`{"data", "root", "classes"}`), if a run recorded it."""
+        return self.extra.get("data")
+
     def to_metadata(self) -> dict[str, str]:
         return {
             "format": FORMAT,

@@ -30,6 +30,11 @@ def some(names, limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
+def comma_list(text: str) -> list[str]:
+    """`a, b,c` as ['a', 'b', 'c']: how the command line takes a list of names."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def first_line(error: BaseException, limit: int | None = None) -> str:
     """The first non-empty line of an error's message (its type's name if it has none)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -37,4 +42,4 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
     return text[:limit] if limit else text
 
 
-__all__ = ["MAX_RESOLUTION", "check_resolution", "first_line", "some", "whole_number"]
+__all__ = ["MAX_RESOLUTION", "check_resolution", "comma_list", "first_line", "some", "whole_number"]

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from mobilenet.checks import some, whole_number
+from mobilenet.checks import comma_list, some, whole_number
 from mobilenet.optional import MissingPackage
 from mobilenet.export.runtime import RUNTIMES
 from mobilenet.models.layers import check_num_classes, check_width
@@ -90,48 +90,40 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_FLAGS = {  # flag: (config field, type, help)
-    "--model": ("model", str, "model name (default mobilenet_v1)"),
-    "--width": ("width", width_arg, "width multiplier alpha in (0, 4] (default 1)"),
-    "--resolution": ("resolution", resolution_arg, "input side in pixels (default: the dataset's)"),
-    "--data": ("data", str, "digits (default), cifar10, a CIFAR-10 archive or folder, or an image folder"),
-    "--data-root": ("data_root", str, "where cifar10 is looked up and downloaded ($MOBILENET_DATA or ~/.cache/mobilenet)"),
-    "--classes": ("classes", lambda s: [c.strip() for c in s.split(",") if c.strip()], "keep these classes, e.g. airplane,bird"),
-    "--epochs": ("epochs", int, "epochs (default 15)"),
-    "--batch-size": ("batch_size", int, "images per step and process (default 128)"),
-    "--lr": ("lr", float, "peak learning rate (default 0.1)"),
-    "--optimizer": ("optimizer", str, "sgd (Nesterov momentum, default) or rmsprop (the papers')"),
-    "--momentum": ("momentum", float, "momentum (default 0.9)"),
-    "--weight-decay": ("weight_decay", float, "weight decay, not applied to depthwise, BatchNorm and bias (default 5e-4)"),
-    "--schedule": ("schedule", str, "cosine (default, with warm-up) or exponential"),
-    "--lr-gamma": ("lr_gamma", float, "per-epoch decay of the exponential schedule (default 0.98)"),
-    "--warmup-epochs": ("warmup_epochs", float, "linear warm-up epochs (default 1)"),
-    "--label-smoothing": ("label_smoothing", float, "label smoothing (default 0)"),
-    "--ema-decay": ("ema_decay", float, "keep and evaluate an exponential moving average of the weights, e.g. 0.999"),
-    "--dropout": ("dropout", float, "dropout before the classifier (default: the model's)"),
-    "--amp": ("amp", str, "bfloat16 autocast: auto (CUDA only, default), on, off"),
-    "--workers": ("workers", int, "image decoding processes for image folders (default 2)"),
-    "--seed": ("seed", int, "random seed: the same seed repeats a run (default 0)"),
-    "--pretrained": ("pretrained", str, "start from this checkpoint (e.g. from `mobilenet convert`): its architecture "
-                                        "is used, and a classifier for another number of classes is replaced"),
-    "--freeze-epochs": ("freeze_epochs", int, "train only the classifier for this many first epochs (default 0)"),
-}
-TRAIN_SWITCHES = {  # flag: (config field, value when given, help)
-    "--small-input": ("small_input", True, "the 32x32 (CIFAR) variant: less early down-sampling"),
-    "--download": ("download", True, "download cifar10 if it is not found"),
-    "--depthwise-decay": ("depthwise_decay", True, "apply weight decay to depthwise filters too"),
-    "--no-channels-last": ("channels_last", False, "keep NCHW memory format (channels_last is faster on CPU)"),
-    "--compile": ("compile", True, "torch.compile the model"),
-    "--sync-bn": ("sync_bn", True, "synchronise BatchNorm statistics across processes (GPUs)"),
-    "--freeze-bn": ("freeze_bn", True, "keep BatchNorm in evaluation mode (fixed statistics)"),
-}
+def train_options() -> list[tuple[str, object]]:
+    """(flag, field) of every TrainConfig field that is a command-line option (its metadata has help)."""
+    from dataclasses import fields
+
+    from mobilenet.train import TrainConfig
+
+    return [(f.metadata["flag"] or "--" + f.name.replace("_", "-"), f) for f in fields(TrainConfig)
+            if f.metadata.get("help")]
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, its type, choices and default read from the field."""
+    import typing
+
+    from mobilenet.train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for flag, f in train_options():
+        meta = f.metadata
+        shown = meta["shown"] or ("none" if f.default is None else f"{f.default:g}" if isinstance(f.default, float)
+                                  else f.default)
+        if hints[f.name] is bool:  # a switch that turns the default over
+            parser.add_argument(flag, dest=f.name, action="store_const", const=not f.default, default=None,
+                                help=meta["help"])
+            continue
+        kind = meta["parse"] or next(t for t in (int, float, str) if t in typing.get_args(hints[f.name]) + (hints[f.name],))
+        parser.add_argument(flag, dest=f.name, type=_argtype(kind, str), default=None, choices=meta["choices"],
+                            help=f"{meta['help']} (default: {shown})")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mobilenet.train import TrainConfig, train
 
-    given = {field: getattr(args, field) for field, *_ in [*TRAIN_FLAGS.values(), *TRAIN_SWITCHES.values()]
-             if getattr(args, field) is not None}
+    given = {f.name: getattr(args, f.name) for _, f in train_options() if getattr(args, f.name) is not None}
     if args.resume and given:
         raise ValueError(f"--resume continues the run in {args.out} as it was configured: "
                          f"drop {', '.join(sorted(given))}, or start a new run in another --out")
@@ -207,7 +199,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
     fast, _ = runtime_model(model, meta.resolution, runtime)
     results = predict_files(fast, args.images, meta.resolution, meta.mean, meta.std, meta.classes,
-                            args.top_k, crop_fraction=meta.extra.get("crop_fraction", 0.875))
+                            args.top_k, crop_fraction=meta.crop_fraction)
     failed = [item for item in results if "error" in item]
     if args.json:
         print(json.dumps(results))
@@ -303,10 +295,7 @@ def build_parser() -> Parser:
     p.set_defaults(run=cmd_tables)
 
     p = sub.add_parser("train", help="train a model; writes checkpoints, metrics and plots to --out")
-    for flag, (field, kind, text) in TRAIN_FLAGS.items():
-        p.add_argument(flag, dest=field, type=kind, default=None, help=text)
-    for flag, (field, value, text) in TRAIN_SWITCHES.items():
-        p.add_argument(flag, dest=field, action="store_const", const=value, default=None, help=text)
+    add_train_options(p)
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--stop-after", type=_positive_int("--stop-after"), default=None,
@@ -318,7 +307,7 @@ def build_parser() -> Parser:
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="as for train")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--classes", type=TRAIN_FLAGS["--classes"][1], default=None)
+    p.add_argument("--classes", type=_argtype(comma_list, str), default=None, help="as for train")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256)
     p.add_argument("--workers", type=_at_least_zero("--workers"), default=2, help="image decoding processes (default 2)")
@@ -351,7 +340,7 @@ def build_parser() -> Parser:
     p.add_argument("--int8", action="store_true", help="quantize to INT8 (ONNX only), calibrated on real images")
     p.add_argument("--calibration-data", default=None,
                    help="data for the check and INT8 calibration, as for train "
-                        "(default: the run's, from the config.json beside the checkpoint)")
+                        "(default: the data the checkpoint's training run recorded in it)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--calibration-images", type=_positive_int("--calibration-images"), default=256,
                    help="training images to calibrate INT8 on (default 256)")

@@ -79,7 +79,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, reduce=None, progres
 
 @torch.no_grad()
 def predict_files(model: nn.Module, paths: list[str | os.PathLike], resolution: int, mean, std,
-                  classes: list[str], top_k: int = 5, crop_fraction: float = 0.875) -> list[dict]:
+                  classes: list[str], top_k: int, crop_fraction: float) -> list[dict]:
     """Class names and probabilities for each image file, with the evaluation transform: resize
     the short side to resolution / crop_fraction, then centre-crop (1.0: the whole image). A file
     that cannot be decoded gets `{"image": path, "error": message}` in its place."""

@@ -280,7 +280,7 @@ def _unwritable(tmp_path):
     ("int8 without data", "--int8 needs calibration data"),
 ])
 def test_export_errors(cli, digits_checkpoint, tmp_path, case, message):
-    checkpoint, _ = digits_checkpoint  # its folder has no config.json: no training data is named
+    checkpoint, _ = digits_checkpoint  # saved outside a run: its metadata names no training data
     target = tmp_path / "m.onnx"
     if case == "not writable":
         target = _unwritable(tmp_path)

@@ -232,6 +232,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.paths = np.array(paths)
         self.labels = np.array(labels, dtype=np.int64)
         self.mean, self.std = MEAN, STD
+        self.crop_fraction = EVAL_CROP_FRACTION  # what eval_transform crops, and predict after training on it
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -19,7 +19,7 @@ a random 32x32 crop of the image zero-padded by 4 pixels, and a horizontal flip 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -140,9 +140,9 @@ class InMemoryLoader(_ShardedLoader):
     """
 
     def __init__(self, dataset: InMemoryDataset, batch_size: int, *, train: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, channels_last: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False, mean=None, std=None) -> None:
         self.dataset = dataset
-        self.normalize = Normalize(dataset.mean, dataset.std, channels_last)
+        self.normalize = Normalize(mean or dataset.mean, std or dataset.std, channels_last)
         super().__init__(len(dataset), batch_size, train, seed, rank, world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -204,10 +204,10 @@ class FolderLoader(_ShardedLoader):
     """
 
     def __init__(self, dataset: ImageFolder, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, workers: int = 2, channels_last: bool = False) -> None:
+                 world_size: int = 1, workers: int = 2, channels_last: bool = False, mean=None, std=None) -> None:
         whole_number(workers, "workers", minimum=0)
         self.dataset = dataset
-        self.normalize = Normalize(dataset.mean, dataset.std, channels_last)
+        self.normalize = Normalize(mean or dataset.mean, std or dataset.std, channels_last)
         super().__init__(len(dataset), batch_size, train, seed, rank, world_size)
         self.loader = torch.utils.data.DataLoader(
             _FolderItems(dataset, train), batch_sampler=_FolderBatches(self), num_workers=workers
@@ -219,16 +219,18 @@ class FolderLoader(_ShardedLoader):
 
 
 def make_loader(dataset: InMemoryDataset | ImageFolder, batch_size: int, *, train: bool, seed: int = 0,
-                rank: int = 0, world_size: int = 1, workers: int = 2,
-                channels_last: bool = False) -> InMemoryLoader | FolderLoader:
+                rank: int = 0, world_size: int = 1, workers: int = 2, channels_last: bool = False,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> InMemoryLoader | FolderLoader:
     """The loader for ``dataset``: batched in-memory augmentation, or DataLoader workers for folders.
 
     ``workers`` only matters for image folders; in-memory datasets need no worker processes.
+    ``mean`` and ``std`` normalise the batches (default: the dataset's own; a pretrained model
+    brings its own).
     """
+    common = dict(train=train, seed=seed, rank=rank, world_size=world_size, channels_last=channels_last,
+                  mean=mean, std=std)
     if isinstance(dataset, InMemoryDataset):
-        return InMemoryLoader(dataset, batch_size, train=train, seed=seed, rank=rank, world_size=world_size,
-                              channels_last=channels_last)
+        return InMemoryLoader(dataset, batch_size, **common)
     if isinstance(dataset, ImageFolder):
-        return FolderLoader(dataset, batch_size, train=train, seed=seed, rank=rank, world_size=world_size,
-                            workers=workers, channels_last=channels_last)
+        return FolderLoader(dataset, batch_size, workers=workers, **common)
     raise ValueError(f"make_loader needs a dataset from load_dataset, got {type(dataset).__name__}")

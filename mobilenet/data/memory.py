@@ -64,6 +64,7 @@ class InMemoryDataset:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     flip: bool = True  # whether a mirrored image is still an image of its class (not for digits)
+    crop_fraction = 1.0  # evaluated whole: what `predict` does with a file for a model trained on these
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:

@@ -46,18 +46,15 @@ class DataSource:
     found_in: str = "--calibration-data"
 
 
-def training_data(checkpoint: str | os.PathLike) -> DataSource | None:
-    """The data a checkpoint was trained on, read from the run directory's config.json beside it
-    (the checkpoint's own metadata does not name it); None if there is no such file."""
-    config = Path(checkpoint).parent / "config.json"
-    try:
-        saved = json.loads(config.read_text())
-    except (OSError, ValueError):
+def training_data(meta, checkpoint: str | os.PathLike) -> DataSource | None:
+    """The data a checkpoint was trained on, as its training run recorded it in the checkpoint's
+    metadata; None for a checkpoint that does not say (converted weights, older files)."""
+    source = meta.data
+    if not isinstance(source, dict) or not source.get("data"):
         return None
-    if not isinstance(saved, dict) or not saved.get("data"):
-        return None
-    classes = saved.get("classes")
-    return DataSource(str(saved["data"]), saved.get("data_root"), tuple(classes) if classes else None, str(config))
+    classes = source.get("classes")
+    return DataSource(str(source["data"]), source.get("root"), tuple(classes) if classes else None,
+                      f"the metadata of {checkpoint}")
 
 
 def sample_images(dataset, count: int, seed: int = 0) -> torch.Tensor:
@@ -84,8 +81,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
                       calibration_images: int = CALIBRATION_IMAGES) -> dict:
     """Export a checkpoint to `output` as ONNX (`int8=True`: quantized) or a pt2 program.
 
-    The check runs on real test images of `calibration_data`, or of the data named in the run's
-    config.json beside the checkpoint, and on random inputs if neither is found; INT8 needs real
+    The check runs on real test images of `calibration_data`, or of the data the checkpoint's
+    metadata names (a training run records it), and on random inputs if neither is found; INT8 needs real
     data (ValueError otherwise). Returns a JSON-ready report. Writes nothing unless every check passes.
     """
     from mobilenet.checkpoint import load_checkpoint, refuse_replacing_ours
@@ -103,9 +100,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     if format == "onnx":
         require("onnx", "onnxruntime", purpose="ONNX export")
     model, meta = load_checkpoint(checkpoint, with_meta=True)
-    source = DataSource(calibration_data, data_root) if calibration_data else training_data(checkpoint)
+    source = DataSource(calibration_data, data_root) if calibration_data else training_data(meta, checkpoint)
     if int8 and source is None:
-        raise ValueError(f"--int8 needs calibration data and none is named beside {checkpoint} (no run config.json): "
+        raise ValueError(f"--int8 needs calibration data and {checkpoint} does not name its training data: "
                          "pass --calibration-data (e.g. digits, cifar10 or an image folder)")
     report = {"checkpoint": str(checkpoint), "output": str(output), "format": format, "int8": int8,
               "classes": len(meta.classes), "resolution": meta.resolution}

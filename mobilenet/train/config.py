@@ -6,12 +6,22 @@ import json
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from mobilenet.checks import check_resolution
+from mobilenet.checks import check_resolution, comma_list
+from mobilenet.models.layers import check_width
 
 DATASET_NAMES = ("digits", "cifar10")  # names load_dataset knows; any other `data` is a path
+
+
+def option(default, help: str | None = None, *, flag: str | None = None, choices: tuple | None = None,
+           parse=None, shown: str | None = None):
+    """A TrainConfig field and, when it has `help`, its command-line option: `--name-with-dashes`
+    (or `flag`), parsed by `parse` or the field's type, a switch for a bool. `mobilenet train
+    --help` shows the default from here (or `shown`), so each default is stated once."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "parse": parse, "shown": shown}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -24,42 +34,49 @@ class TrainConfig:
 
     out: str = "runs/demo"
     # model
-    model: str = "mobilenet_v1"
-    width: float = 1.0
-    small_input: bool = False
-    dropout: float | None = None  # None: the model's default (V1 0, V2 0.2)
+    model: str = option("mobilenet_v1", "model name")
+    width: float = option(1.0, "width multiplier alpha in (0, 4]", parse=check_width)
+    small_input: bool = option(False, "the 32x32 (CIFAR) variant: less early down-sampling")
+    dropout: float | None = option(None, "dropout before the classifier", shown="the model's: V1 0, V2 0.2")
     model_options: dict | None = None  # further model arguments (activation, bn_eps, padding)
-    pretrained: str | None = None  # start from this checkpoint; its architecture replaces model/width
-    freeze_epochs: int = 0  # train only the classifier for this many first epochs
+    pretrained: str | None = option(None, "start from this checkpoint (e.g. from `mobilenet convert`): its "
+                                          "architecture is used, and a classifier for another number of classes "
+                                          "is replaced")
+    freeze_epochs: int = option(0, "train only the classifier for this many first epochs")
     mean: list[float] | None = None  # input normalisation; None: the dataset's (a pretrained model brings its own)
     std: list[float] | None = None
     # data
-    data: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    classes: list[str] | None = None
-    resolution: int | None = None  # None: the dataset's own (32 for digits and CIFAR, 224 for folders)
-    workers: int = 2
+    data: str = option("digits", "digits, cifar10, a CIFAR-10 archive or folder, or an image folder")
+    data_root: str | None = option(None, "where cifar10 is looked up and downloaded",
+                                   shown="$MOBILENET_DATA or ~/.cache/mobilenet")
+    download: bool = option(False, "download cifar10 if it is not found")
+    classes: list[str] | None = option(None, "keep these classes, e.g. airplane,bird", parse=comma_list, shown="all")
+    resolution: int | None = option(None, "input side in pixels", parse=int, shown="the dataset's: 32 for digits "
+                                                                                   "and CIFAR, 224 for folders")
+    workers: int = option(2, "image decoding processes for image folders")
     # optimisation
-    epochs: int = 15
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd (Nesterov momentum) or rmsprop (the papers')
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    depthwise_decay: bool = False  # the V1 paper: little or no weight decay on depthwise filters
-    schedule: str = "cosine"  # cosine (with warm-up) or exponential (x lr_gamma per epoch, the papers')
-    lr_gamma: float = 0.98
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights
+    epochs: int = option(15, "epochs")
+    batch_size: int = option(128, "images per step and process")
+    optimizer: str = option("sgd", "sgd (Nesterov momentum) or rmsprop (the papers')", choices=("sgd", "rmsprop"))
+    lr: float = option(0.1, "peak learning rate")
+    momentum: float = option(0.9, "momentum")
+    weight_decay: float = option(5e-4, "weight decay, not applied to depthwise, BatchNorm and bias")
+    depthwise_decay: bool = option(False, "apply weight decay to depthwise filters too (the V1 paper: little or none)")
+    schedule: str = option("cosine", "cosine (with warm-up) or exponential (x lr-gamma per epoch, the papers')",
+                           choices=("cosine", "exponential"))
+    lr_gamma: float = option(0.98, "per-epoch decay of the exponential schedule")
+    warmup_epochs: float = option(1.0, "linear warm-up epochs")
+    label_smoothing: float = option(0.0, "label smoothing")
+    ema_decay: float = option(0.0, "keep and evaluate an exponential moving average of the weights, e.g. 0.999")
     # machine
-    channels_last: bool = True
-    amp: str = "auto"  # auto: bfloat16 autocast on CUDA, off on CPU; on; off
-    compile: bool = False
-    sync_bn: bool = False  # synchronise BatchNorm statistics across processes (GPUs only, PyTorch's SyncBatchNorm)
-    freeze_bn: bool = False  # BatchNorm in evaluation mode while training: fixed statistics (fine-tuning, small batches)
-    seed: int = 0
+    channels_last: bool = option(True, "keep NCHW memory format (channels_last is faster on CPU)",
+                                 flag="--no-channels-last")
+    amp: str = option("auto", "bfloat16 autocast: auto (CUDA only), on, off", choices=("auto", "on", "off"))
+    compile: bool = option(False, "torch.compile the model")
+    sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes (GPUs only, PyTorch's "
+                                  "SyncBatchNorm)")
+    freeze_bn: bool = option(False, "keep BatchNorm in evaluation mode: fixed statistics (fine-tuning, small batches)")
+    seed: int = option(0, "random seed: the same seed repeats a run")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -111,14 +128,11 @@ class TrainConfig:
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (self.optimizer in ("sgd", "rmsprop"), f"optimizer must be sgd or rmsprop, got {self.optimizer!r}"),
-            (self.schedule in ("cosine", "exponential"), f"schedule must be cosine or exponential, got {self.schedule!r}"),
             (0 < self.lr_gamma <= 1, f"lr gamma (the exponential schedule's decay per epoch) must be in (0, 1], "
                                      f"got {self.lr_gamma}"),
             (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
-            (self.amp in ("auto", "on", "off"), f"amp must be auto, on or off, got {self.amp!r}"),
             (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (0 <= self.freeze_epochs, f"freeze epochs must be >= 0, got {self.freeze_epochs}"),
@@ -128,6 +142,9 @@ class TrainConfig:
              f"std must have 3 positive values (R, G, B), got {self.std}"),
             (self.classes is None or len(self.classes) >= 1, "classes must name at least one class"),
         ]
+        checks += [(getattr(self, f.name) in f.metadata["choices"],
+                    f"{f.name} must be {' or '.join(f.metadata['choices'])}, got {getattr(self, f.name)!r}")
+                   for f in fields(self) if f.metadata.get("choices")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

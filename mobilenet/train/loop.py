@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -27,7 +28,6 @@ from mobilenet.checkpoint import (
 )
 from mobilenet.cost import check_model_resolution
 from mobilenet.data import load_dataset, make_loader
-from mobilenet.data.loader import Normalize
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.files import write_text
 from mobilenet.models import create_model
@@ -47,12 +47,19 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def _crop_fraction(dataset) -> float:
-    """Evaluation crop of the data the model is trained on: folders resize and centre-crop 87.5%,
-    in-memory sets (digits, CIFAR) are seen whole."""
-    from mobilenet.data import InMemoryDataset
-
-    return 1.0 if isinstance(dataset, InMemoryDataset) else 0.875
+def resolve_pretrained(config: TrainConfig) -> tuple[TrainConfig, tuple[dict, ModelMeta]]:
+    """The configuration a run from `config.pretrained` really has: the checkpoint's architecture
+    (model, width, small input, activation, eps, padding, its dropout unless one is given) and
+    normalisation; and the checkpoint's tensors and metadata. `config` itself is not changed."""
+    tensors, meta = read_checkpoint(config.pretrained)
+    arch = meta.config.to_dict()
+    model, width, small_input = arch.pop("name"), arch.pop("width_mult"), arch.pop("small_input")
+    arch.pop("num_classes")
+    dropout = arch.pop("dropout")
+    resolved = replace(config, model=model, width=width, small_input=small_input, model_options=arch,
+                       dropout=dropout if config.dropout is None else config.dropout,
+                       mean=list(meta.mean), std=list(meta.std))
+    return resolved, (tensors, meta)
 
 
 class Run:
@@ -84,10 +91,24 @@ class Run:
         self.close()
 
     def _setup(self, resume: bool) -> None:
-        config = self.config
-        pretrained = self._adopt_pretrained() if config.pretrained and not resume else None
+        """The run in named steps: its folder, its data, its model, its optimizer, its state."""
+        pretrained = None
+        if self.config.pretrained and not resume:
+            self.config, pretrained = resolve_pretrained(self.config)
         self._prepare_out(resume)
+        self._load_data()
+        self._build_model(pretrained)
+        self._build_optimizer()
+        self.epoch, self.step, self.best_top1 = 0, 0, -1.0
+        self.metrics: list[dict] = []
+        if resume:
+            self._load_state()
+        elif self.is_main:  # written once everything it names was found and built: exactly what runs
+            write_text(self.folder / CONFIG, self.config.to_json())
 
+    def _load_data(self) -> None:
+        """Both splits (rank 0 downloads first) and their loaders, normalised as the model expects."""
+        config = self.config
         if config.download and not self.is_main:
             self.dist.barrier()  # rank 0 downloads first, the others then read what it wrote
         self.train_set = load_dataset(config.data, "train", classes=config.classes, resolution=config.resolution,
@@ -98,12 +119,18 @@ class Run:
                                      root=config.data_root)
         if not len(self.train_set) or not len(self.test_set):
             raise TrainingError(f"{config.data}: the train or test split holds no images")
-        memory = self.config.channels_last and self.device.type in ("cpu", "cuda")
+        self.channels_last = config.channels_last and self.device.type in ("cpu", "cuda")
+        self.mean = tuple(config.mean or self.train_set.mean)  # a pretrained model brings its own
+        self.std = tuple(config.std or self.train_set.std)
         common = dict(seed=config.seed, rank=self.dist.rank, world_size=self.dist.world_size, workers=config.workers,
-                      channels_last=memory)
+                      channels_last=self.channels_last, mean=self.mean, std=self.std)
         self.train_loader = make_loader(self.train_set, config.batch_size, train=True, **common)
         self.test_loader = make_loader(self.test_set, config.batch_size, train=False, **common)
 
+    def _build_model(self, pretrained: tuple[dict, ModelMeta] | None) -> None:
+        """The model for this data (from the pretrained weights if any), on its device and layout,
+        and what its checkpoints will say about it."""
+        config = self.config
         torch.manual_seed(config.seed)
         kwargs = {**(config.model_options or {}), "width_mult": config.width,
                   "num_classes": len(self.train_set.classes), "small_input": config.small_input}
@@ -114,32 +141,25 @@ class Run:
             self._load_pretrained(*pretrained)
         self.model = self.model.to(self.device)
         check_model_resolution(self.train_set.resolution, self.model)
-        if memory:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.sync_bn and self.dist.enabled:
             if self.device.type == "cpu":
                 raise TrainingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU "
                                     "(use --freeze-bn, or per-process BatchNorm)")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        mean, std = tuple(config.mean or self.train_set.mean), tuple(config.std or self.train_set.std)
-        if (mean, std) != (tuple(self.train_set.mean), tuple(self.train_set.std)):
-            for loader in (self.train_loader, self.test_loader):  # e.g. a pretrained model's own
-                loader.normalize = Normalize(mean, std, memory)
+        source = {"data": config.data, "root": config.data_root, "classes": config.classes}
         self.meta = ModelMeta(config=self.model.config, classes=list(self.train_set.classes),
-                              resolution=self.train_set.resolution, mean=mean, std=std,
-                              extra={"crop_fraction": _crop_fraction(self.train_set)})
+                              resolution=self.train_set.resolution, mean=self.mean, std=self.std,
+                              extra={"crop_fraction": self.train_set.crop_fraction, "data": source})
+
+    def _build_optimizer(self) -> None:
+        config = self.config
         self.optimizer = build_optimizer(self.model, config)
         self.ema = _ema_model(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.frozen = False
         self._wrap()
-
-        self.epoch, self.step, self.best_top1 = 0, 0, -1.0
-        self.metrics: list[dict] = []
-        if resume:
-            self._load_state()
-        elif self.is_main:  # written once everything it names was found and built
-            write_text(self.folder / CONFIG, self.config.to_json())
 
     def _wrap(self) -> None:
         """What the training step calls: the model, in DDP when distributed (DDP registers the
@@ -162,21 +182,6 @@ class Run:
         self._wrap()
 
     # --- pretrained weights --------------------------------------------------------------------
-
-    def _adopt_pretrained(self) -> tuple[dict, ModelMeta]:
-        """Take the architecture of the checkpoint to start from into this run's configuration."""
-        tensors, meta = read_checkpoint(self.config.pretrained)
-        arch = meta.config.to_dict()
-        self.config.model = arch.pop("name")
-        self.config.width = arch.pop("width_mult")
-        self.config.small_input = arch.pop("small_input", False)
-        arch.pop("num_classes", None)
-        dropout = arch.pop("dropout", None)
-        if self.config.dropout is None:
-            self.config.dropout = dropout
-        self.config.model_options = arch
-        self.config.mean, self.config.std = list(meta.mean), list(meta.std)
-        return tensors, meta
 
     def _load_pretrained(self, tensors: dict, meta: ModelMeta) -> None:
         """Every tensor of the checkpoint, but a classifier for another number of classes."""
@@ -366,4 +371,4 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         dist.close()
 
 
-__all__ = ["Run", "TrainingError", "train"]
+__all__ = ["Run", "TrainingError", "resolve_pretrained", "train"]
