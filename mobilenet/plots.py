@@ -62,3 +62,37 @@ def plot_confusion(confusion, classes: list[str], path: str | os.PathLike, title
                             color="white" if value > peak / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     _save(fig, path)
+
+
+def plot_sweep(result: dict, path: str | os.PathLike) -> None:
+    """Measured latency against mult-adds, log-log, one series per backend: the paper's Figure 4
+    with measured time in place of accuracy's companion axis."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    backends = list(dict.fromkeys(r["backend"] for row in result["rows"] for r in row["results"]))
+    for backend in backends:
+        points = sorted((row["macs"] / 1e6, r["median_ms"]) for row in result["rows"]
+                        for r in row["results"] if r["backend"] == backend)
+        ax.plot(*zip(*points), "o-", label=backend, alpha=0.85)
+    bound = sorted((row["macs"] / 1e6, row["compute_bound"]["limit_ms"]) for row in result["rows"])
+    if bound:
+        ax.plot(*zip(*bound), "k--", label="fp32 compute bound", alpha=0.6)
+    if backends:
+        first = backends[0]
+        for row in result["rows"]:
+            ms = next((r["median_ms"] for r in row["results"] if r["backend"] == first), None)
+            if ms is not None:
+                ax.annotate(f"{row['width']:g}-{row['resolution']}", (row["macs"] / 1e6, ms), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    env = result["environment"]
+    ax.set(xscale="log", yscale="log", xlabel="million mult-adds (analytic)", ylabel="median latency (ms)",
+           title=f"{result['model']}, batch {result['batch']}: latency against mult-adds\n"
+                 f"{env['cpu']}, {env['threads']} threads, torch {env['versions']['torch']}")
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers (10, 20, 50...) rather than 2x10^1
+        axis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _save(fig, path)

@@ -73,7 +73,9 @@ def test_compile_backend():
 
 
 def test_missing_packages_are_skipped_with_a_note(monkeypatch):
-    monkeypatch.setattr(bench, "available", lambda name: name != "onnxruntime")
+    import mobilenet.bench.latency
+
+    monkeypatch.setattr(mobilenet.bench.latency, "available", lambda name: name != "onnxruntime")
     model = create_model("mobilenet_v1", width_mult=0.25, num_classes=10)
     report = bench.measure(model, resolution=32, backends="eager,onnxruntime,onnxruntime-int8", iterations=2, warmup=0)
     assert [r["backend"] for r in report["results"]] == ["eager"]

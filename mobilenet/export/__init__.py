@@ -14,7 +14,6 @@ fused model and pt2 work, and the ONNX functions raise `MissingPackage` with a o
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,13 +1,13 @@
 """INT8: post-training static quantization of the ONNX model with ONNX Runtime's quantizer.
 
-The recipe, each choice measured on this machine (AVX-512 VNNI), V2 1.0-224, against fp32 ONNX Runtime:
+The recipe, each choice measured against fp32 ONNX Runtime on V2 1.0-224 (figures and machines:
+benchmarks/results/latency.md):
 * `quant_pre_process` first (shape inference and graph clean-up, as ONNX Runtime recommends);
 * QDQ format (QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses into integer kernels);
 * per-channel int8 weights (depthwise filters differ a lot in scale from channel to channel) and
-  uint8 activations: u8 x s8 is what VNNI multiplies natively, 0.54x the fp32 latency at batch 1,
-  while s8 x s8 ran at 0.91x;
+  uint8 activations: u8 x s8 is what VNNI multiplies natively, and ran well ahead of s8 x s8;
 * depthwise convolutions quantized too: leaving them in float (the usual advice for accuracy) put
-  a dequantize/quantize pair around each and made the model 1.8x *slower* than fp32;
+  a dequantize/quantize pair around each and made the model slower than fp32;
 * no `reduce_range` (it avoids an overflow of the older AVX2 u8 x s8 instruction, not needed on VNNI);
 * MinMax calibration on a few hundred training images.
 """

@@ -5,11 +5,11 @@ std), with a dynamic batch dimension, and one output, `logits` (N x classes). It
 carry what a user needs to feed it: class names, normalisation, resolution and the model
 configuration (`read_metadata`).
 
-Exporter: torch 2.13 has two. The default `dynamo=True` one (torch.export, then onnxscript) took
-4-8 s on this 2-core machine for V1 0.5 at 32x32 and 12-20 s for V2 1.0 (and writes the weights to
-a separate file unless told not to); the TorchScript one (`dynamo=False`) takes 0.2-0.5 s and, for
-these models, gives the same operators (Conv with the folded bias, Clip or Relu, Add,
-GlobalAveragePool, Flatten, Gemm) and the same ONNX Runtime speed (V1 1.0-224: 6.5 ms both). We
+Exporter: torch 2.13 has two. The default `dynamo=True` one (torch.export, then onnxscript) takes
+seconds per model (and writes the weights to a separate file unless told not to); the TorchScript
+one (`dynamo=False`) takes a fraction of a second and, for these models, gives the same operators
+(Conv with the folded bias, Clip or Relu, Add, GlobalAveragePool, Flatten, Gemm) and the same ONNX
+Runtime speed. We
 use the TorchScript one (its DeprecationWarning is silenced here) because the benchmark exports
 every model it measures, and keep the dynamo one a keyword away (`dynamo=True`, tested by hand)
 for the day the TorchScript one is removed.
