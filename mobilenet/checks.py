@@ -3,6 +3,8 @@ range, an image side in pixels, a short list of names, an error's first line."""
 
 from __future__ import annotations
 
+import dataclasses
+
 MAX_RESOLUTION = 4096  # pixels a side: 8x ImageNet's 512; one such image is already 200 MB of activations
 
 
@@ -30,6 +32,21 @@ def some(names, limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
+def dataclass_fields(cls, data, what: str) -> dict:
+    """`data` if it is a JSON object with no key `cls` (a dataclass) lacks and every key `cls`
+    needs (a field without a default), else ValueError saying which, in terms of `what`."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a {what} is a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} options: {', '.join(unknown)}")
+    missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING and f.name not in data)
+    if missing:
+        raise ValueError(f"the {what} lacks {', '.join(missing)}")
+    return data
+
+
 def comma_list(text: str) -> list[str]:
     """`a, b,c` as ['a', 'b', 'c']: how the command line takes a list of names."""
     return [name.strip() for name in text.split(",") if name.strip()]
@@ -42,4 +59,4 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
     return text[:limit] if limit else text
 
 
-__all__ = ["MAX_RESOLUTION", "check_resolution", "comma_list", "first_line", "some", "whole_number"]
+__all__ = ["MAX_RESOLUTION", "check_resolution", "comma_list", "dataclass_fields", "first_line", "some", "whole_number"]

@@ -1,15 +1,64 @@
+import contextlib
+import io
+import os
 import subprocess
 import sys
+import traceback
+import warnings
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
 
+# Python's own warning filters outside development mode: what a user of the command sees.
+DEFAULT_FILTERS = (("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, None),
+                   ("ignore", PendingDeprecationWarning, None), ("ignore", ImportWarning, None),
+                   ("ignore", ResourceWarning, None))
+
+
+def run_in_process(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """`mobilenet ARGS...` through `mobilenet.cli.main` in this process, as the command would run:
+    its stdout and stderr captured, warnings printed to that stderr under Python's default filters
+    (not pytest's), an uncaught exception printed as a traceback with exit status 1."""
+    from mobilenet.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        warnings.resetwarnings()
+        for action, category, module in DEFAULT_FILTERS:
+            warnings.filterwarnings(action, category=category, module=module or "")
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            code = main([str(a) for a in args])
+        except SystemExit as stop:  # argparse's --help
+            code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        except Exception:  # noqa: BLE001 - what the interpreter would print, and its exit status
+            traceback.print_exc(file=err)
+            code = 1
+        finally:
+            os.chdir(here)
+    return subprocess.CompletedProcess(["mobilenet", *map(str, args)], code, out.getvalue(), err.getvalue())
+
 
 @pytest.fixture
 def cli():
-    """Run `python -m mobilenet ARGS...` as a user would; returns the CompletedProcess."""
+    """Run the `mobilenet` command with ARGS (in this process: the same code as the command, without
+    a new interpreter and a torch import each time); returns a CompletedProcess."""
+
+    def run(*args: str, cwd=None, timeout: float = 600) -> subprocess.CompletedProcess:
+        return run_in_process(*args, cwd=cwd)
+
+    return run
+
+
+@pytest.fixture
+def cli_process():
+    """Run `python -m mobilenet ARGS...` in a new process, as a user does: for the end-to-end tests."""
 
     def run(*args: str, cwd=None, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "mobilenet", *map(str, args)], capture_output=True,

@@ -1,4 +1,4 @@
-"""The command line, run as a user would."""
+"""The command line, run as a user would (in this process, and end to end in a new one)."""
 
 import json
 
@@ -59,3 +59,11 @@ def test_bad_input_exits_2_with_one_line(cli, args, message):
     assert out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.stderr
+
+
+def test_the_installed_command_end_to_end(cli_process):
+    """A new interpreter through `python -m mobilenet`: the entry point, a result and a refusal."""
+    out = cli_process("cost", "mobilenet_v1", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["params"] == 4_231_976, out.stderr
+    bad = cli_process("cost", "mobilenet_v1", "--width", "0")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

@@ -1,6 +1,6 @@
 """No input ends in a traceback, no output replaces an input: each case a demanding user or a
 security reviewer found, run in-process through `mobilenet.cli.main` (the same code as the
-command; the subprocess end-to-end tests live in test_cli_train.py)."""
+command; end-to-end runs in a new process are in test_cli.py and test_cli_train.py)."""
 
 import errno
 import json
@@ -15,18 +15,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mobilenet.cli import main
 from mobilenet.optional import available
-from mobilenet.train import TrainConfig, train
+from mobilenet.train import train
+from conftest import run_in_process
+from runs import tiny
 
 ONNX = available("onnx") and available("onnxruntime")
-
-
-def tiny(out, **overrides) -> TrainConfig:
-    config = dict(out=str(out), model="mobilenet_v1", width=0.25, small_input=True, data="digits",
-                  classes=["0", "1", "2"], resolution=16, epochs=2, batch_size=32, lr=0.05, seed=3)
-    config.update(overrides)
-    return TrainConfig(**config)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +32,10 @@ def run(tmp_path_factory):
 
 
 def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    """(exit status, stdout, stderr) of the command, run as conftest's `cli` fixture runs it."""
+    capsys.readouterr()  # what earlier steps printed
+    done = run_in_process(*args)
+    return done.returncode, done.stdout, done.stderr
 
 
 def refused(capsys, text, *args):
@@ -98,7 +93,7 @@ def damaged_checkpoint(run, tmp_path, **changes) -> str:
 
 @pytest.mark.parametrize("changes, text", [
     ({"config": json.dumps({"name": "mobilenet_v1", "width_mult": 0.25, "num_classes": 3, "colour": "red"})},
-     "unknown model options: colour"),
+     "unknown model configuration options: colour"),
     ({"config": "[1, 2]"}, "a model configuration is a JSON object, got list"),
     ({"config": json.dumps({"name": "resnet", "width_mult": 1, "num_classes": 3, "small_input": False,
                             "activation": "relu", "dropout": 0})}, "config must name one of the models"),

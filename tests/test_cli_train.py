@@ -89,11 +89,11 @@ def test_predict(cli, trained, digit_png):
     assert text.returncode == 0 and "digit.png:" in text.stdout
 
 
-def test_resume_from_the_command_line(cli, tmp_path):
+def test_resume_from_the_command_line(cli, cli_process, tmp_path):
     out = tmp_path / "run"
     first = cli("train", "--out", out, "--epochs", "2", "--stop-after", "1", *TINY)
     assert first.returncode == 0 and "epoch 1/2" in first.stdout and "epoch 2/2" not in first.stdout
-    second = cli("train", "--out", out, "--resume", "--no-progress")
+    second = cli_process("train", "--out", out, "--resume", "--no-progress")  # end to end: a new process resumes
     assert second.returncode == 0, second.stderr
     assert "epoch 2/2" in second.stdout and "epoch 1/2" not in second.stdout
 

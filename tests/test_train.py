@@ -11,14 +11,7 @@ from torch import nn
 from mobilenet import create_model
 from mobilenet.checkpoint import load_checkpoint, read_safetensors
 from mobilenet.train import Run, TrainConfig, TrainingError, learning_rate, parameter_groups, train
-
-
-def tiny(out, **overrides) -> TrainConfig:
-    """A run of a few seconds: a thin V1 on three digit classes at 16x16."""
-    config = dict(out=str(out), model="mobilenet_v1", width=0.25, small_input=True, data="digits",
-                  classes=["0", "1", "2"], resolution=16, epochs=2, batch_size=32, lr=0.05, seed=3)
-    config.update(overrides)
-    return TrainConfig(**config)
+from runs import tiny
 
 
 def final_weights(out) -> dict[str, torch.Tensor]:

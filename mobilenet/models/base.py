@@ -7,11 +7,12 @@ is, and every check of its arguments, is here once.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
+from mobilenet.checks import dataclass_fields
 from mobilenet.models.layers import (
     ConvBNAct, check_activation, check_num_classes, check_padding, check_width, init_weights,
 )
@@ -52,17 +53,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         """A config from JSON-like data (a checkpoint's metadata); ValueError names what is wrong."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a model configuration is a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model options: {', '.join(unknown)}")
-        required = {f.name for f in fields(cls) if f.default is MISSING}
-        missing = sorted(required - set(data))
-        if missing:
-            raise ValueError(f"the model configuration lacks {', '.join(missing)}")
-        return cls(**data)
+        return cls(**dataclass_fields(cls, data, "model configuration"))
 
 
 def stride_one_first(rows: tuple) -> tuple:

@@ -9,7 +9,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from mobilenet.checks import check_resolution, comma_list
+from mobilenet.checks import check_resolution, comma_list, dataclass_fields
 from mobilenet.models.layers import check_width
 
 DATASET_NAMES = ("digits", "cifar10")  # names load_dataset knows; any other `data` is a path
@@ -84,12 +84,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         """A configuration from JSON-like data, every value checked against its field's type."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a training configuration is a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training options: {', '.join(unknown)}")
+        dataclass_fields(cls, data, "training configuration")
         hints = typing.get_type_hints(cls)
         return cls(**{name: _typed(name, value, hints[name]) for name, value in data.items()})
 
