@@ -542,7 +542,7 @@ def test_loader_arguments_are_checked():
     data = id_dataset(10)
     with pytest.raises(ValueError, match="batch_size 16 is larger than the 10 training samples per rank"):
         make_loader(data, 16, train=True)
-    with pytest.raises(ValueError, match="rank must be an integer in 0..1, got 2"):
+    with pytest.raises(ValueError, match="rank must be a whole number from 0 to 1, got 2"):
         make_loader(data, 2, train=True, rank=2, world_size=2)
     with pytest.raises(ValueError, match="make_loader needs a dataset from load_dataset"):
         make_loader([1, 2, 3], 2, train=False)

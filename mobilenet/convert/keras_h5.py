@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobilenet.checks import first_line
+from mobilenet.checks import first_line, some
 from mobilenet.convert.layout import BN_PARAMS, Pair, Plan, Unit, model_units, width_from
 from mobilenet.models import v1, v2
 
@@ -257,7 +257,7 @@ def plan_keras(tensors: dict[str, torch.Tensor]) -> Plan:
     else:
         raise ValueError(
             "not a Keras applications MobileNet / MobileNetV2 weights file: no conv1 + conv_dw_1 or Conv1 + "
-            f"expanded_conv_depthwise layers (it has {', '.join(sorted(layers)[:4])}...)"
+            f"expanded_conv_depthwise layers (it has {some(sorted(layers), 4)})"
         )
     if f"{classifier}/kernel" not in tensors:
         expected = "conv_preds" if arch == "mobilenet_v1" else "Logits / predictions"

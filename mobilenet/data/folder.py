@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mobilenet.checks import check_resolution
+from mobilenet.checks import check_resolution, some
 from mobilenet.data.memory import class_positions
 
 SPLITS = {"train": "train", "val": "val", "test": "val"}
@@ -225,7 +225,7 @@ class ImageFolder(torch.utils.data.Dataset):
             labels += [label] * len(found)
         if skipped:
             print(f"note: {self.root / self.split}: skipped {len(skipped)} folder link{'s' * (len(skipped) > 1)}: "
-                  f"{'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}", file=sys.stderr)
+                  f"{some(skipped, 3)}", file=sys.stderr)
         # One numpy bytes array rather than a list of Path objects: forked DataLoader workers read it
         # without touching reference counts, so they share it instead of each copying it
         # (the copy-on-read memory growth of pytorch/pytorch#13246, large at ImageNet's 1.28M files).

@@ -90,8 +90,7 @@ class _ShardedLoader:
         whole_number(batch_size, "batch_size")
         whole_number(seed, "seed", minimum=0)
         whole_number(world_size, "world_size")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be an integer in 0..{world_size - 1}, got {rank!r}")
+        whole_number(rank, "rank", minimum=0, maximum=world_size - 1)
         self.size, self.batch_size, self.train = size, batch_size, train
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
