@@ -101,8 +101,10 @@ class ModelMeta:
             raise ValueError(f"the model has {config.num_classes} outputs but {len(classes)} class names")
         check_resolution(self.resolution)
         for name, values in (("mean", self.mean), ("std", self.std)):
-            if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-                raise ValueError(f"{name} must be 3 finite numbers (R, G, B), got {list(values)}")
+            if len(values) != config.in_chans or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                         for v in values):
+                raise ValueError(f"{name} must be {config.in_chans} finite numbers (one per input channel), "
+                                 f"got {list(values)}")
         if min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {list(self.std)}")
         if not isinstance(self.extra, dict):

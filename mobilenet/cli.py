@@ -78,7 +78,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from mobilenet.cost import cost
 
     report = cost(args.model, args.resolution, width_mult=args.width, num_classes=args.num_classes,
-                  small_input=args.small_input)
+                  small_input=args.small_input, in_chans=args.in_chans)
     print(json.dumps(report.to_dict()) if args.json else report.format())
     return 0
 
@@ -168,7 +168,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_suffix(".confusion.png")
     _check_plot(plot, args.checkpoint, given=args.plot is not None)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
-    dataset = load_dataset(args.data, args.split, classes=args.classes, resolution=meta.resolution, root=args.data_root)
+    dataset = load_dataset(args.data, args.split, classes=args.classes, resolution=meta.resolution, root=args.data_root,
+                           channels=meta.config.in_chans)
     _checkpoint_and_data_classes(meta, dataset, args.checkpoint)
     loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers,
                          channels_last=runtime == "pytorch")
@@ -288,6 +289,8 @@ def build_parser() -> Parser:
     p.add_argument("--resolution", type=resolution_arg, default=224, help="input side in pixels (default 224)")
     p.add_argument("--num-classes", type=classes_arg, default=1000, help="classifier outputs (default 1000)")
     p.add_argument("--small-input", action="store_true", help="the 32x32 (CIFAR) variant: less early down-sampling")
+    p.add_argument("--in-chans", type=_positive_int("--in-chans"), default=3,
+                   help="input channels: 3 for RGB (default), 1 for grayscale")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_cost)
 

@@ -161,7 +161,7 @@ def layer_costs(model: nn.Module, resolution: int) -> list[LayerCost]:
     BatchNorm after a convolution is booked to that convolution's row.
     """
     check_model_resolution(resolution, model)
-    shape: tuple[int, int, int] = (3, resolution, resolution)
+    shape: tuple[int, int, int] = (model.features[0].conv.in_channels, resolution, resolution)
     rows: list[LayerCost] = []
     tf_same = False
     for name, module in model.named_modules():

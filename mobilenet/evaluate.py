@@ -81,9 +81,10 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, reduce=None, progres
 def predict_files(model: nn.Module, paths: list[str | os.PathLike], resolution: int, mean, std,
                   classes: list[str], top_k: int, crop_fraction: float) -> list[dict]:
     """Class names and probabilities for each image file, with the evaluation transform: resize
-    the short side to resolution / crop_fraction, then centre-crop (1.0: the whole image). A file
+    the short side to resolution / crop_fraction, then centre-crop (1.0: the whole image), in as
+    many channels as `mean` has (an RGB photo becomes grey for a grayscale model). A file
     that cannot be decoded gets `{"image": path, "error": message}` in its place."""
-    from mobilenet.data.folder import decode_image, eval_transform
+    from mobilenet.data.folder import decode_image, eval_transform, to_mode
     from mobilenet.data.loader import Normalize
 
     model.eval()
@@ -92,7 +93,7 @@ def predict_files(model: nn.Module, paths: list[str | os.PathLike], resolution: 
     results = []
     for path in paths:
         try:
-            image = eval_transform(decode_image(path), resolution, crop_fraction)
+            image = eval_transform(to_mode(decode_image(path), len(mean)), resolution, crop_fraction)
         except ValueError as error:  # one unreadable file does not hide the others' answers
             results.append({"image": str(path), "error": str(error)})
             continue

@@ -98,7 +98,7 @@ def damaged_checkpoint(run, tmp_path, **changes) -> str:
     ({"config": json.dumps({"name": "resnet", "width_mult": 1, "num_classes": 3, "small_input": False,
                             "activation": "relu", "dropout": 0})}, "config must name one of the models"),
     ({"resolution": "0"}, "resolution must be a whole number of pixels"),
-    ({"mean": "[0.5, 0.5]"}, "mean must be 3 finite numbers"),
+    ({"mean": "[0.5, 0.5]"}, "mean must be 3 finite numbers (one per input channel)"),
     ({"std": "[0.5, 0.0, 0.5]"}, "std must be positive"),
     ({"classes": json.dumps(["0", "1"])}, "3 outputs but 2 class names"),
     ({"extra": "[]"}, "extra must be a JSON object"),

@@ -83,7 +83,7 @@ def forward_flops(model: nn.Module, batch: int, resolution: int) -> int:
 
     shadow = copy.deepcopy(model).to("meta")
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        shadow(torch.empty(batch, 3, resolution, resolution, device="meta"))
+        shadow(torch.empty(batch, model.config.in_chans, resolution, resolution, device="meta"))
     return int(counter.get_total_flops())
 
 

@@ -113,12 +113,12 @@ def missing_packages(backend: str) -> list[str]:
     return [name for name in NEEDS.get(backend, ()) if not available(name)]
 
 
-def calibration_images(resolution: int, count: int = INT8_CALIBRATION_IMAGES) -> torch.Tensor:
+def calibration_images(resolution: int, count: int = INT8_CALIBRATION_IMAGES, channels: int = 3) -> torch.Tensor:
     """Digits images (embedded, always available) resized to `resolution` and normalised."""
     from mobilenet.data import load_dataset
     from mobilenet.export import sample_images
 
-    return sample_images(load_dataset("digits", "train", resolution=resolution), count)
+    return sample_images(load_dataset("digits", "train", resolution=resolution, channels=channels), count)
 
 
 def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str,
@@ -151,7 +151,7 @@ def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str,
         from mobilenet.export.int8 import quantize
 
         int8_path = Path(workdir) / "int8.onnx"
-        quantize(path, int8_path, calibration_images(resolution))
+        quantize(path, int8_path, calibration_images(resolution, channels=model.config.in_chans))
         path = int8_path
     sess = session(path, threads)
     x = np.ascontiguousarray(images.numpy())
@@ -181,7 +181,7 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
     torch.set_num_threads(threads)
     say = progress or (lambda message: None)
     model = model.eval()
-    images = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(batch, model.config.in_chans, resolution, resolution, generator=torch.Generator().manual_seed(0))
     runners: dict[str, Callable] = {}
     timings: dict[str, Timing] = {}
     skipped: list[dict] = []

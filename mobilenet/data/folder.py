@@ -5,8 +5,8 @@ name for ``val``). Class names are the sorted sub-folder names and must be the s
 splits, so that a label means the same class in training and evaluation. Images are found
 recursively by extension; hidden files and other files (a README, ``.DS_Store``) are ignored.
 
-Every image is converted to 8-bit RGB (see ``decode_image``) and transformed to a uint8
-``3 x R x R`` tensor; normalisation happens per batch in the loader. The transforms are the
+Every image is converted to 8-bit RGB (see ``decode_image``), or to its grey for a 1-channel split,
+and transformed to a uint8 ``C x R x R`` tensor; normalisation happens per batch in the loader. The transforms are the
 standard ImageNet ones (Inception-style, as in the MobileNet papers):
 
 * training: a random crop covering 8% to 100% of the image area with aspect ratio in [3/4, 4/3]
@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from mobilenet.checks import check_resolution, some
-from mobilenet.data.memory import class_positions
+from mobilenet.data.memory import CHANNELS, class_positions, stats_to_channels
 
 SPLITS = {"train": "train", "val": "val", "test": "val"}
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -83,8 +83,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """An RGB Pillow image as a uint8 ``3 x H x W`` tensor."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    """An RGB or grey ("L") Pillow image as a uint8 ``C x H x W`` tensor (C = 3 or 1)."""
+    array = np.array(image, dtype=np.uint8)
+    return torch.from_numpy(array[..., None] if array.ndim == 2 else array).permute(2, 0, 1).contiguous()
+
+
+def to_mode(image: Image.Image, channels: int) -> Image.Image:
+    """An RGB image as `channels` channels: itself, or its luma (Pillow's "L": ITU-R 601, `memory.LUMA`)."""
+    return image if channels == 3 else image.convert("L")
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -193,13 +199,13 @@ def find_images(class_dir: Path, skipped: list[str] | None = None, seen: set | N
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """One split of an ImageNet-layout folder; items are ``(uint8 3 x R x R image, label)``, eval-transformed.
+    """One split of an ImageNet-layout folder; items are ``(uint8 C x R x R image, label)``, eval-transformed.
 
     The training transform is applied by the training loader (``mobilenet.data.loader``) through
     ``load(index, train=True, rng=...)``; plain indexing gives the deterministic eval transform.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str, resolution: int = 224) -> None:
+    def __init__(self, root: str | os.PathLike, split: str, resolution: int = 224, channels: int = 3) -> None:
         if split not in SPLITS:
             raise ValueError(f"image folder split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.root = Path(root).expanduser()
@@ -231,7 +237,10 @@ class ImageFolder(torch.utils.data.Dataset):
         # (the copy-on-read memory growth of pytorch/pytorch#13246, large at ImageNet's 1.28M files).
         self.paths = np.array(paths)
         self.labels = np.array(labels, dtype=np.int64)
-        self.mean, self.std = MEAN, STD
+        if channels not in CHANNELS:
+            raise ValueError(f"images have 1 (grayscale) or 3 (RGB) channels, not {channels}")
+        self.channels = channels
+        self.mean, self.std = stats_to_channels(MEAN, channels), stats_to_channels(STD, channels)
         self.crop_fraction = EVAL_CROP_FRACTION  # what eval_transform crops, and predict after training on it
 
     def __len__(self) -> int:
@@ -240,7 +249,7 @@ class ImageFolder(torch.utils.data.Dataset):
     def load(self, index: int, *, train: bool = False,
              rng: np.random.Generator | None = None) -> tuple[torch.Tensor, int]:
         """Decode image ``index`` and apply the train transform (drawing from ``rng``) or the eval one."""
-        image, label = decode_image(os.fsdecode(self.paths[index])), int(self.labels[index])
+        image, label = to_mode(decode_image(os.fsdecode(self.paths[index])), self.channels), int(self.labels[index])
         if train:
             if rng is None:
                 raise ValueError("the training transform needs rng, a numpy Generator for its random draws")

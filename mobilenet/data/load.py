@@ -6,15 +6,16 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from mobilenet.data import cifar
+from mobilenet.data import cifar, mnist
 from mobilenet.data.digits import load_digits
 from mobilenet.data.folder import ImageFolder
 from mobilenet.checks import check_resolution
-from mobilenet.data.memory import InMemoryDataset
+from mobilenet.data.memory import CHANNELS, InMemoryDataset
 
 SPLITS = {"train": "train", "val": "test", "test": "test"}  # val and test name the held-out split
+NAMED = ("digits", "cifar10", *mnist.DATASETS)  # what `data` names; anything else is a path
 ALLOWED = (
-    "'digits', 'cifar10', a cifar-10-python.tar.gz file, a cifar-10-batches-py folder "
+    f"{', '.join(map(repr, NAMED))}, a cifar-10-python.tar.gz file, a cifar-10-batches-py folder "
     "or an image folder with train/ and val/"
 )
 
@@ -32,14 +33,17 @@ def load_dataset(
     resolution: int | None = None,
     download: bool = False,
     root: str | os.PathLike | None = None,
+    channels: int | None = None,
 ) -> InMemoryDataset | ImageFolder:
     """Load split ``"train"`` or ``"val"`` (alias ``"test"``) of ``data``.
 
-    ``data`` is ``"digits"`` (embedded), ``"cifar10"`` (looked up under ``root``, default
-    ``default_root()``, and fetched there when ``download`` is true), a path to a CIFAR-10 archive
-    or extracted folder, or a path to an image folder with ``train/`` and ``val/``. ``classes``
-    keeps only the named classes, relabelled 0, 1, ... in the given order. ``resolution``
-    defaults to 32 for digits and CIFAR-10 and to 224 for image folders.
+    ``data`` is ``"digits"`` (embedded), ``"cifar10"``, ``"mnist"``, ``"fashion-mnist"`` or
+    ``"kmnist"`` (looked up under ``root``, default ``default_root()``, and fetched there when
+    ``download`` is true), a path to a CIFAR-10 archive or extracted folder, or a path to an image
+    folder with ``train/`` and ``val/``. ``classes`` keeps only the named classes, relabelled 0,
+    1, ... in the given order. ``resolution`` defaults to the data's own: 32 for digits and
+    CIFAR-10, 28 for the MNIST family, 224 for image folders. ``channels`` (1 or 3) converts the
+    images (grey repeated, RGB to luma); by default they keep their own (1 for the MNIST family).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -47,25 +51,35 @@ def load_dataset(
         check_resolution(resolution)
     if isinstance(classes, str):
         raise ValueError(f"classes must be a list of names such as ['airplane', 'bird'], got {classes!r}")
-    dataset = _load(os.fspath(data), SPLITS[split], resolution, download, root)
+    if channels is not None and channels not in CHANNELS:
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    dataset = _load(os.fspath(data), SPLITS[split], resolution, download, root, channels)
     return dataset if classes is None else dataset.select_classes(list(classes))
 
 
 def _load(data: str, split: str, resolution: int | None, download: bool,
-          root: str | os.PathLike | None) -> InMemoryDataset | ImageFolder:
+          root: str | os.PathLike | None, channels: int | None) -> InMemoryDataset | ImageFolder:
     """Dispatch on the name or on what is found at the path (``split`` is ``"train"`` or ``"test"``)."""
     if data == "digits":
-        return load_digits(split, resolution or 32)
-    if data == "cifar10":
-        return cifar.load_cifar10(_find_cifar10(Path(root) if root else default_root(), download), split,
-                                  resolution or 32)
+        dataset = load_digits(split, resolution or 32)
+    elif data == "cifar10":
+        dataset = cifar.load_cifar10(_find_cifar10(Path(root) if root else default_root(), download), split,
+                                     resolution or 32)
+    elif data in mnist.DATASETS:
+        dataset = mnist.load_idx_dataset(data, split, Path(root) if root else default_root(),
+                                         resolution or mnist.RESOLUTION, download)
+    else:
+        return _load_path(data, split, resolution, channels or 3)
+    return dataset if channels is None else dataset.with_channels(channels)
+
+
+def _load_path(data: str, split: str, resolution: int | None, channels: int) -> InMemoryDataset | ImageFolder:
+    """A CIFAR-10 archive or folder, or an image folder, at the path `data`."""
     path = Path(data).expanduser()
-    if path.is_file():
-        return cifar.load_cifar10(path, split, resolution or 32)
-    if path.is_dir() and (path / cifar.META).is_file():
-        return cifar.load_cifar10(path, split, resolution or 32)
+    if path.is_file() or (path.is_dir() and (path / cifar.META).is_file()):
+        return cifar.load_cifar10(path, split, resolution or 32).with_channels(channels)
     if path.is_dir():
-        return ImageFolder(path, "train" if split == "train" else "val", resolution or 224)
+        return ImageFolder(path, "train" if split == "train" else "val", resolution or 224, channels)
     if os.sep in data or data.startswith((".", "~")) or data.endswith((".tar.gz", ".tgz")):
         raise FileNotFoundError(f"no dataset at {path}; expected {ALLOWED}")
     raise ValueError(f"unknown dataset {data!r}; expected {ALLOWED}")

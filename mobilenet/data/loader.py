@@ -73,8 +73,8 @@ class Normalize:
     """uint8 batches to float32, scaled to 0..1 and normalised with a dataset's mean and std."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool) -> None:
-        self.shift = torch.tensor(mean).view(1, 3, 1, 1) * 255
-        self.scale = torch.tensor(std).view(1, 3, 1, 1) * 255
+        self.shift = torch.tensor(mean).view(1, -1, 1, 1) * 255
+        self.scale = torch.tensor(std).view(1, -1, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

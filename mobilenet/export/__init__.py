@@ -68,7 +68,7 @@ def _load_split(source: DataSource, split: str, meta):
     from mobilenet.data import load_dataset
 
     dataset = load_dataset(source.data, split, classes=list(source.classes) if source.classes else None,
-                           resolution=meta.resolution, root=source.root)
+                           resolution=meta.resolution, root=source.root, channels=meta.config.in_chans)
     if list(dataset.classes) != list(meta.classes):
         raise ValueError(f"the data {source.data!r} (from {source.found_in}) has classes {some(dataset.classes)}, "
                          f"not the checkpoint's {some(meta.classes)}")
@@ -106,7 +106,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     report = {"checkpoint": str(checkpoint), "output": str(output), "format": format, "int8": int8,
               "classes": len(meta.classes), "resolution": meta.resolution}
     if source is None:
-        size = (CHECK_IMAGES, 3, meta.resolution, meta.resolution)
+        size = (CHECK_IMAGES, meta.config.in_chans, meta.resolution, meta.resolution)
         check = torch.randn(size, generator=torch.Generator().manual_seed(0))
         describe = f"{CHECK_IMAGES} random inputs (no data found: pass --calibration-data to check on real images)"
     else:

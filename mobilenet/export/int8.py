@@ -54,7 +54,7 @@ class Int8Report:
 
 
 def _reader(batches: Iterable[torch.Tensor]):
-    """An ONNX Runtime CalibrationDataReader over float32 N x 3 x H x W batches."""
+    """An ONNX Runtime CalibrationDataReader over float32 N x C x H x W batches."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
@@ -71,7 +71,7 @@ def _reader(batches: Iterable[torch.Tensor]):
 def quantize(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: torch.Tensor,
              *, quantize_depthwise: bool = True) -> None:
     """Quantize the fp32 ONNX file to INT8 (the recipe in this module's docstring), calibrated on the
-    normalised images `calibration` (N x 3 x H x W); not atomic, no check."""
+    normalised images `calibration` (N x C x H x W); not atomic, no check."""
     require("onnx", "onnxruntime", purpose="INT8 quantization")
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static

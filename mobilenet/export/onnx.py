@@ -1,6 +1,6 @@
 """ONNX export of the inference model, with its metadata and a check against PyTorch.
 
-The file has one input, `input` (float32 N x 3 x H x W, RGB, normalised with the metadata's mean and
+The file has one input, `input` (float32 N x C x H x W, RGB or grey (C = the metadata's in_chans), normalised with the metadata's mean and
 std), with a dynamic batch dimension, and one output, `logits` (N x classes). Its metadata_props
 carry what a user needs to feed it: class names, normalisation, resolution and the model
 configuration (`read_metadata`).
@@ -96,7 +96,7 @@ def session(model: str | os.PathLike | bytes, threads: int | None = None):
 
 
 def run(sess, images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Logits of an ONNX Runtime session for a float32 N x 3 x H x W batch."""
+    """Logits of an ONNX Runtime session for a float32 N x C x H x W batch."""
     array = images.detach().cpu().contiguous().numpy() if torch.is_tensor(images) else images
     return sess.run([OUTPUT], {INPUT: np.ascontiguousarray(array, dtype=np.float32)})[0]
 
@@ -124,7 +124,7 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, *, dynam
             opset: int = OPSET) -> None:
     """Write `model` (fused, NCHW, as it is) to `path` with a dynamic batch; no check, not atomic."""
     require("onnx", *(["onnxscript"] if dynamo else []), purpose="ONNX export")
-    example = torch.zeros(2, 3, resolution, resolution)
+    example = torch.zeros(2, model.config.in_chans, resolution, resolution)
     common = dict(input_names=[INPUT], output_names=[OUTPUT], opset_version=opset)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
@@ -156,7 +156,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, images: torch.Tensor,
     """Export `model` to ONNX at `path`, atomically, after checking ONNX Runtime against PyTorch.
 
     `model` is the model as trained (it is fused here; the check compares with the original, so it
-    covers the fold too). `images` (N x 3 x H x W, normalised) set the resolution and are the
+    covers the fold too). `images` (N x C x H x W, normalised) set the resolution and are the
     check's inputs. `meta` (a checkpoint's ModelMeta) fills the metadata; without it, the model's
     own configuration does. Nothing is left at `path` if any step fails.
     """

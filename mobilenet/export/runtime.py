@@ -61,7 +61,8 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto",
         path = Path(work) / "model.onnx"
         to_onnx(inference_model(model, channels_last=False), path, resolution)
         sess = session(path, threads)
-    images = torch.randn(CHECK_IMAGES, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(CHECK_IMAGES, model.config.in_chans, resolution, resolution,
+                         generator=torch.Generator().manual_seed(0))
     check_against(sess, model, images, "random inputs")
     return OnnxRuntimeModel(sess), runtime
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from mobilenet.checks import dataclass_fields
+from mobilenet.checks import dataclass_fields, whole_number
 from mobilenet.models.layers import (
     ConvBNAct, check_activation, check_num_classes, check_padding, check_width, init_weights,
 )
@@ -34,10 +34,12 @@ class ModelConfig:
     dropout: float
     bn_eps: float = 1e-5
     padding: str = "symmetric"
+    in_chans: int = 3  # input channels: 3 for RGB, 1 for grayscale (timm's and Keras's name for it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width_mult", check_width(self.width_mult))
         check_num_classes(self.num_classes)
+        whole_number(self.in_chans, "in_chans", minimum=1, maximum=4)
         check_activation(self.activation)
         check_padding(self.padding)
         if not isinstance(self.small_input, bool):
@@ -79,7 +81,7 @@ class MobileNet(nn.Module):
         rows = stride_one_first(self.ROWS) if config.small_input else self.ROWS
         stem_stride = 1 if config.small_input else 2
         channels = self.stem_channels(config.width_mult)
-        stem = ConvBNAct(3, channels, 3, stem_stride, activation=config.activation, bn_eps=config.bn_eps,
+        stem = ConvBNAct(config.in_chans, channels, 3, stem_stride, activation=config.activation, bn_eps=config.bn_eps,
                          padding=config.padding)
         body, channels = self.body(rows, channels, config)
         self.features = nn.Sequential(stem, *body)

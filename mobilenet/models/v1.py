@@ -54,10 +54,10 @@ class MobileNetV1(MobileNet):
 
     def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, small_input: bool = False,
                  activation: str = "relu", dropout: float = 0.0, bn_eps: float = 1e-5, padding: str = "symmetric",
-                 separable: bool = True) -> None:
+                 in_chans: int = 3, separable: bool = True) -> None:
         name = "mobilenet_v1" if separable else "conv_mobilenet_v1"
         super().__init__(ModelConfig(name, width_mult, num_classes, bool(small_input), activation, dropout, bn_eps,
-                                     padding))
+                                     padding, in_chans))
 
     def stem_channels(self, width_mult: float) -> int:
         return scale_channels(STEM_CHANNELS, width_mult)

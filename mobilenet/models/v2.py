@@ -50,9 +50,9 @@ class MobileNetV2(MobileNet):
 
     def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, small_input: bool = False,
                  activation: str = "relu6", dropout: float = 0.2, bn_eps: float = 1e-5,
-                 padding: str = "symmetric") -> None:
+                 padding: str = "symmetric", in_chans: int = 3) -> None:
         super().__init__(ModelConfig("mobilenet_v2", width_mult, num_classes, bool(small_input), activation, dropout,
-                                     bn_eps, padding))
+                                     bn_eps, padding, in_chans))
 
     def stem_channels(self, width_mult: float) -> int:
         return make_divisible(STEM_CHANNELS * width_mult)

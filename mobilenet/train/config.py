@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from mobilenet.checks import check_resolution, comma_list, dataclass_fields
+from mobilenet.data.load import NAMED
 from mobilenet.models.layers import check_width
 
-DATASET_NAMES = ("digits", "cifar10")  # names load_dataset knows; any other `data` is a path
 
 
 def option(default, help: str | None = None, *, flag: str | None = None, choices: tuple | None = None,
@@ -52,7 +52,10 @@ class TrainConfig:
     download: bool = option(False, "download cifar10 if it is not found")
     classes: list[str] | None = option(None, "keep these classes, e.g. airplane,bird", parse=comma_list, shown="all")
     resolution: int | None = option(None, "input side in pixels", parse=int, shown="the dataset's: 32 for digits "
-                                                                                   "and CIFAR, 224 for folders")
+                                                                                   "and CIFAR, 28 for the MNIST "
+                                                                                   "family, 224 for folders")
+    in_chans: int | None = option(None, "input channels: 1 (grayscale) or 3 (RGB); images are converted to them",
+                                  parse=int, shown="the data's own: 1 for the MNIST family, else 3")
     workers: int = option(2, "image decoding processes for image folders")
     # optimisation
     epochs: int = option(15, "epochs")
@@ -104,7 +107,7 @@ class TrainConfig:
             return str(Path(path).expanduser().absolute()) if path else path
 
         data = self.data
-        if data not in DATASET_NAMES and Path(data).expanduser().exists():
+        if data not in NAMED and Path(data).expanduser().exists():
             data = absolute(data)
         return replace(self, data=data, data_root=absolute(self.data_root), pretrained=absolute(self.pretrained))
 
@@ -136,6 +139,7 @@ class TrainConfig:
             (self.std is None or (len(self.std) == 3 and min(self.std) > 0),
              f"std must have 3 positive values (R, G, B), got {self.std}"),
             (self.classes is None or len(self.classes) >= 1, "classes must name at least one class"),
+            (self.in_chans in (None, 1, 3), f"in_chans must be 1 or 3, got {self.in_chans}"),
         ]
         checks += [(getattr(self, f.name) in f.metadata["choices"],
                     f"{f.name} must be {' or '.join(f.metadata['choices'])}, got {getattr(self, f.name)!r}")

@@ -28,6 +28,7 @@ from mobilenet.checkpoint import (
 )
 from mobilenet.cost import check_model_resolution
 from mobilenet.data import load_dataset, make_loader
+from mobilenet.data.memory import stats_to_channels
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.files import write_text
 from mobilenet.models import create_model
@@ -55,11 +56,25 @@ def resolve_pretrained(config: TrainConfig) -> tuple[TrainConfig, tuple[dict, Mo
     arch = meta.config.to_dict()
     model, width, small_input = arch.pop("name"), arch.pop("width_mult"), arch.pop("small_input")
     arch.pop("num_classes")
+    arch.pop("in_chans")  # the data's, as the classes are: the stem is adapted (`adapt_stem`)
     dropout = arch.pop("dropout")
     resolved = replace(config, model=model, width=width, small_input=small_input, model_options=arch,
                        dropout=dropout if config.dropout is None else config.dropout,
                        mean=list(meta.mean), std=list(meta.std))
     return resolved, (tensors, meta)
+
+
+def adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A pretrained stem's filters (`out x C x k x k`) for `in_chans` input channels, by timm's rule
+    (`adapt_input_conv`): to one channel, summed over the colours (a grey image then gives what its
+    RGB copy gave); from one, or from 3 to more, repeated and scaled by C / in_chans."""
+    have = weight.shape[1]
+    if have == in_chans:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_chans // have)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (have / in_chans)
 
 
 class Run:
@@ -112,16 +127,18 @@ class Run:
         if config.download and not self.is_main:
             self.dist.barrier()  # rank 0 downloads first, the others then read what it wrote
         self.train_set = load_dataset(config.data, "train", classes=config.classes, resolution=config.resolution,
-                                      download=config.download and self.is_main, root=config.data_root)
+                                      download=config.download and self.is_main, root=config.data_root,
+                                      channels=config.in_chans)
         if config.download and self.is_main:
             self.dist.barrier()
         self.test_set = load_dataset(config.data, "test", classes=config.classes, resolution=config.resolution,
-                                     root=config.data_root)
+                                     root=config.data_root, channels=config.in_chans)
         if not len(self.train_set) or not len(self.test_set):
             raise TrainingError(f"{config.data}: the train or test split holds no images")
         self.channels_last = config.channels_last and self.device.type in ("cpu", "cuda")
-        self.mean = tuple(config.mean or self.train_set.mean)  # a pretrained model brings its own
-        self.std = tuple(config.std or self.train_set.std)
+        channels = self.train_set.channels  # a pretrained model brings its own statistics, for its channels
+        self.mean = stats_to_channels(config.mean or self.train_set.mean, channels)
+        self.std = stats_to_channels(config.std or self.train_set.std, channels)
         common = dict(seed=config.seed, rank=self.dist.rank, world_size=self.dist.world_size, workers=config.workers,
                       channels_last=self.channels_last, mean=self.mean, std=self.std)
         self.train_loader = make_loader(self.train_set, config.batch_size, train=True, **common)
@@ -132,7 +149,7 @@ class Run:
         and what its checkpoints will say about it."""
         config = self.config
         torch.manual_seed(config.seed)
-        kwargs = {**(config.model_options or {}), "width_mult": config.width,
+        kwargs = {**(config.model_options or {}), "width_mult": config.width, "in_chans": self.train_set.channels,
                   "num_classes": len(self.train_set.classes), "small_input": config.small_input}
         if config.dropout is not None:
             kwargs["dropout"] = config.dropout
@@ -188,6 +205,9 @@ class Run:
         replaced = meta.num_classes != self.model.config.num_classes
         if replaced:
             tensors = {k: v for k, v in tensors.items() if not k.startswith("classifier.")}
+        stem = "features.0.conv.weight"
+        if stem in tensors:
+            tensors = {**tensors, stem: adapt_stem(tensors[stem], self.model.config.in_chans)}
         own = self.model.state_dict()
         for key, value in tensors.items():
             if key in own and own[key].shape != value.shape:
@@ -371,4 +391,4 @@ def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None =
         dist.close()
 
 
-__all__ = ["Run", "TrainingError", "resolve_pretrained", "train"]
+__all__ = ["Run", "TrainingError", "adapt_stem", "resolve_pretrained", "train"]
