@@ -1,10 +1,14 @@
 import contextlib
+import http.server
 import io
 import os
 import subprocess
 import sys
+import threading
 import traceback
 import warnings
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +69,29 @@ def cli_process():
                               text=True, cwd=cwd, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    """Serve a folder over HTTP on 127.0.0.1 for the length of one test; returns its base URL."""
+    for variable in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    servers = []
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    def start(folder: Path) -> str:
+        handler = partial(QuietHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

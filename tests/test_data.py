@@ -1,15 +1,12 @@
 """Data layer: embedded digits, CIFAR-10 (download, safe unpickling), image folders, loaders."""
 
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import re
 import struct
 import tarfile
-import threading
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -136,32 +133,6 @@ def cifar_archive(tmp_path) -> Path:
     files = {f"cifar-10-batches-py/{name}": data for name, data in fake_cifar_files().items()}
     (tmp_path / "served").mkdir()
     return write_tar(tmp_path / "served" / "cifar-10-python.tar.gz", files)
-
-
-@pytest.fixture
-def serve(monkeypatch):
-    """Serve a folder over HTTP on 127.0.0.1 for the length of one test; returns its base URL."""
-    for variable in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(variable, raising=False)
-    servers = []
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    def start(folder: Path) -> str:
-        handler = partial(QuietHandler, directory=str(folder))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def md5_of(path: Path) -> str:

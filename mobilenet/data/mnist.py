@@ -113,9 +113,17 @@ def find_file(folder: Path, name: str) -> Path | None:
 
 
 def find_folder(dataset: IdxDataset, root: Path) -> Path | None:
-    """The first folder holding all four files: `root/<name>`, then the system's."""
-    for folder in (root / dataset.name, *map(Path, dataset.system_folders)):
-        if all(find_file(folder, name) for pair in FILES.values() for name in pair):
+    """The first folder holding all four files: `root/<name>`, then the system's. A folder under
+    the root that holds some of them but not all is an error naming the first one missing."""
+    names = [name for pair in FILES.values() for name in pair]
+    own = root / dataset.name
+    missing = [name for name in names if not find_file(own, name)]
+    if own.is_dir() and missing and len(missing) < len(names):
+        raise FileNotFoundError(f"{own / missing[0]}(.gz) is missing: {dataset.name} needs {', '.join(names)}")
+    if not missing:
+        return own
+    for folder in map(Path, dataset.system_folders):
+        if all(find_file(folder, name) for name in names):
             return folder
     return None
 
