@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test fashion clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The Fashion-MNIST recipe (README, "Real data"): about an hour on a 2-core CPU. Needs the data:
+# `apt-get install dataset-fashion-mnist`, or FASHION_ARGS=--download. Results: benchmarks/results/.
+FASHION_ARGS ?=
+fashion: install
+	$(BIN)/python benchmarks/fashion_mnist.py $(FASHION_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

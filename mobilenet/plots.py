@@ -43,6 +43,26 @@ def plot_curves(metrics: list[dict], path: str | os.PathLike, title: str = "") -
     _save(fig, path)
 
 
+def plot_accuracy_over_time(runs: dict[str, list[dict]], path: str | os.PathLike, title: str = "",
+                            references: dict[str, float] | None = None) -> None:
+    """Test top-1 against wall-clock minutes (training and evaluation), one line per run, with
+    published results as dashed horizontal lines."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, metrics in runs.items():
+        minutes, elapsed = [], 0.0
+        for m in metrics:
+            elapsed += m["epoch_time_s"] + m.get("eval_time_s", 0.0)
+            minutes.append(elapsed / 60)
+        ax.plot(minutes, [100 * m["test_top1"] for m in metrics], "o-", markersize=3, label=label)
+    for name, value in (references or {}).items():
+        ax.axhline(100 * value, linestyle="--", linewidth=1, color="grey")
+        ax.annotate(name, (0, 100 * value), xytext=(2, 2), textcoords="offset points", fontsize=7, color="grey")
+    ax.set(xlabel="wall-clock minutes (training and evaluation)", ylabel="test top-1 (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
 def plot_confusion(confusion, classes: list[str], path: str | os.PathLike, title: str = "") -> None:
     """The confusion matrix, rows the true class, columns the predicted one, with counts."""
     n = len(classes)

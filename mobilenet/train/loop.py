@@ -348,11 +348,13 @@ class Run:
         done_here = 0
         while self.epoch < self.config.epochs and (stop_after is None or done_here < stop_after):
             train = self.train_epoch()
+            start = time.perf_counter()
             result = self.evaluate()
             self.epoch += 1
             done_here += 1
-            last = {"epoch": self.epoch, "step": self.step, **train, "test_loss": result.loss,
-                    "test_top1": result.top1, "test_top5": result.top5, "test_images": result.num_images}
+            last = {"epoch": self.epoch, "step": self.step, **train, "eval_time_s": time.perf_counter() - start,
+                    "test_loss": result.loss, "test_top1": result.top1, "test_top5": result.top5,
+                    "test_images": result.num_images}
             self.metrics.append(last)
             self._save(result)
             if self.is_main:
