@@ -525,3 +525,62 @@ def test_digits_normalisation_is_the_training_splits_own():
     pixels = digits.load_digits("train", 32).images[:, 0].double() / 255
     assert digits.MEAN == (round(pixels.mean().item(), 4),) * 3
     assert digits.STD == (round(pixels.std().item(), 4),) * 3
+
+
+def test_small_images_are_decoded_once_and_give_the_same_tensors(tmp_path, monkeypatch):
+    """A folder of small images is decoded once (in memory, or in a keyed file when it would not
+    fit); every train and eval item equals the one read from the files, and a changed folder is
+    read again."""
+    from mobilenet.data import decoded
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "small"
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(5):
+                size = (28, 28) if i % 2 else (20, 30)
+                Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    monkeypatch.setenv("MOBILENET_DATA", str(tmp_path / "cache"))
+
+    def items(dataset):
+        return [dataset.load(i, train=True, rng=np.random.default_rng(i))[0] for i in range(len(dataset))] + \
+               [dataset[i][0] for i in range(len(dataset))]
+
+    for channels in (3, 1):
+        plain = load_dataset(root, "train", resolution=24, channels=channels)
+        expected = items(plain)
+        assert plain.decoded is None
+        plain.decode_once(progress=False)
+        assert plain.decoded is not None and not isinstance(plain.decoded.buffer, np.memmap)  # it fits in memory
+        assert all(torch.equal(a, b) for a, b in zip(items(plain), expected))
+        monkeypatch.setattr(decoded, "MEMORY_LIMIT", 0)  # now it does not: a memory-mapped file
+        mapped = load_dataset(root, "train", resolution=24, channels=channels)
+        mapped.decode_once(progress=False)
+        assert isinstance(mapped.decoded.buffer, np.memmap)
+        assert all(torch.equal(a, b) for a, b in zip(items(mapped), expected))
+        monkeypatch.undo()
+        monkeypatch.setenv("MOBILENET_DATA", str(tmp_path / "cache"))
+    files = sorted((tmp_path / "cache" / "decoded").iterdir())
+    assert len(files) == 4  # two channel counts, each a pixel file and its index
+    # a changed image (same name) makes a new key: the cache is not reused for it
+    monkeypatch.setattr(decoded, "MEMORY_LIMIT", 0)
+    changed = root / "train" / "a" / "0.png"
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(changed)
+    os.utime(changed, ns=(1, 1))
+    again = load_dataset(root, "train", resolution=24)
+    again.decode_once(progress=False)
+    assert len(list((tmp_path / "cache" / "decoded").iterdir())) == 6
+    assert torch.equal(again[0][0], torch.zeros(3, 24, 24, dtype=torch.uint8))
+    # large images are not decoded ahead: they stream from their files as before
+    big = make_folder_of_size(tmp_path / "big", 128)
+    large = load_dataset(big, "train", resolution=32)
+    large.decode_once(progress=False)
+    assert large.decoded is None
+
+
+def make_folder_of_size(root, side):
+    for split in ("train", "val"):
+        (root / split / "x").mkdir(parents=True)
+        Image.fromarray(np.zeros((side, side, 3), dtype=np.uint8)).save(root / split / "x" / "0.png")
+    return root

@@ -34,6 +34,8 @@ import torch
 from PIL import Image
 
 from mobilenet.checks import check_resolution, some
+from mobilenet.data import decoded
+from mobilenet.data.decoded import DecodedImages, folder_key
 from mobilenet.data.memory import CHANNELS, class_positions, stats_to_channels
 
 SPLITS = {"train": "train", "val": "val", "test": "val"}
@@ -237,6 +239,7 @@ class ImageFolder(torch.utils.data.Dataset):
         # (the copy-on-read memory growth of pytorch/pytorch#13246, large at ImageNet's 1.28M files).
         self.paths = np.array(paths)
         self.labels = np.array(labels, dtype=np.int64)
+        self.decoded: DecodedImages | None = None  # the pixels of small images, once `decode_once` ran
         if channels not in CHANNELS:
             raise ValueError(f"images have 1 (grayscale) or 3 (RGB) channels, not {channels}")
         self.channels = channels
@@ -246,10 +249,39 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def pixels(self, index: int) -> np.ndarray:
+        """Image ``index`` decoded, in this split's channels, as uint8 ``H x W x C``."""
+        array = np.asarray(to_mode(decode_image(os.fsdecode(self.paths[index])), self.channels), dtype=np.uint8)
+        return array[..., None] if array.ndim == 2 else array
+
+    def decode_once(self, progress: bool = True) -> None:
+        """Decode every image now, once, if they are small (`decoded.SMALL_SIDE`): into memory when
+        they fit (`decoded.MEMORY_LIMIT`), else into a memory-mapped file in the cache folder keyed
+        by the files' names, sizes and times. Large images keep being read from their files."""
+        if self.decoded is not None or not len(self):
+            return
+        sample = [self.pixels(i) for i in range(min(len(self), decoded.SAMPLE))]
+        if max(max(a.shape[:2]) for a in sample) > decoded.SMALL_SIDE:
+            return
+        if max(a.size for a in sample) * len(self) <= decoded.MEMORY_LIMIT:
+            self.decoded = DecodedImages.build(len(self), self.pixels, progress=progress)
+            return
+        from mobilenet.data.load import default_root
+
+        key = folder_key(self.root, self.split, self.channels, list(self.paths))
+        path = default_root() / "decoded" / f"{key}.u8"
+        self.decoded = DecodedImages.open(path) or DecodedImages.build(len(self), self.pixels, path, progress)
+
     def load(self, index: int, *, train: bool = False,
              rng: np.random.Generator | None = None) -> tuple[torch.Tensor, int]:
-        """Decode image ``index`` and apply the train transform (drawing from ``rng``) or the eval one."""
-        image, label = to_mode(decode_image(os.fsdecode(self.paths[index])), self.channels), int(self.labels[index])
+        """Image ``index`` (from the decoded pixels, or its file) with the train transform (drawing
+        from ``rng``) or the eval one."""
+        if self.decoded is not None:
+            pixels = self.decoded[index]
+            image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        else:
+            image = to_mode(decode_image(os.fsdecode(self.paths[index])), self.channels)
+        label = int(self.labels[index])
         if train:
             if rng is None:
                 raise ValueError("the training transform needs rng, a numpy Generator for its random draws")
@@ -267,4 +299,5 @@ class ImageFolder(torch.utils.data.Dataset):
         keep = new_labels >= 0
         subset = copy.copy(self)
         subset.classes, subset.paths, subset.labels = list(names), self.paths[keep], new_labels[keep]
+        subset.decoded = None  # indexed like the whole folder: decode the subset on its own
         return subset

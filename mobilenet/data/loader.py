@@ -205,6 +205,7 @@ class FolderLoader(_ShardedLoader):
     def __init__(self, dataset: ImageFolder, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
                  world_size: int = 1, workers: int = 2, channels_last: bool = False, mean=None, std=None) -> None:
         whole_number(workers, "workers", minimum=0)
+        dataset.decode_once()  # small images: decoded here, once, and shared with the workers
         self.dataset = dataset
         self.normalize = Normalize(mean or dataset.mean, std or dataset.std, channels_last)
         super().__init__(len(dataset), batch_size, train, seed, rank, world_size)

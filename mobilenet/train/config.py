@@ -46,10 +46,11 @@ class TrainConfig:
     mean: list[float] | None = None  # input normalisation; None: the dataset's (a pretrained model brings its own)
     std: list[float] | None = None
     # data
-    data: str = option("digits", "digits, cifar10, a CIFAR-10 archive or folder, or an image folder")
-    data_root: str | None = option(None, "where cifar10 is looked up and downloaded",
+    data: str = option("digits", "digits, cifar10, mnist, fashion-mnist, kmnist, a CIFAR-10 archive or folder, "
+                                 "or an image folder")
+    data_root: str | None = option(None, "where named datasets are looked up and downloaded",
                                    shown="$MOBILENET_DATA or ~/.cache/mobilenet")
-    download: bool = option(False, "download cifar10 if it is not found")
+    download: bool = option(False, "download a named dataset (official files, checksums) if it is not found")
     classes: list[str] | None = option(None, "keep these classes, e.g. airplane,bird", parse=comma_list, shown="all")
     resolution: int | None = option(None, "input side in pixels", parse=int, shown="the dataset's: 32 for digits "
                                                                                    "and CIFAR, 28 for the MNIST "
