@@ -14,7 +14,7 @@ install: $(STAMP)
 # pip call, so the resolver can never swap in a newer (CUDA) build.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,export]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,export,openvino]"
 	@echo "$(TORCH)" > $(STAMP)
 
 # The demo recipe: V1 at width 0.5 with small-input strides on the embedded digits (about a minute

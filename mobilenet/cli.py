@@ -18,7 +18,7 @@ from mobilenet.models.layers import check_num_classes, check_width
 
 EXIT_USAGE = 2
 RUNTIME_HELP = ("auto (default): ONNX Runtime when installed, else the fused PyTorch model; "
-                "onnxruntime; pytorch")
+                "onnxruntime; openvino (fp32); pytorch")
 
 
 class UsageError(Exception):

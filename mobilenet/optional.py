@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 
-INSTALL_HINT = "pip install 'mobilenet[export]' (or `make install`)"
+EXTRAS = {"onnx": "export", "onnxruntime": "export", "onnxscript": "export", "openvino": "openvino"}
 
 
 class MissingPackage(ImportError):
@@ -24,8 +24,9 @@ def require(*packages: str, purpose: str = "this") -> None:
     """Raise one MissingPackage line naming every package of `packages` that is not installed."""
     missing = [name for name in packages if not available(name)]
     if missing:
+        extras = ",".join(dict.fromkeys(EXTRAS.get(name, name) for name in missing))
         raise MissingPackage(f"{purpose} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                             f"not installed: {INSTALL_HINT}")
+                             f"not installed: pip install 'mobilenet[{extras}]' (or `make install`)")
 
 
-__all__ = ["INSTALL_HINT", "MissingPackage", "available", "require"]
+__all__ = ["EXTRAS", "MissingPackage", "available", "require"]

@@ -11,6 +11,8 @@ Backends (`BACKENDS`):
   optimisations ALL, `threads` intra-op threads;
 * `onnxruntime-int8`: the same quantized to INT8 (`mobilenet.export.quantize`), calibrated on
   digits images at the benchmark's resolution: latency does not depend on what the calibration saw.
+* `openvino`, `openvino-bf16`: the same ONNX file compiled by OpenVINO at fp32 or bfloat16 (where
+  the CPU has it); `openvino-int8`: the INT8 file above, run by OpenVINO.
 
 Each report also gives the compute-bound limit of the model on this machine: its floating-point
 work (counted by `torch.utils.flop_counter`) divided by the fp32 matrix-multiply throughput measured
@@ -46,8 +48,11 @@ from mobilenet.export.fold import inference_model
 from mobilenet.models import MobileNet
 from mobilenet.optional import available
 
-BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
-NEEDS = {"onnxruntime": ("onnx", "onnxruntime"), "onnxruntime-int8": ("onnx", "onnxruntime")}
+BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16",
+            "openvino-int8")
+ORT = ("onnx", "onnxruntime")
+NEEDS = {"onnxruntime": ORT, "onnxruntime-int8": ORT, "openvino": ("onnx", "openvino"),
+         "openvino-bf16": ("onnx", "openvino"), "openvino-int8": (*ORT, "openvino")}  # ORT quantizes
 INT8_CALIBRATION_IMAGES = 32
 ROUNDS = 5  # the timed calls of each backend are spread over this many interleaved rounds
 SETTLE_S = 0.1  # untimed calls at the start of each backend's turn, in seconds of running it
@@ -147,13 +152,19 @@ def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str,
     path = Path(workdir) / "fp32.onnx"
     if not path.exists():
         to_onnx(inference_model(model, channels_last=False), path, resolution)
-    if backend == "onnxruntime-int8":
+    if backend.endswith("-int8"):
         from mobilenet.export.int8 import quantize
 
         int8_path = Path(workdir) / "int8.onnx"
-        quantize(path, int8_path, calibration_images(resolution, channels=model.config.in_chans))
+        if not int8_path.exists():
+            quantize(path, int8_path, calibration_images(resolution, channels=model.config.in_chans))
         path = int8_path
-    sess = session(path, threads)
+    if backend.startswith("openvino"):
+        from mobilenet.export import openvino
+
+        sess = openvino.session(path, "bf16" if backend == "openvino-bf16" else "f32", threads)
+    else:
+        sess = session(path, threads)
     x = np.ascontiguousarray(images.numpy())
     return lambda: run(sess, x)
 

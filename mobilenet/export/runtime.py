@@ -1,8 +1,8 @@
-"""The fastest available way to run a trained model, for `eval` and `predict`.
+"""The ways to run a trained model for `eval` and `predict`, each checked against PyTorch.
 
-ONNX Runtime when it is installed: on this project's 2-core CPU it runs V2 1.0-224 at batch 1 in
-about 0.3x the time of our eager model and about 0.4x that of the fused channels_last model
-(benchmarks/results/latency.md). Without it, the fused PyTorch model (`inference_model`).
+`auto` is ONNX Runtime when it is installed (it runs our models several times faster than eager
+PyTorch: benchmarks/results/latency.md), else the fused PyTorch model (`inference_model`);
+`openvino` compiles the same ONNX file with OpenVINO at fp32; `pytorch` is the fused model.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from torch import nn
 from mobilenet.optional import available, require
 from mobilenet.export.fold import inference_model
 
-RUNTIMES = ("auto", "onnxruntime", "pytorch")
+RUNTIMES = ("auto", "onnxruntime", "openvino", "pytorch")
+NEEDS = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
 CHECK_IMAGES = 2
 
 
@@ -46,21 +47,23 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto",
                   threads: int | None = None) -> tuple[nn.Module, str]:
     """`model` in its fastest inference form and the runtime's name.
 
-    "onnxruntime" exports the fused model to a temporary ONNX file, opens a session and checks it
-    against `model` on random inputs at batch 1 and 2 (logits within `FP32_TOLERANCE`, else
-    ValueError), exactly as `mobilenet export` does; "pytorch" is `inference_model(model)`.
+    "onnxruntime" and "openvino" export the fused model to a temporary ONNX file, open it (OpenVINO
+    at fp32) and check it against `model` on random inputs at batch 1 and 2 (logits within
+    `FP32_TOLERANCE`, else ValueError), exactly as `mobilenet export` does; "pytorch" is
+    `inference_model(model)`.
     """
     runtime = resolve_runtime(runtime)
     model = model.eval()
     if runtime == "pytorch":
         return inference_model(model), runtime
-    require("onnx", "onnxruntime", purpose="the onnxruntime backend")
+    require(*NEEDS[runtime], purpose=f"the {runtime} backend")
+    from mobilenet.export import openvino
     from mobilenet.export.onnx import check_against, session, to_onnx
 
     with tempfile.TemporaryDirectory(prefix="mobilenet-runtime-") as work:
         path = Path(work) / "model.onnx"
         to_onnx(inference_model(model, channels_last=False), path, resolution)
-        sess = session(path, threads)
+        sess = session(path, threads) if runtime == "onnxruntime" else openvino.session(path, "f32", threads)
     images = torch.randn(CHECK_IMAGES, model.config.in_chans, resolution, resolution,
                          generator=torch.Generator().manual_seed(0))
     check_against(sess, model, images, "random inputs")

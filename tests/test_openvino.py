@@ -1,0 +1,77 @@
+"""OpenVINO as a runtime: the same ONNX file compiled at fp32 (checked against PyTorch like ONNX
+Runtime), at bfloat16 where the CPU has it, and our INT8 QDQ file; in eval, predict and bench."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_export import digits_checkpoint, small  # noqa: F401 - shared fixtures
+
+from mobilenet import bench
+from mobilenet.export import export_onnx, runtime_model
+from mobilenet.optional import available
+
+pytestmark = pytest.mark.skipif(not (available("openvino") and available("onnxruntime")),
+                                reason="openvino (installed by make install) is missing")
+
+
+def test_openvino_fp32_computes_what_pytorch_computes(small):  # noqa: F811
+    model, _, images = small
+    fast, runtime = runtime_model(model, 64, "openvino")
+    with torch.inference_mode():
+        diff = (fast(images) - model.eval()(images)).abs().max().item()
+    assert runtime == "openvino" and diff <= 1e-4
+    assert model.eval()(images).abs().max().item() > 0.1  # logits of a real size, so the bound means something
+
+
+def test_bf16_and_int8_in_openvino(small, tmp_path):  # noqa: F811
+    from mobilenet.export import openvino, quantize
+    from mobilenet.export.onnx import run
+
+    model, meta, images = small
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, images, meta=meta)
+    fp32 = run(openvino.session(path, "f32"), images)
+    if "BF16" in openvino.capabilities():
+        bf16 = run(openvino.session(path, "bf16"), images)
+        assert 0 < abs(bf16 - fp32).max() < 0.1 * abs(fp32).max()  # bfloat16 rounding: close, not equal
+    else:
+        with pytest.raises(ValueError, match="no bfloat16"):
+            openvino.session(path, "bf16")
+    quantize(path, tmp_path / "int8.onnx", images)
+    int8 = run(openvino.session(tmp_path / "int8.onnx"), images)
+    assert int8.shape == fp32.shape and abs(int8 - fp32).max() < abs(fp32).max()
+    with pytest.raises(ValueError, match="precision must be one of f32, bf16"):
+        openvino.session(path, "fp8")
+
+
+def test_eval_and_predict_on_openvino(digits_checkpoint, cli, tmp_path):  # noqa: F811
+    checkpoint, _ = digits_checkpoint
+    runs = {b: cli("eval", checkpoint, "--data", "digits", "--json", "--backend", b, "--plot", tmp_path / f"{b}.png")
+            for b in ("onnxruntime", "openvino")}
+    assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
+    ort, ov = (json.loads(r.stdout) for r in runs.values())
+    assert ov["backend"] == "openvino" and ov["confusion"] == ort["confusion"]
+    assert ov["loss"] == pytest.approx(ort["loss"], rel=1e-4)
+
+
+def test_bench_rows_for_openvino():
+    model = bench.build("mobilenet_v1", width=0.25)[0]
+    report = bench.measure(model, resolution=64, backends="onnxruntime,openvino,openvino-bf16,openvino-int8",
+                           iterations=2, warmup=1)
+    measured = {r["backend"] for r in report["results"]} | {s["backend"] for s in report["skipped"]}
+    assert {"openvino", "openvino-int8"} <= {r["backend"] for r in report["results"]}
+    assert measured == {"onnxruntime", "openvino", "openvino-bf16", "openvino-int8"}
+
+
+def test_without_openvino_the_backend_says_what_to_install(digits_checkpoint, tmp_path):  # noqa: F811
+    checkpoint, _ = digits_checkpoint
+    code = ("import sys; sys.modules['openvino'] = None\n"
+            "from mobilenet.cli import main\n"
+            f"sys.exit(main(['eval', {str(checkpoint)!r}, '--data', 'digits', '--backend', 'openvino', "
+            f"'--plot', {str(tmp_path / 'cm.png')!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "pip install 'mobilenet[openvino]'" in lines[0], out.stderr
