@@ -17,8 +17,9 @@ from mobilenet.export.runtime import RUNTIMES
 from mobilenet.models.layers import check_num_classes, check_width
 
 EXIT_USAGE = 2
-RUNTIME_HELP = ("auto (default): ONNX Runtime when installed, else the fused PyTorch model; "
-                "onnxruntime; openvino (fp32); pytorch")
+RUNTIME_HELP = ("auto (default): the fastest measured here among those installed (fp32 ones checked "
+                "against PyTorch; bf16 and INT8 ones at >= 99%% top-1 agreement on the model's own data), "
+                "decided once and cached; onnxruntime; openvino (fp32); pytorch")
 
 
 class UsageError(Exception):
@@ -171,9 +172,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.split, classes=args.classes, resolution=meta.resolution, root=args.data_root,
                            channels=meta.config.in_chans)
     _checkpoint_and_data_classes(meta, dataset, args.checkpoint)
+    extra = {}
+    if runtime == "auto":  # the data is the model's own: reduced precisions may compete, judged on it
+        extra = _own_images(meta, dataset, args.checkpoint, args.data, args.classes, args.data_root, args.batch_size)
+    fast, runtime = runtime_model(model, meta.resolution, runtime, **extra)
     loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers,
-                         channels_last=runtime == "pytorch")
-    fast, runtime = runtime_model(model, meta.resolution, runtime)
+                         channels_last=runtime == "pytorch", mean=meta.mean, std=meta.std)
     result = evaluate(fast, loader, len(meta.classes), progress=not args.json)
     plot_confusion(result.confusion, meta.classes, plot, title=f"{Path(args.checkpoint).name} on {args.data} ({args.split})")
     if args.json:
@@ -190,6 +194,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+AGREEMENT_IMAGES = 512  # images of the model's own data that judge a bf16 or INT8 candidate
+
+
+def _say(line: str) -> None:
+    print(f"mobilenet: {line}", file=sys.stderr)
+
+
+def _file_id(path: str) -> str:
+    from mobilenet.files import file_digest
+
+    return file_digest(path, "sha256")
+
+
+def _own_images(meta, dataset, checkpoint: str, data: str, classes, root, batch: int) -> dict:
+    """What `runtime_model(..., "auto")` needs to let bf16 and INT8 compete on the model's own data:
+    some of its images (for the agreement), training images (for INT8 calibration), the batch."""
+    from mobilenet.data import load_dataset
+    from mobilenet.export import sample_images
+
+    images = sample_images(dataset, AGREEMENT_IMAGES, meta=meta)
+    try:
+        train = load_dataset(data, "train", classes=classes, resolution=meta.resolution, root=root,
+                             channels=meta.config.in_chans)
+        calibration = sample_images(train, 256, seed=1, meta=meta)
+    except (OSError, ValueError):
+        calibration = images
+    return {"images": images, "calibration": calibration, "batch": batch, "model_id": _file_id(checkpoint),
+            "say": _say}
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from mobilenet.checkpoint import load_checkpoint
     from mobilenet.evaluate import predict_files
@@ -198,7 +232,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     runtime = resolve_runtime(args.backend)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
-    fast, _ = runtime_model(model, meta.resolution, runtime)
+    extra = {}
+    if runtime == "auto" and meta.data:  # its training data is known: reduced precisions may compete
+        try:
+            from mobilenet.data import load_dataset
+
+            source = meta.data
+            dataset = load_dataset(source["data"], "test", classes=source.get("classes"), resolution=meta.resolution,
+                                   root=source.get("root"), channels=meta.config.in_chans)
+            extra = _own_images(meta, dataset, args.checkpoint, source["data"], source.get("classes"),
+                                source.get("root"), 1)
+        except (OSError, ValueError):
+            extra = {"model_id": _file_id(args.checkpoint), "say": _say}  # fp32 candidates only
+    fast, _ = runtime_model(model, meta.resolution, runtime, **extra)
     results = predict_files(fast, args.images, meta.resolution, meta.mean, meta.std, meta.classes,
                             args.top_k, crop_fraction=meta.crop_fraction)
     failed = [item for item in results if "error" in item]

@@ -15,6 +15,20 @@ import torch
 
 torch.set_num_threads(2)
 
+
+@pytest.fixture(autouse=True, scope="session")
+def data_root(tmp_path_factory):
+    """The data root (downloads, decoded folders, the runtime choices of `auto`) is the tests' own,
+    never the user's ~/.cache/mobilenet."""
+    root = tmp_path_factory.mktemp("data-root")
+    previous = os.environ.get("MOBILENET_DATA")
+    os.environ["MOBILENET_DATA"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("MOBILENET_DATA", None)
+    else:
+        os.environ["MOBILENET_DATA"] = previous
+
 # Python's own warning filters outside development mode: what a user of the command sees.
 DEFAULT_FILTERS = (("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, None),
                    ("ignore", PendingDeprecationWarning, None), ("ignore", ImportWarning, None),

@@ -1,13 +1,13 @@
 """Benchmarks of inference, measured in one run on the machine at hand:
 
 * `measure` (latency.py): one model's latency per backend, interleaved, with the compute-bound limit;
-* `environment` (environment.py): the machine and versions every figure is recorded with, and the
+* `environment` (machine.py): the machine and versions every figure is recorded with, and the
   fp32 matrix throughput behind the limit;
 * `sweep` (sweep.py): the V1 paper's width x resolution grid, written as JSON, table and plot;
 * `format_report`, `sweep_table` (report.py): the tables people read. Plots live in `mobilenet.plots`.
 """
 
-from mobilenet.bench.environment import MatmulProbe, compute_bound, cpu_flags, cpu_name, environment, forward_flops
+from mobilenet.bench.machine import MatmulProbe, compute_bound, cpu_flags, cpu_name, environment, forward_flops
 from mobilenet.bench.latency import (
     BACKENDS, Timing, build, calibration_images, is_checkpoint, measure, missing_packages, parse_backends, settle,
 )

@@ -56,12 +56,14 @@ def training_data(meta, checkpoint: str | os.PathLike) -> DataSource | None:
                       f"the metadata of {checkpoint}")
 
 
-def sample_images(dataset, count: int, seed: int = 0) -> torch.Tensor:
+def sample_images(dataset, count: int, seed: int = 0, meta=None) -> torch.Tensor:
     """`count` images of a dataset (fewer if it is smaller) drawn without replacement with a fixed
-    seed, so that every class is likely represented, normalised like the loaders do."""
+    seed, so that every class is likely represented, normalised like the loaders do: with the
+    checkpoint's own statistics when its `meta` is given (a fine-tuned model keeps its source's)."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
     images = torch.stack([dataset[int(i)][0] for i in order])
-    return Normalize(dataset.mean, dataset.std, channels_last=False)(images)
+    stats = (meta.mean, meta.std) if meta is not None else (dataset.mean, dataset.std)
+    return Normalize(*stats, channels_last=False)(images)
 
 
 def _load_split(source: DataSource, split: str, meta):
@@ -111,12 +113,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         describe = f"{CHECK_IMAGES} random inputs (no data found: pass --calibration-data to check on real images)"
     else:
         test = _load_split(source, "test", meta)
-        check = sample_images(test, CHECK_IMAGES)
+        check = sample_images(test, CHECK_IMAGES, meta=meta)
         describe = f"{len(check)} {source.data} test images"
         report["data"] = source.data
     if int8:
-        calibration = sample_images(_load_split(source, "train", meta), calibration_images)
-        loader = make_loader(test, 64, train=False)
+        calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta)
+        loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)
         result = export_int8(model, output, calibration, loader, check, meta=meta, describe=describe)
         report.update(result.to_dict(), calibration_images=len(calibration))
     elif format == "onnx":

@@ -1,8 +1,8 @@
 """The ways to run a trained model for `eval` and `predict`, each checked against PyTorch.
 
-`auto` is ONNX Runtime when it is installed (it runs our models several times faster than eager
-PyTorch: benchmarks/results/latency.md), else the fused PyTorch model (`inference_model`);
-`openvino` compiles the same ONNX file with OpenVINO at fp32; `pytorch` is the fused model.
+`auto` measures what is installed and takes the fastest that passes its checks
+(`mobilenet.export.choose`); `onnxruntime` and `openvino` run the checked ONNX export (OpenVINO at
+fp32); `pytorch` is the fused model (`inference_model`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenet.optional import available, require
+from mobilenet.optional import require
 from mobilenet.export.fold import inference_model
 
 RUNTIMES = ("auto", "onnxruntime", "openvino", "pytorch")
@@ -35,25 +35,37 @@ class OnnxRuntimeModel(nn.Module):
 
 
 def resolve_runtime(runtime: str = "auto") -> str:
-    """`runtime` itself, or for "auto" the fastest one installed; ValueError for an unknown name."""
+    """`runtime` if it is one of `RUNTIMES` ("auto" is decided by `runtime_model`, by measuring);
+    ValueError for an unknown name."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown backend {runtime!r}; choose from: {', '.join(RUNTIMES)}")
-    if runtime == "auto":
-        return "onnxruntime" if available("onnx") and available("onnxruntime") else "pytorch"
     return runtime
 
 
-def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto",
-                  threads: int | None = None) -> tuple[nn.Module, str]:
-    """`model` in its fastest inference form and the runtime's name.
+def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", threads: int | None = None, *,
+                  batch: int = 1, images: torch.Tensor | None = None, calibration: torch.Tensor | None = None,
+                  model_id: str | None = None, say=None) -> tuple[nn.Module, str]:
+    """`model` in the inference form `runtime` names, checked, and that form's name.
 
-    "onnxruntime" and "openvino" export the fused model to a temporary ONNX file, open it (OpenVINO
-    at fp32) and check it against `model` on random inputs at batch 1 and 2 (logits within
-    `FP32_TOLERANCE`, else ValueError), exactly as `mobilenet export` does; "pytorch" is
-    `inference_model(model)`.
+    "auto" measures every candidate installed here at `batch` (`mobilenet.export.choose`): fp32
+    ones checked against PyTorch, bf16 and INT8 ones only with `images` of the model's own data
+    and at 99% top-1 agreement; the decision is cached under the data root by `model_id`, and
+    `say(line)` is told what was chosen and why. "onnxruntime" and "openvino" export the fused
+    model to a temporary ONNX file, open it (OpenVINO at fp32) and check it against `model` on
+    random inputs at batch 1 and 2 (logits within `FP32_TOLERANCE`, else ValueError), exactly as
+    `mobilenet export` does; "pytorch" is `inference_model(model)`.
     """
     runtime = resolve_runtime(runtime)
     model = model.eval()
+    if runtime == "auto":
+        from mobilenet.data.load import default_root
+        from mobilenet.export.choose import CACHE_FILE, choose
+
+        fast, decision = choose(model, resolution, batch, images=images, calibration=calibration, model_id=model_id,
+                                cache=default_root() / CACHE_FILE, threads=threads)
+        if say:
+            say(decision.describe())
+        return fast, decision.chosen
     if runtime == "pytorch":
         return inference_model(model), runtime
     require(*NEEDS[runtime], purpose=f"the {runtime} backend")
@@ -70,4 +82,4 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto",
     return OnnxRuntimeModel(sess), runtime
 
 
-__all__ = ["RUNTIMES", "OnnxRuntimeModel", "resolve_runtime", "runtime_model"]
+__all__ = ["NEEDS", "RUNTIMES", "OnnxRuntimeModel", "resolve_runtime", "runtime_model"]

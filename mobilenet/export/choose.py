@@ -1,0 +1,231 @@
+"""`auto`: the fastest verified way to run a model on this machine, chosen by measuring.
+
+Which runtime and precision is fastest depends on the CPU (ONNX Runtime or OpenVINO, fp32, bf16 on
+CPUs with AMX or AVX-512 BF16, INT8 on VNNI), so nothing is assumed: every candidate installed
+here is built and timed, interleaved, at the batch size in use, and the fastest wins. A candidate
+must earn its place first:
+
+* fp32 candidates must compute what PyTorch computes: logits within `FP32_TOLERANCE` (1e-4);
+* bf16 and INT8 candidates change the arithmetic, so they are considered only when the call brings
+  images of the model's own data (labelled or for calibration), and kept only if their top-1 agrees
+  with fp32 PyTorch on at least `MIN_AGREEMENT` (99%) of those images.
+
+The decision is cached per (model, CPU, runtime versions, batch, resolution, candidates) in
+`<data root>/runtime-choices.json`, so the second call does not measure again; anything in the key
+that changes (a retrained checkpoint, another CPU, an upgraded runtime) measures afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mobilenet.export.fold import inference_model
+from mobilenet.optional import available
+
+MIN_AGREEMENT = 0.99
+ROUNDS = 3  # interleaved rounds of timed calls
+CALLS = 3  # timed calls per candidate and round
+CACHE_FILE = "runtime-choices.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    runtime: str  # pytorch, onnxruntime, openvino
+    precision: str = "fp32"  # fp32, bf16, int8
+
+    @property
+    def name(self) -> str:
+        return self.runtime if self.precision == "fp32" else f"{self.runtime}-{self.precision}"
+
+
+@dataclass
+class Decision:
+    """What `choose` measured and picked."""
+
+    chosen: str
+    median_ms: dict[str, float] = field(default_factory=dict)
+    agreement: dict[str, float] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # candidate: why it was not considered
+    cached: bool = False
+
+    def describe(self) -> str:
+        others = ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(self.median_ms.items(), key=lambda x: x[1])
+                           if name != self.chosen)
+        why = f"fastest measured here: {self.median_ms[self.chosen]:.2f} ms a batch" + (f" (then {others})" if others else "")
+        if self.chosen in self.agreement:
+            why += f", top-1 agreement with fp32 {100 * self.agreement[self.chosen]:.1f}%"
+        return f"backend {self.chosen}: {why}{' [decided earlier, cached]' if self.cached else ''}"
+
+
+def candidates(with_data: bool, bf16: bool) -> list[Candidate]:
+    """Every runtime and precision installed here (reduced precisions only `with_data`)."""
+    found = [Candidate("pytorch")]
+    if available("onnx") and available("onnxruntime"):
+        found.append(Candidate("onnxruntime"))
+        if with_data:
+            found.append(Candidate("onnxruntime", "int8"))
+    if available("onnx") and available("openvino"):
+        found.append(Candidate("openvino"))
+        if with_data and bf16:
+            found.append(Candidate("openvino", "bf16"))
+        if with_data and available("onnxruntime"):  # ONNX Runtime's quantizer writes the INT8 file
+            found.append(Candidate("openvino", "int8"))
+    return found
+
+
+def _bf16() -> bool:
+    if not available("openvino"):
+        return False
+    from mobilenet.export.openvino import capabilities
+
+    return "BF16" in capabilities()
+
+
+def build(candidate: Candidate, model: nn.Module, resolution: int, workdir: Path,
+          calibration: torch.Tensor | None, threads: int | None) -> nn.Module:
+    """The candidate as a module (float images in, logits out)."""
+    from mobilenet.export.runtime import OnnxRuntimeModel
+
+    if candidate.runtime == "pytorch":
+        return inference_model(model)
+    from mobilenet.export.onnx import session, to_onnx
+
+    path = workdir / "fp32.onnx"
+    if not path.exists():
+        to_onnx(inference_model(model, channels_last=False), path, resolution)
+    if candidate.precision == "int8":
+        from mobilenet.export.int8 import quantize
+
+        int8 = workdir / "int8.onnx"
+        if not int8.exists():
+            quantize(path, int8, calibration)
+        path = int8
+    if candidate.runtime == "onnxruntime":
+        return OnnxRuntimeModel(session(path, threads))
+    from mobilenet.export import openvino
+
+    return OnnxRuntimeModel(openvino.session(path, "bf16" if candidate.precision == "bf16" else "f32", threads))
+
+
+def time_candidates(runners: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Median milliseconds of each runner, its calls spread over interleaved rounds."""
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    for name, run in runners.items():
+        run()  # warm-up (first-call allocations, lazy compilation)
+    for _ in range(ROUNDS):
+        for name, run in runners.items():
+            for _ in range(CALLS):
+                start = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(values) for name, values in seconds.items()}
+
+
+def cache_key(model_id: str, batch: int, resolution: int, names: list[str]) -> str:
+    """What a decision depends on: the model, this CPU, the runtimes' versions and the call's shape."""
+    from mobilenet.bench.machine import cpu_flags, cpu_name
+
+    versions = {name: _version(name) for name in ("torch", "onnxruntime", "openvino")}
+    text = json.dumps([model_id, cpu_name(), sorted(cpu_flags()), versions, batch, resolution, sorted(names)])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tensor | None = None,
+           calibration: torch.Tensor | None = None, model_id: str | None = None, cache: Path | None = None,
+           threads: int | None = None) -> tuple[nn.Module, Decision]:
+    """The fastest verified candidate for `model` at `batch` x C x `resolution`^2, and the decision.
+
+    `images` (normalised, of the model's own data) allow bf16 and INT8 candidates, judged by their
+    top-1 agreement with fp32 on them; `calibration` (training images) calibrates INT8 (default:
+    `images`). `model_id` (e.g. the checkpoint file's digest) and `cache` (a JSON file) let a
+    decision made once be reused.
+    """
+    from mobilenet.export.onnx import FP32_TOLERANCE
+
+    model = model.eval()
+    found = candidates(images is not None, _bf16() if images is not None else False)
+    names = [c.name for c in found]
+    key = cache_key(model_id, batch, resolution, names) if model_id and cache else None
+    stored = _read_cache(cache).get(key) if key else None
+    by_name = {c.name: c for c in found}
+    with tempfile.TemporaryDirectory(prefix="mobilenet-auto-") as work:
+        if stored and stored.get("chosen") in by_name:
+            decision = Decision(**{**stored, "cached": True})
+            return build(by_name[decision.chosen], model, resolution, Path(work),
+                         calibration if calibration is not None else images, threads), decision
+        decision = Decision(chosen="pytorch")
+        inputs = torch.randn(batch, model.config.in_chans, resolution, resolution,
+                             generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            expected = model(inputs).float()
+            reference_top1 = model(images).argmax(1) if images is not None else None
+        built: dict[str, nn.Module] = {}
+        for candidate in found:
+            try:
+                runner = build(candidate, model, resolution, Path(work), calibration if calibration is not None
+                               else images, threads)
+                with torch.inference_mode():
+                    if candidate.precision == "fp32":
+                        diff = (runner(inputs).float() - expected).abs().max().item()
+                        if not diff <= FP32_TOLERANCE:
+                            decision.refused[candidate.name] = f"max |logit difference| {diff:.1e} > {FP32_TOLERANCE:g}"
+                            continue
+                    else:
+                        agreement = (runner(images).argmax(1) == reference_top1).float().mean().item()
+                        decision.agreement[candidate.name] = agreement
+                        if agreement < MIN_AGREEMENT:
+                            decision.refused[candidate.name] = (f"top-1 agreement with fp32 {100 * agreement:.1f}% < "
+                                                                f"{100 * MIN_AGREEMENT:.0f}%")
+                            continue
+            except (ValueError, RuntimeError, OSError) as error:  # a runtime that fails to build here
+                decision.refused[candidate.name] = str(error).splitlines()[0][:120]
+                continue
+            built[candidate.name] = runner
+        with torch.inference_mode():
+            decision.median_ms = time_candidates({name: (lambda m=m: m(inputs)) for name, m in built.items()})
+        decision.chosen = min(decision.median_ms, key=decision.median_ms.get)
+        if key:
+            _write_cache(cache, key, decision)
+        return built[decision.chosen], decision
+
+
+def _read_cache(path: Path | None) -> dict:
+    try:
+        data = json.loads(path.read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, key: str, decision: Decision) -> None:
+    from mobilenet.files import write_text
+
+    data = _read_cache(path)
+    data[key] = {k: v for k, v in asdict(decision).items() if k != "cached"}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(data, indent=1) + "\n")
+    except OSError:
+        pass  # a cache that cannot be written only costs a measurement next time
+
+
+__all__ = ["CACHE_FILE", "Candidate", "Decision", "MIN_AGREEMENT", "build", "candidates", "choose", "time_candidates"]
