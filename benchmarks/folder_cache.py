@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=0, help="folder loader worker processes")
+    parser.add_argument("--workers", type=int, default=2, help="--workers as given to train (default 2, train's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)

@@ -194,7 +194,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-AGREEMENT_IMAGES = 512  # images of the model's own data that judge a bf16 or INT8 candidate
+AGREEMENT_IMAGES = 256  # images of the model's own data that judge a bf16 or INT8 candidate
 
 
 def _say(line: str) -> None:

@@ -54,9 +54,11 @@ def plot_accuracy_over_time(runs: dict[str, list[dict]], path: str | os.PathLike
             elapsed += m["epoch_time_s"] + m.get("eval_time_s", 0.0)
             minutes.append(elapsed / 60)
         ax.plot(minutes, [100 * m["test_top1"] for m in metrics], "o-", markersize=3, label=label)
-    for name, value in (references or {}).items():
+    for i, (name, value) in enumerate(sorted((references or {}).items(), key=lambda item: item[1])):
         ax.axhline(100 * value, linestyle="--", linewidth=1, color="grey")
-        ax.annotate(name, (0, 100 * value), xytext=(2, 2), textcoords="offset points", fontsize=7, color="grey")
+        # labelled outside the right edge, staggered, since published results sit close together
+        ax.annotate(name, (1.0, 100 * value), xycoords=("axes fraction", "data"), xytext=(4, 9 * i - 9),
+                    textcoords="offset points", fontsize=7, color="grey", va="center")
     ax.set(xlabel="wall-clock minutes (training and evaluation)", ylabel="test top-1 (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

@@ -195,7 +195,8 @@ class _FolderItems(torch.utils.data.Dataset):
 
 
 class FolderLoader(_ShardedLoader):
-    """Batches of an ``ImageFolder``, decoded and augmented in ``workers`` DataLoader processes.
+    """Batches of an ``ImageFolder``, decoded and augmented in ``workers`` DataLoader processes
+    (in this process for a folder of small images, which is decoded once, up front).
 
     Each image's random crop and flip are drawn from ``(seed, epoch, index)``, so they do not
     depend on which worker decodes it. Images travel from the workers as uint8 (4x less than
@@ -205,7 +206,11 @@ class FolderLoader(_ShardedLoader):
     def __init__(self, dataset: ImageFolder, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
                  world_size: int = 1, workers: int = 2, channels_last: bool = False, mean=None, std=None) -> None:
         whole_number(workers, "workers", minimum=0)
-        dataset.decode_once()  # small images: decoded here, once, and shared with the workers
+        dataset.decode_once()  # small images: decoded here, once
+        if dataset.decoded is not None:
+            # their transforms are cheap; worker processes would only take cores from the training
+            # step (benchmarks/folder_cache.py measures a folder of small PNGs both ways)
+            workers = 0
         self.dataset = dataset
         self.normalize = Normalize(mean or dataset.mean, std or dataset.std, channels_last)
         super().__init__(len(dataset), batch_size, train, seed, rank, world_size)

@@ -34,7 +34,7 @@ from mobilenet.optional import available
 
 MIN_AGREEMENT = 0.99
 ROUNDS = 3  # interleaved rounds of timed calls
-CALLS = 3  # timed calls per candidate and round
+CALLS = 2  # timed calls per candidate and round
 CACHE_FILE = "runtime-choices.json"
 
 
