@@ -175,16 +175,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     extra = {}
     if runtime == "auto":  # the data is the model's own: reduced precisions may compete, judged on it
         extra = _own_images(meta, dataset, args.checkpoint, args.data, args.classes, args.data_root, args.batch_size)
-    fast, runtime = runtime_model(model, meta.resolution, runtime, **extra)
+    said: list[str] = []  # what `auto` chose and why: reported with the results
+    fast, runtime = runtime_model(model, meta.resolution, runtime, say=said.append, **extra)
     loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers,
                          channels_last=runtime == "pytorch", mean=meta.mean, std=meta.std)
     result = evaluate(fast, loader, len(meta.classes), progress=not args.json)
     plot_confusion(result.confusion, meta.classes, plot, title=f"{Path(args.checkpoint).name} on {args.data} ({args.split})")
     if args.json:
         print(json.dumps({**result.to_dict(meta.classes), "checkpoint": args.checkpoint, "data": args.data,
-                          "backend": runtime, "confusion_png": str(plot)}))
+                          "backend": runtime, "backend_choice": said[0] if said else None,
+                          "confusion_png": str(plot)}))
         return 0
     print(f"{args.checkpoint} on {args.data} ({args.split}, {result.num_images} images, {runtime})")
+    for line in said:
+        print(line)
     print(f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  loss {result.loss:.4f}")
     names = [readable(name) for name in meta.classes]
     width = max(len(c) for c in names)
@@ -195,10 +199,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 AGREEMENT_IMAGES = 256  # images of the model's own data that judge a bf16 or INT8 candidate
-
-
-def _say(line: str) -> None:
-    print(f"mobilenet: {line}", file=sys.stderr)
 
 
 def _file_id(path: str) -> str:
@@ -220,8 +220,7 @@ def _own_images(meta, dataset, checkpoint: str, data: str, classes, root, batch:
         calibration = sample_images(train, 256, seed=1, meta=meta)
     except (OSError, ValueError):
         calibration = images
-    return {"images": images, "calibration": calibration, "batch": batch, "model_id": _file_id(checkpoint),
-            "say": _say}
+    return {"images": images, "calibration": calibration, "batch": batch, "model_id": _file_id(checkpoint)}
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -243,8 +242,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             extra = _own_images(meta, dataset, args.checkpoint, source["data"], source.get("classes"),
                                 source.get("root"), 1)
         except (OSError, ValueError):
-            extra = {"model_id": _file_id(args.checkpoint), "say": _say}  # fp32 candidates only
-    fast, _ = runtime_model(model, meta.resolution, runtime, **extra)
+            extra = {"model_id": _file_id(args.checkpoint)}  # fp32 candidates only
+    fast, _ = runtime_model(model, meta.resolution, runtime, say=None if args.json else print, **extra)
     results = predict_files(fast, args.images, meta.resolution, meta.mean, meta.std, meta.classes,
                             args.top_k, crop_fraction=meta.crop_fraction)
     failed = [item for item in results if "error" in item]

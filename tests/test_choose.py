@@ -33,7 +33,7 @@ def fake(monkeypatch):
     def build(candidate, model_, resolution, workdir, calibration, threads):
         built.append(candidate.name)
         ms, wrong = plans[candidate.name]
-        return Fake(ms, (lambda x: model(x) + 1) if wrong else model)
+        return Fake(ms, (lambda x: model(x).flip(1) + 1) if wrong else model)  # wrong logits, wrong top-1
 
     monkeypatch.setattr(choose, "build", build)
     monkeypatch.setattr(choose, "_bf16", lambda: True)
