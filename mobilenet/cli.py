@@ -20,6 +20,8 @@ EXIT_USAGE = 2
 RUNTIME_HELP = ("auto (default): the fastest measured here among those installed (fp32 ones checked "
                 "against PyTorch; bf16 and INT8 ones at >= 99%% top-1 agreement on the model's own data), "
                 "decided once and cached; onnxruntime; openvino (fp32); pytorch")
+PRECISION_HELP = ("with --backend auto: any (default) lets bf16 and INT8 compete where they agree with fp32; "
+                  "fp32 measures the fp32 runtimes only (the checkpoint's own accuracy, to the 1e-4 check)")
 
 
 class UsageError(Exception):
@@ -173,8 +175,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                            channels=meta.config.in_chans)
     _checkpoint_and_data_classes(meta, dataset, args.checkpoint)
     extra = {}
-    if runtime == "auto":  # the data is the model's own: reduced precisions may compete, judged on it
+    if runtime == "auto" and args.precision == "any":  # the model's own data: bf16/INT8 may compete, judged on it
         extra = _own_images(meta, dataset, args.checkpoint, args.data, args.classes, args.data_root, args.batch_size)
+    elif runtime == "auto":
+        extra = {"model_id": _file_id(args.checkpoint), "batch": args.batch_size}
     said: list[str] = []  # what `auto` chose and why: reported with the results
     fast, runtime = runtime_model(model, meta.resolution, runtime, say=said.append, **extra)
     loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers,
@@ -232,7 +236,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     runtime = resolve_runtime(args.backend)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
     extra = {}
-    if runtime == "auto" and meta.data:  # its training data is known: reduced precisions may compete
+    if runtime == "auto" and args.precision == "any" and meta.data:  # its data is known: bf16/INT8 may compete
         try:
             from mobilenet.data import load_dataset
 
@@ -243,6 +247,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                 source.get("root"), 1)
         except (OSError, ValueError):
             extra = {"model_id": _file_id(args.checkpoint)}  # fp32 candidates only
+    elif runtime == "auto":
+        extra = {"model_id": _file_id(args.checkpoint)}
     fast, _ = runtime_model(model, meta.resolution, runtime, say=None if args.json else print, **extra)
     results = predict_files(fast, args.images, meta.resolution, meta.mean, meta.std, meta.classes,
                             args.top_k, crop_fraction=meta.crop_fraction)
@@ -361,6 +367,7 @@ def build_parser() -> Parser:
     p.add_argument("--workers", type=_at_least_zero("--workers"), default=2, help="image decoding processes (default 2)")
     p.add_argument("--plot", default=None, help="confusion-matrix PNG (default: beside the checkpoint)")
     p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
+    p.add_argument("--precision", default="any", choices=["any", "fp32"], help=PRECISION_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_eval)
 
@@ -369,6 +376,7 @@ def build_parser() -> Parser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=_positive_int("--top-k"), default=5)
     p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
+    p.add_argument("--precision", default="any", choices=["any", "fp32"], help=PRECISION_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(run=cmd_predict)
 
