@@ -167,14 +167,14 @@ def test_runtime_names_are_checked():
 
 def test_runtime_model_checks_itself(small, monkeypatch):
     """A session that computes something else than the model is refused, as an export is."""
-    import mobilenet.export.runtime as runtime
+    import mobilenet.export.choose as choose
 
     def wrong(model, channels_last=True):
         fused = inference_model(model, channels_last)
         fused.classifier.bias.data += 0.01
         return fused
 
-    monkeypatch.setattr(runtime, "inference_model", wrong)
+    monkeypatch.setattr(choose, "inference_model", wrong)  # what builds every runtime's model
     with pytest.raises(ValueError, match="disagrees with PyTorch"):
         runtime_model(small[0], 64, "onnxruntime")
 

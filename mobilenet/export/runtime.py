@@ -69,17 +69,15 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", thre
     if runtime == "pytorch":
         return inference_model(model), runtime
     require(*NEEDS[runtime], purpose=f"the {runtime} backend")
-    from mobilenet.export import openvino
-    from mobilenet.export.onnx import check_against, session, to_onnx
+    from mobilenet.export.choose import Candidate, build
+    from mobilenet.export.onnx import check_against
 
     with tempfile.TemporaryDirectory(prefix="mobilenet-runtime-") as work:
-        path = Path(work) / "model.onnx"
-        to_onnx(inference_model(model, channels_last=False), path, resolution)
-        sess = session(path, threads) if runtime == "onnxruntime" else openvino.session(path, "f32", threads)
+        fast = build(Candidate(runtime), model, resolution, Path(work), None, threads)
     images = torch.randn(CHECK_IMAGES, model.config.in_chans, resolution, resolution,
                          generator=torch.Generator().manual_seed(0))
-    check_against(sess, model, images, "random inputs")
-    return OnnxRuntimeModel(sess), runtime
+    check_against(fast.session, model, images, "random inputs")
+    return fast, runtime
 
 
 __all__ = ["NEEDS", "RUNTIMES", "OnnxRuntimeModel", "resolve_runtime", "runtime_model"]
