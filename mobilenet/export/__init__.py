@@ -3,8 +3,8 @@
 * `inference_model(model)`: BatchNorm folded into the convolutions, channels_last, eval mode.
 * `export_onnx`, `export_pt2`, `export_int8`: write a file atomically, after checking that the
   reloaded file computes what PyTorch computes (fp32: max |logit difference| <= 1e-4).
-* `runtime_model(model, resolution)`: the fastest installed way to run it (ONNX Runtime, else the
-  fused PyTorch model), checked against PyTorch; `eval` and `predict` use it.
+* `runtime_model(model, resolution)`: the fastest way to run it on this machine, measured among
+  the installed runtimes and precisions (`choose.py`) and checked; `eval` and `predict` use it.
 * `export_checkpoint(checkpoint, output, format)`: all of it from a checkpoint, as
   `mobilenet export` does, with the check run on real images of the checkpoint's data when found.
 
