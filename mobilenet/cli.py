@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from mobilenet.checks import comma_list, some, whole_number
 from mobilenet.optional import MissingPackage
+from mobilenet.export import FORMATS
 from mobilenet.export.runtime import RUNTIMES
 from mobilenet.models.layers import check_num_classes, check_width
 
@@ -291,7 +292,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"wrote {args.output} ({report['bytes'] / 1e6:.2f} MB, {args.format}{', int8' if args.int8 else ''})")
+    weights = f" and its weights {os.path.splitext(args.output)[0]}.bin" if args.format == "openvino" else ""
+    print(f"wrote {args.output}{weights} ({report['bytes'] / 1e6:.2f} MB, {args.format}{', int8' if args.int8 else ''})")
     check = report["fp32_check"] if args.int8 else report["check"]
     print(f"checked against PyTorch on {check['inputs']}, batch sizes {check['batch_sizes'][0]} and "
           f"{check['batch_sizes'][1]}: max |logit difference| {check['max_abs_diff']:.2e}"
@@ -391,7 +393,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("export", help="write a checkpoint as ONNX (optionally INT8) or a torch.export program, checked")
     p.add_argument("checkpoint")
-    p.add_argument("--format", choices=["onnx", "pt2"], default="onnx", help="onnx (default) or pt2 (torch.export)")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="onnx (default), pt2 (torch.export) or openvino (IR: --output NAME.xml, weights in NAME.bin)")
     p.add_argument("--output", required=True, help="the file to write (replaced only once it has been checked)")
     p.add_argument("--int8", action="store_true", help="quantize to INT8 (ONNX only), calibrated on real images")
     p.add_argument("--calibration-data", default=None,

@@ -79,3 +79,65 @@ def test_without_openvino_the_backend_says_what_to_install(digits_checkpoint, tm
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "pip install 'mobilenet[openvino]'" in lines[0], out.stderr
+
+
+def test_export_to_openvino_ir_round_trip(digits_checkpoint, cli, tmp_path):  # noqa: F811
+    """The IR that `export --format openvino` writes, read back by OpenVINO's own Core (not our
+    session), computes the checkpoint's logits and carries the ONNX export's metadata."""
+    import numpy as np
+    import openvino as ov
+
+    from mobilenet.data import load_dataset
+    from mobilenet.export import openvino, read_metadata, sample_images
+
+    checkpoint, model = digits_checkpoint
+    result = cli("export", checkpoint, "--format", "openvino", "--output", tmp_path / "m.xml",
+                 "--calibration-data", "digits")
+    assert result.returncode == 0, result.stderr
+    assert "m.bin" in result.stdout and (tmp_path / "m.bin").stat().st_size > 100_000  # fp32 weights
+    export_onnx(model, tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32))
+    onnx_meta, ir_meta = read_metadata(tmp_path / "m.onnx"), openvino.read_metadata(tmp_path / "m.xml")
+    for key in ("classes", "mean", "std", "resolution", "config"):
+        assert ir_meta[key] == onnx_meta[key]
+    assert ir_meta["classes"] == [str(d) for d in range(10)] and ir_meta["format"] == "mobilenet.openvino/1"
+    test = load_dataset("digits", "test")
+    images = sample_images(test, 64)
+    compiled = ov.Core().compile_model(str(tmp_path / "m.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    with torch.inference_mode():
+        expected = model.eval()(images).numpy()
+    assert np.abs(compiled(images.numpy())[0] - expected).max() <= 1e-4
+    assert not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_openvino_int8_ir_reports_agreement(digits_checkpoint, cli, tmp_path):  # noqa: F811
+    checkpoint, _ = digits_checkpoint
+    result = cli("export", checkpoint, "--format", "openvino", "--int8", "--output", tmp_path / "q.xml",
+                 "--calibration-data", "digits", "--calibration-images", "128", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 360 and report["agreement"] >= 0.95
+    assert abs(report["int8_top1"] - report["fp32_top1"]) <= 0.03
+    from mobilenet.export import openvino
+
+    assert "int8" in openvino.read_metadata(tmp_path / "q.xml")["quantization"]
+    # the IR holds integer weights: a quarter of the fp32 file's size, and less
+    assert report["bytes"] < 0.5 * report["fp32_bytes"]
+
+
+def test_openvino_ir_export_refuses_cleanly_and_keeps_the_old_files(digits_checkpoint, cli, tmp_path,  # noqa: F811
+                                                                   monkeypatch):
+    checkpoint, _ = digits_checkpoint
+    result = cli("export", checkpoint, "--format", "openvino", "--output", tmp_path / "m.onnx")
+    assert result.returncode == 2 and "NAME.xml" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    (tmp_path / "m.xml").write_text("old graph")
+    (tmp_path / "m.bin").write_text("old weights")
+    from mobilenet.export import onnx
+
+    def disagree(*args, **kwargs):
+        raise ValueError("exported model disagrees with PyTorch (injected)")
+
+    monkeypatch.setattr(onnx, "check_against", disagree)
+    result = cli("export", checkpoint, "--format", "openvino", "--output", tmp_path / "m.xml")
+    assert result.returncode == 2 and "disagrees" in result.stderr
+    assert (tmp_path / "m.xml").read_text() == "old graph" and (tmp_path / "m.bin").read_text() == "old weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]

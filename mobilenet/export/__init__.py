@@ -30,7 +30,7 @@ from mobilenet.export.onnx import CheckResult, export_onnx, read_metadata, sessi
 from mobilenet.export.pt2 import export_pt2, load_pt2
 from mobilenet.export.runtime import RUNTIMES, OnnxRuntimeModel, resolve_runtime, runtime_model
 
-FORMATS = ("onnx", "pt2")
+FORMATS = ("onnx", "pt2", "openvino")  # openvino: IR, an .xml and its .bin
 CALIBRATION_IMAGES = 256
 CHECK_IMAGES = 8
 
@@ -80,7 +80,8 @@ def _load_split(source: DataSource, split: str, meta):
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str = "onnx", *,
                       int8: bool = False, calibration_data: str | None = None, data_root: str | None = None,
                       calibration_images: int = CALIBRATION_IMAGES) -> dict:
-    """Export a checkpoint to `output` as ONNX (`int8=True`: quantized) or a pt2 program.
+    """Export a checkpoint to `output` as ONNX or OpenVINO IR (either `int8=True`: quantized) or a
+    pt2 program.
 
     The check runs on real test images of `calibration_data`, or of the data the checkpoint's
     metadata names (a training run records it), and on random inputs if neither is found; INT8 needs real
@@ -92,14 +93,22 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
 
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
-    if int8 and format != "onnx":
-        raise ValueError("INT8 quantization is for ONNX: use --format onnx with --int8")
+    if int8 and format == "pt2":
+        raise ValueError("INT8 quantization is for ONNX or OpenVINO: use --format onnx or openvino with --int8")
     whole_number(calibration_images, "calibration_images")
-    check_output_path(output)
-    refuse_overwrite(output, {"checkpoint": checkpoint, "calibration data": calibration_data})
-    refuse_replacing_ours(output)
+    outputs = [output]
+    if format == "openvino":
+        from mobilenet.export.openvino import ir_paths
+
+        outputs = list(ir_paths(output))
+    for path in outputs:
+        check_output_path(path)
+        refuse_overwrite(path, {"checkpoint": checkpoint, "calibration data": calibration_data})
+        refuse_replacing_ours(path)
     if format == "onnx":
         require("onnx", "onnxruntime", purpose="ONNX export")
+    elif format == "openvino":
+        require("onnx", "openvino", *(["onnxruntime"] if int8 else []), purpose="OpenVINO IR export")
     model, meta = load_checkpoint(checkpoint, with_meta=True)
     source = DataSource(calibration_data, data_root) if calibration_data else training_data(meta, checkpoint)
     if int8 and source is None:
@@ -119,13 +128,23 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     if int8:
         calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta)
         loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)
-        result = export_int8(model, output, calibration, loader, check, meta=meta, describe=describe)
+        if format == "openvino":
+            from mobilenet.export.openvino import export_openvino
+
+            result = export_openvino(model, output, check, meta=meta, describe=describe, calibration=calibration,
+                                     test_loader=loader)
+        else:
+            result = export_int8(model, output, calibration, loader, check, meta=meta, describe=describe)
         report.update(result.to_dict(), calibration_images=len(calibration))
+    elif format == "openvino":
+        from mobilenet.export.openvino import export_openvino
+
+        report["check"] = export_openvino(model, output, check, meta=meta, describe=describe).to_dict()
     elif format == "onnx":
         report["check"] = export_onnx(model, output, check, meta=meta, describe=describe).to_dict()
     else:
         report["check"] = export_pt2(model, output, check, meta=meta, describe=describe).to_dict()
-    report["bytes"] = Path(output).stat().st_size
+    report["bytes"] = sum(Path(path).stat().st_size for path in outputs)
     return report
 
 
