@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from mobilenet.checks import comma_list, some, whole_number
 from mobilenet.optional import MissingPackage
+from mobilenet.bench.latency import BACKENDS as BENCH_BACKENDS
 from mobilenet.export import FORMATS
 from mobilenet.export.runtime import RUNTIMES
 from mobilenet.models.layers import check_num_classes, check_width
@@ -228,6 +229,25 @@ def _own_images(meta, dataset, checkpoint: str, data: str, classes, root, batch:
     return {"images": images, "calibration": calibration, "batch": batch, "model_id": _file_id(checkpoint)}
 
 
+def _checkpoint_images(checkpoint: str, resolution: int):
+    """Test images of the data a checkpoint names in its metadata, at `resolution`, normalised as it
+    expects (for `bench`'s auto row: bf16 and INT8 may then compete); None if not found here."""
+    from mobilenet.checkpoint import load_checkpoint
+    from mobilenet.data import load_dataset
+    from mobilenet.export import sample_images, training_data
+
+    _, meta = load_checkpoint(checkpoint, with_meta=True)
+    source = training_data(meta, checkpoint)
+    if source is None:
+        return None
+    try:
+        test = load_dataset(source.data, "test", classes=list(source.classes) if source.classes else None,
+                            resolution=resolution, root=source.root, channels=meta.config.in_chans)
+    except (OSError, ValueError):
+        return None
+    return sample_images(test, AGREEMENT_IMAGES, meta=meta)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from mobilenet.checkpoint import load_checkpoint
     from mobilenet.evaluate import predict_files
@@ -324,7 +344,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     model, resolution = bench.build(args.model, width=args.width)
     resolution = check_model_resolution(args.resolution or resolution or 224, model)
-    report = bench.measure(model, resolution=resolution, progress=progress, **options)
+    data_images = _checkpoint_images(args.model, resolution) if bench.is_checkpoint(args.model) else None
+    report = bench.measure(model, resolution=resolution, progress=progress, data_images=data_images, **options)
     print(json.dumps(report) if args.json else bench.format_report(report))
     return 0
 
@@ -413,7 +434,7 @@ def build_parser() -> Parser:
                    help="input side in pixels (default: the checkpoint's, or 224)")
     p.add_argument("--batch", type=_positive_int("--batch"), default=1)
     p.add_argument("--backend", type=_argtype(_backends, str), default=None,
-                   help="comma-separated: eager,channels_last,compile,onnxruntime,onnxruntime-int8 (default: all)")
+                   help="comma-separated names, or all (the default): " + ",".join(BENCH_BACKENDS))
     p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="threads (default: torch's)")
     p.add_argument("--iterations", type=_positive_int("--iterations"), default=30,
                    help="timed calls per backend (default 30)")

@@ -97,6 +97,10 @@ def plot_sweep(result: dict, path: str | os.PathLike) -> None:
         points = sorted((row["macs"] / 1e6, r["median_ms"]) for row in result["rows"]
                         for r in row["results"] if r["backend"] == backend)
         ax.plot(*zip(*points), "o-", label=backend, alpha=0.85)
+    best = sorted((row["macs"] / 1e6, min(r["median_ms"] for r in row["results"]))
+                  for row in result["rows"] if row["results"])
+    if len(backends) > 1 and best:
+        ax.plot(*zip(*best), "-", color="black", linewidth=3, alpha=0.3, label="fastest of all")
     bound = sorted((row["macs"] / 1e6, row["compute_bound"]["limit_ms"]) for row in result["rows"])
     if bound:
         ax.plot(*zip(*bound), "k--", label="fp32 compute bound", alpha=0.6)

@@ -13,6 +13,15 @@ Backends (`BACKENDS`):
   digits images at the benchmark's resolution: latency does not depend on what the calibration saw.
 * `openvino`, `openvino-bf16`: the same ONNX file compiled by OpenVINO at fp32 or bfloat16 (where
   the CPU has it); `openvino-int8`: the INT8 file above, run by OpenVINO.
+* `auto`: what `eval`, `predict` and `runtime_model(..., "auto")` would run here
+  (`mobilenet.export.choose`), chosen by measuring at this batch; its row names the choice. bf16
+  and INT8 may compete only with images of the model's own data (`data_images`: a checkpoint's).
+
+Peers, built the way a user of each tool would, with that tool's defaults (threads included):
+* `onnxruntime-default`: `torch.onnx.export(model, (x,), path)` of the model as built (BatchNorm
+  unfolded; torch's default exporter), run by `onnxruntime.InferenceSession(path)`;
+* `openvino-default`: `openvino.convert_model(model, example_input=x)` compiled for "CPU" with no
+  settings (which on a CPU with AMX or AVX-512 BF16 computes in bfloat16).
 
 Each report also gives the compute-bound limit of the model on this machine: its floating-point
 work (counted by `torch.utils.flop_counter`) divided by the fp32 matrix-multiply throughput measured
@@ -46,13 +55,15 @@ from mobilenet.bench.machine import MATMUL_CALLS, MatmulProbe, compute_bound, en
 from mobilenet.checks import whole_number
 from mobilenet.export.fold import inference_model
 from mobilenet.models import MobileNet
-from mobilenet.optional import available
+from mobilenet.optional import MissingPackage, require
 
 BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16",
-            "openvino-int8")
+            "openvino-int8", "auto", "onnxruntime-default", "openvino-default")
+ALL = "all"  # every backend above (the default)
 ORT = ("onnx", "onnxruntime")
 NEEDS = {"onnxruntime": ORT, "onnxruntime-int8": ORT, "openvino": ("onnx", "openvino"),
-         "openvino-bf16": ("onnx", "openvino"), "openvino-int8": (*ORT, "openvino")}  # ORT quantizes
+         "openvino-bf16": ("onnx", "openvino"), "openvino-int8": (*ORT, "openvino"),  # ORT quantizes
+         "onnxruntime-default": (*ORT, "onnxscript"), "openvino-default": ("openvino",)}
 INT8_CALIBRATION_IMAGES = 32
 ROUNDS = 5  # the timed calls of each backend are spread over this many interleaved rounds
 SETTLE_S = 0.1  # untimed calls at the start of each backend's turn, in seconds of running it
@@ -101,21 +112,19 @@ class Timing:
 
 
 def parse_backends(backends: str | Sequence[str] | None) -> list[str]:
-    """A list of backend names from "a,b,c" or a sequence (None: all); ValueError for an unknown one."""
+    """A list of backend names from "a,b,c" or a sequence (None or "all": all); ValueError for an
+    unknown one."""
     if backends is None:
         return list(BACKENDS)
     names = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else list(backends)
     names = [b for b in names if b]
+    if ALL in names:
+        return list(BACKENDS)
     unknown = [b for b in names if b not in BACKENDS]
     if unknown or not names:
         raise ValueError(f"unknown backend {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"choose from: {', '.join(BACKENDS)}")
     return list(dict.fromkeys(names))
-
-
-def missing_packages(backend: str) -> list[str]:
-    """The packages `backend` needs that are not installed."""
-    return [name for name in NEEDS.get(backend, ()) if not available(name)]
 
 
 def calibration_images(resolution: int, count: int = INT8_CALIBRATION_IMAGES, channels: int = 3) -> torch.Tensor:
@@ -126,10 +135,26 @@ def calibration_images(resolution: int, count: int = INT8_CALIBRATION_IMAGES, ch
     return sample_images(load_dataset("digits", "train", resolution=resolution, channels=channels), count)
 
 
-def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str,
-            threads: int) -> Callable[[], torch.Tensor | np.ndarray]:
+def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str, threads: int,
+            data_images: torch.Tensor | None = None, notes: dict | None = None) -> Callable[[], torch.Tensor | np.ndarray]:
     """A function that runs one forward pass of `backend` on `images` (fixed, prepared outside the
-    timing: a loader can produce channels_last or numpy batches directly)."""
+    timing: a loader can produce channels_last or numpy batches directly). `notes[backend]` is
+    told what `auto` chose."""
+    if backend == "auto":
+        from mobilenet.export.choose import choose
+
+        chosen, decision = choose(model, int(images.shape[-1]), len(images), images=data_images, threads=threads)
+        if notes is not None:
+            notes[backend] = decision.chosen
+        return lambda: chosen(images)
+    if backend == "onnxruntime-default":
+        return _plain_onnxruntime(model, images, Path(workdir) / "plain.onnx")
+    if backend == "openvino-default":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(ov.convert_model(model, example_input=images), "CPU")
+        x = images.numpy()
+        return lambda: compiled(x)[0]
     if backend == "eager":
         x = images.contiguous()
         return lambda: model(x)
@@ -169,6 +194,24 @@ def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str,
     return lambda: run(sess, x)
 
 
+def _plain_onnxruntime(model: nn.Module, images: torch.Tensor, path: Path) -> Callable[[], np.ndarray]:
+    """ONNX Runtime as a tutorial uses it: torch's default export of the model, a default session."""
+    import contextlib
+    import logging
+    import sys
+    import warnings
+
+    import onnxruntime as ort
+
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():  # the exporter's progress lines
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(model, (images,), str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name, x = sess.get_inputs()[0].name, images.numpy()
+    return lambda: sess.run(None, {name: x})[0]
+
+
 def _as_tensor(output) -> torch.Tensor:
     return output.float() if torch.is_tensor(output) else torch.from_numpy(output).float()
 
@@ -176,8 +219,11 @@ def _as_tensor(output) -> torch.Tensor:
 @torch.inference_mode()
 def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends: Sequence[str] | str | None = None,
             threads: int | None = None, iterations: int = 30, warmup: int = 5,
-            progress: Callable[[str], None] | None = None) -> dict:
+            progress: Callable[[str], None] | None = None, data_images: torch.Tensor | None = None) -> dict:
     """Latency of `model` on each backend at `batch` x 3 x `resolution`^2, in one interleaved run.
+
+    `data_images` (normalised images of the model's own data, e.g. a checkpoint's test images) let
+    the `auto` row consider bf16 and INT8.
 
     Backends whose packages are missing, or that fail to build (e.g. no C++ compiler for
     `compile`), are listed under `skipped` with the reason, never raised. Returns a JSON-ready dict
@@ -196,19 +242,20 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
     runners: dict[str, Callable] = {}
     timings: dict[str, Timing] = {}
     skipped: list[dict] = []
+    notes: dict[str, str] = {}
     reference = None
     try:
         with tempfile.TemporaryDirectory(prefix="mobilenet-bench-") as workdir:
             for name in names:
-                missing = missing_packages(name)
-                if missing:
-                    skipped.append({"backend": name, "reason": f"{', '.join(missing)} not installed "
-                                                               "(pip install 'mobilenet[export]')"})
+                try:
+                    require(*NEEDS.get(name, ()), purpose=name)
+                except MissingPackage as missing:
+                    skipped.append({"backend": name, "reason": str(missing)})
                     say(f"{name}: skipped, {skipped[-1]['reason']}")
                     continue
                 start = time.perf_counter()
                 try:
-                    runner = prepare(name, model, images, workdir, threads)
+                    runner = prepare(name, model, images, workdir, threads, data_images, notes)
                     output = _as_tensor(runner())
                     for _ in range(warmup):
                         runner()
@@ -241,7 +288,9 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
     eager = timings.get("eager")
     results = [t.to_dict(eager) for t in timings.values()]
     for row in results:
-        if not row["backend"].endswith("int8"):  # the fp32 limit says nothing of integer kernels
+        if row["backend"] in notes:
+            row["chosen"] = notes[row["backend"]]
+        if not row.get("chosen", row["backend"]).endswith("int8"):  # the fp32 limit says nothing of integer kernels
             row["of_compute_bound"] = bound["limit_ms"] / row["median_ms"]
     return {
         "model": model.config.to_dict() if isinstance(model, MobileNet) else type(model).__name__,

@@ -28,18 +28,26 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def fastest(row: dict) -> tuple[str, float] | None:
+    """The fastest backend of one sweep row (or `measure` report) and its median ms."""
+    best = min(row["results"], key=lambda r: r["median_ms"], default=None)
+    return (best["backend"], best["median_ms"]) if best else None
+
+
 def sweep_table(result: dict) -> str:
     """The sweep as a markdown table: one row per model, median ms per backend and the fp32
     compute-bound limit."""
     backends = list(dict.fromkeys(r["backend"] for row in result["rows"] for r in row["results"]))
     head = ("| model | million mult-adds | million params | " + " | ".join(f"{b} ms" for b in backends)
-            + " | fp32 compute bound ms |")
-    lines = [head, "|" + " --- |" * (4 + len(backends))]
+            + " | fastest | fp32 compute bound ms |")
+    lines = [head, "|" + " --- |" * (5 + len(backends))]
     for row in result["rows"]:
         times = {r["backend"]: r["median_ms"] for r in row["results"]}
         cells = " | ".join(f"{times[b]:.2f}" if b in times else "-" for b in backends)
+        best = fastest(row)
         lines.append(f"| {row['width']:g}-{row['resolution']} | {row['macs'] / 1e6:.0f} | {row['params'] / 1e6:.2f} "
-                     f"| {cells} | {row['compute_bound']['limit_ms']:.2f} |")
+                     f"| {cells} | {f'{best[0]} {best[1]:.2f}' if best else '-'} "
+                     f"| {row['compute_bound']['limit_ms']:.2f} |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from mobilenet.bench.machine import environment
 from mobilenet.bench.latency import build, is_checkpoint, measure
-from mobilenet.bench.report import sweep_table
+from mobilenet.bench.report import fastest, sweep_table
 
 SWEEP_WIDTHS = (1.0, 0.75, 0.5, 0.25)  # V1 paper, Figure 4 / Tables 6 and 7
 SWEEP_RESOLUTIONS = (224, 192, 160, 128)
@@ -37,9 +37,9 @@ def sweep(model: str = "mobilenet_v1", *, widths: Sequence[float] = SWEEP_WIDTHS
             rows.append({"width": width, "resolution": resolution, "macs": analytic.macs, "params": analytic.params,
                          "compute_bound": report["compute_bound"],
                          "results": report["results"], "skipped": report["skipped"]})
-            best = min(report["results"], key=lambda r: r["median_ms"], default=None)
+            best = fastest(report)
             say(f"{model} {width:g}-{resolution}: {analytic.macs / 1e6:.0f}M mult-adds"
-                + (f", fastest {best['backend']} {best['median_ms']:.2f} ms" if best else ""))
+                + (f", fastest {best[0]} {best[1]:.2f} ms" if best else ""))
     return {"model": model, "batch": options.get("batch", 1), "rows": rows,
             "environment": environment(options.get("threads") or torch.get_num_threads())}
 
