@@ -167,3 +167,23 @@ def test_peer_rows_and_the_auto_row():
         scale = model(images).abs().max().item()
     # OpenVINO's default is bf16 on CPUs with AMX or AVX-512 BF16: close, not equal, there
     assert scale > 1 and rows["openvino-default"]["max_abs_diff"] < 0.05 * scale
+
+
+@pytest.mark.skipif(not all(map(bench.available, ("onnx", "onnxruntime"))), reason="needs onnxruntime")
+def test_auto_row_of_a_checkpoint_judges_reduced_precisions_on_its_data(cli, tmp_path):
+    """From a checkpoint whose data is found, bf16 and INT8 compete in the auto row, and the row
+    says what was chosen and, for a reduced precision, its agreement (>= 99%) with fp32."""
+    from runs import tiny
+
+    from mobilenet.export import choose
+    from mobilenet.train import train
+
+    train(tiny(tmp_path / "run"))  # its checkpoint records its data: three digit classes
+    checkpoint = tmp_path / "run" / "last.safetensors"
+    result = cli("bench", checkpoint, "--backend", "auto", "--iterations", "2", "--warmup", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["results"]
+    names = [c.name for c in choose.candidates(True, choose._bf16())]
+    assert row["backend"] == "auto" and row["chosen"] in names and any(n.endswith("int8") for n in names)
+    assert ("agreement" in row) == (row["chosen"].endswith(("int8", "bf16")))
+    assert row.get("agreement", 1.0) >= choose.MIN_AGREEMENT

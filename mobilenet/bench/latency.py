@@ -139,13 +139,13 @@ def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str, 
             data_images: torch.Tensor | None = None, notes: dict | None = None) -> Callable[[], torch.Tensor | np.ndarray]:
     """A function that runs one forward pass of `backend` on `images` (fixed, prepared outside the
     timing: a loader can produce channels_last or numpy batches directly). `notes[backend]` is
-    told what `auto` chose."""
+    given `auto`'s Decision."""
     if backend == "auto":
         from mobilenet.export.choose import choose
 
         chosen, decision = choose(model, int(images.shape[-1]), len(images), images=data_images, threads=threads)
         if notes is not None:
-            notes[backend] = decision.chosen
+            notes[backend] = decision
         return lambda: chosen(images)
     if backend == "onnxruntime-default":
         return _plain_onnxruntime(model, images, Path(workdir) / "plain.onnx")
@@ -242,7 +242,7 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
     runners: dict[str, Callable] = {}
     timings: dict[str, Timing] = {}
     skipped: list[dict] = []
-    notes: dict[str, str] = {}
+    notes: dict = {}
     reference = None
     try:
         with tempfile.TemporaryDirectory(prefix="mobilenet-bench-") as workdir:
@@ -289,7 +289,10 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
     results = [t.to_dict(eager) for t in timings.values()]
     for row in results:
         if row["backend"] in notes:
-            row["chosen"] = notes[row["backend"]]
+            decision = notes[row["backend"]]
+            row["chosen"] = decision.chosen
+            if decision.chosen in decision.agreement:  # a bf16 or INT8 choice: its top-1 agreement with fp32
+                row["agreement"] = decision.agreement[decision.chosen]
         if not row.get("chosen", row["backend"]).endswith("int8"):  # the fp32 limit says nothing of integer kernels
             row["of_compute_bound"] = bound["limit_ms"] / row["median_ms"]
     return {

@@ -12,15 +12,16 @@ def format_report(report: dict) -> str:
              f"{env['threads']} threads, {report['iterations']} timed calls per backend in interleaved rounds; "
              f"{env['cpu']}, "
              f"torch {env['versions']['torch']}, onnxruntime {env['versions'].get('onnxruntime', 'not installed')}",
-             f"{'backend':<18} {'median ms':>10} {'p10 ms':>9} {'p90 ms':>9} {'images/s':>10} {'vs eager':>9} "
+             f"{'backend':<24} {'median ms':>10} {'p10 ms':>9} {'p90 ms':>9} {'images/s':>10} {'vs eager':>9} "
              f"{'of bound':>9}"]
     for row in report["results"]:
         ratio = f"{row['latency_vs_eager']:.3f}x" if "latency_vs_eager" in row else "-"
         share = f"{100 * row['of_compute_bound']:.0f}%" if "of_compute_bound" in row else "-"
-        lines.append(f"{row['backend']:<18} {row['median_ms']:>10.2f} {row['p10_ms']:>9.2f} {row['p90_ms']:>9.2f} "
+        name = f"auto: {row['chosen']}" if "chosen" in row else row["backend"]
+        lines.append(f"{name:<24} {row['median_ms']:>10.2f} {row['p10_ms']:>9.2f} {row['p90_ms']:>9.2f} "
                      f"{row['images_per_s']:>10.1f} {ratio:>9} {share:>9}")
     for row in report["skipped"]:
-        lines.append(f"{row['backend']:<18} skipped: {row['reason']}")
+        lines.append(f"{row['backend']:<24} skipped: {row['reason']}")
     bound = report.get("compute_bound")
     if bound:
         lines.append(f"compute-bound limit (fp32): {bound['limit_ms']:.2f} ms = {bound['flops'] / 1e9:.2f} GFLOP at "
