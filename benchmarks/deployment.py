@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mobilenet.bench import build, environment, measure
-from mobilenet.bench.machine import cpu_flags, cpu_name
+from mobilenet.bench.machine import cpu_flags, cpu_slug
 from mobilenet.cli import _checkpoint_images
 from mobilenet.files import write_text
 
@@ -70,7 +70,7 @@ def main() -> int:
             name = f"{model.config.name} {model.config.width_mult:g}-{resolution}"
             runs.append({"checkpoint": checkpoint, "name": name, "batch": batch, "report": report})
     env = environment(torch.get_num_threads())
-    slug = "".join(ch if ch.isalnum() else "-" for ch in cpu_name()).strip("-").lower()
+    slug = cpu_slug()
     text = (f"# Deployment on {env['cpu']}\n\n{env['threads']} threads; CPU flags of note: "
             + ", ".join(cpu_flags())
             + f"; versions {json.dumps(env['versions'])}.\nCommand: `python {' '.join(sys.argv)}`. Median ms per call, "

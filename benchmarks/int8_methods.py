@@ -8,10 +8,12 @@ latency in OpenVINO at batch 1 and 32 (interleaved, medians):
   uint8 activations, MinMax calibration), run by OpenVINO;
 * `NNCF default`: `nncf.quantize` of the same fp32 model in OpenVINO (its MinMax with fast bias
   correction);
-* `NNCF + CLE + bias correction`: NNCF with channel alignment (cross-layer equalisation) on and the
-  full bias correction.
+* `NNCF + bias correction`: NNCF with its full (not fast) bias correction;
+* `NNCF + CLE`: NNCF with channel alignment (its cross-layer equalisation) on as well. A method
+  that fails is reported with its error (NNCF 3.4.0's channel alignment raises a KeyError on
+  numpy statistics for these models).
 
-All are calibrated on the same training images. Writes benchmarks/results/int8_methods-<cpu>.json.
+All are calibrated on the same training images. Writes benchmarks/results/int8_methods-<cpu>.{json,md}.
 
     .venv/bin/python benchmarks/int8_methods.py runs/fashion/last.safetensors runs/digits-v2/last.safetensors
 """
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from mobilenet.bench import environment
-from mobilenet.bench.machine import cpu_name
+from mobilenet.bench.machine import cpu_slug
 from mobilenet.checkpoint import load_checkpoint
 from mobilenet.data import load_dataset, make_loader
 from mobilenet.export import inference_model, quantize, sample_images, training_data
@@ -40,14 +42,18 @@ from mobilenet.files import write_text
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def nncf_model(fp32_onnx: Path, calibration: torch.Tensor, *, cle: bool):
+NNCF_METHODS = {"NNCF default": dict(fast=True, cle=False), "NNCF + bias correction": dict(fast=False, cle=False),
+                "NNCF + CLE": dict(fast=False, cle=True)}
+
+
+def nncf_model(fp32_onnx: Path, calibration: torch.Tensor, *, fast: bool, cle: bool):
     import nncf
     import openvino as ov
 
     model = ov.convert_model(str(fp32_onnx))
     dataset = nncf.Dataset([calibration[i:i + 1].numpy() for i in range(len(calibration))])
     advanced = nncf.AdvancedQuantizationParameters(disable_channel_alignment=not cle)
-    return nncf.quantize(model, dataset, subset_size=len(calibration), fast_bias_correction=not cle,
+    return nncf.quantize(model, dataset, subset_size=len(calibration), fast_bias_correction=fast,
                          advanced_parameters=advanced)
 
 
@@ -94,11 +100,14 @@ def compare(checkpoint: str, calibration_images: int) -> dict:
         to_onnx(inference_model(model, channels_last=False), fp32_onnx, meta.resolution)
         quantize(fp32_onnx, qdq, calibration)
         runners = {"fp32 (OpenVINO f32)": compiled(fp32_onnx), "ours (ORT QDQ)": compiled(qdq)}
-        try:
-            runners["NNCF default"] = compiled(nncf_model(fp32_onnx, calibration, cle=False))
-            runners["NNCF + CLE + bias correction"] = compiled(nncf_model(fp32_onnx, calibration, cle=True))
-        except ImportError:
-            print("nncf is not installed: only our method is measured", file=sys.stderr)
+        failed = {}
+        for name, options in NNCF_METHODS.items():
+            try:
+                runners[name] = compiled(nncf_model(fp32_onnx, calibration, **options))
+            except ImportError:
+                failed[name] = "nncf is not installed"
+            except Exception as error:  # noqa: BLE001 - a method that fails is a result too
+                failed[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
         calls = {name: (lambda x, c=c: c(x)[0]) for name, c in runners.items()}
         predictions = {name: top1(run, loader) for name, run in calls.items()}
         shape = (1, meta.config.in_chans, meta.resolution, meta.resolution)
@@ -108,7 +117,24 @@ def compare(checkpoint: str, calibration_images: int) -> dict:
     rows = [{"method": name, "top1": float((p == labels).mean()), "agreement": float((p == reference).mean()),
              "batch1_ms": ms1[name], "batch32_ms": ms32[name]} for name, p in predictions.items()]
     return {"checkpoint": checkpoint, "model": meta.config.to_dict(), "data": source.data, "test_images": len(labels),
-            "calibration_images": len(calibration), "resolution": meta.resolution, "rows": rows}
+            "calibration_images": len(calibration), "resolution": meta.resolution, "rows": rows, "failed": failed}
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [f"# INT8 methods on {env['cpu']}", "", f"{env['threads']} threads; CPU flags of note: "
+             f"{', '.join(env['cpu_flags'])}; versions {json.dumps(env['versions'])}. Command: "
+             "`python benchmarks/int8_methods.py CHECKPOINT...`. Latency: OpenVINO, median ms, interleaved.", ""]
+    for result in report["results"]:
+        model = result["model"]
+        lines += [f"## {result['checkpoint']}: {model['name']} x{model['width_mult']:g} at {result['resolution']}, "
+                  f"{result['data']}, {result['test_images']} test images, {result['calibration_images']} "
+                  "calibration images", "", "| method | top-1 % | top-1 agreement with fp32 % | batch 1 ms | batch 32 ms |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['method']} | {100 * r['top1']:.2f} | {100 * r['agreement']:.2f} | {r['batch1_ms']:.2f} | "
+                  f"{r['batch32_ms']:.2f} |" for r in result["rows"]]
+        lines += [f"| {name} | {why} | | | |" for name, why in result.get("failed", {}).items()] + [""]
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -126,9 +152,12 @@ def main() -> int:
         for row in result["rows"]:
             print(f"  {row['method']:<30} {100 * row['top1']:8.2f} {100 * row['agreement']:8.2f} "
                   f"{row['batch1_ms']:7.2f} {row['batch32_ms']:7.2f}")
-    slug = "".join(ch if ch.isalnum() else "-" for ch in cpu_name()).strip("-").lower()
+        for name, why in result["failed"].items():
+            print(f"  {name:<30} {why}")
+    slug = cpu_slug()
     output = Path(args.output or RESULTS / f"int8_methods-{slug}.json")
     write_text(output, json.dumps(report, indent=2) + "\n")
+    write_text(output.with_suffix(".md"), markdown(report))
     print(f"written to {output}")
     return 0
 

@@ -30,6 +30,13 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_slug() -> str:
+    """The CPU model as a file-name part ("intel-r-xeon-r-processor"): results are kept per CPU."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")
+
+
 def cpu_flags() -> list[str]:
     """The CPU features that decide which kernels run (AVX-512, VNNI for INT8, BF16, AMX)."""
     try:
@@ -45,9 +52,11 @@ def cpu_flags() -> list[str]:
 def environment(threads: int) -> dict:
     """What a latency figure depends on: machine, threads, versions and how busy the machine was."""
     versions = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
-    for name in ("onnx", "onnxruntime", "onnxscript"):
+    for name in ("onnx", "onnxruntime", "onnxscript", "openvino", "nncf"):
         if available(name):
-            versions[name] = __import__(name).__version__
+            from importlib.metadata import version
+
+            versions[name] = version(name)
     return {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "threads": threads,
             "machine": platform.machine(), "system": platform.platform(), "versions": versions,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

@@ -107,7 +107,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if not model.has_rt_info([RT_INFO]):
         raise ValueError(f"{path} carries no mobilenet metadata (not written by mobilenet export)")
     decoded = {}
-    for key in model.get_rt_info()[RT_INFO].astype(dict):
+    section = model.get_rt_info()[RT_INFO]
+    for key in section if isinstance(section, dict) else section.astype(dict):
         value = model.get_rt_info([RT_INFO, key]).astype(str)
         try:
             decoded[key] = json.loads(value)
