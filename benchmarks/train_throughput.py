@@ -71,11 +71,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default="default,nchw",
-                        help="our trainer's variants: default (channels_last), nchw, amp (bf16 autocast), compile")
+                        help="our trainer's variants: default (channels_last, --amp auto), nchw, amp (bf16 autocast on), "
+                             "fp32 (autocast off), compile")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
     args = parser.parse_args()
 
-    options = {"default": {}, "nchw": {"channels_last": False}, "amp": {"amp": "on"}, "compile": {"compile": True}}
+    options = {"default": {}, "nchw": {"channels_last": False}, "amp": {"amp": "on"}, "fp32": {"amp": "off"},
+               "compile": {"compile": True}}
     variants = args.variants.split(",")
     common = (args.model, args.width, args.small_input, args.batch)
     steps = 11  # one digits epoch at batch 128

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,11 +41,13 @@ class Killed(BaseException):
 
 
 def kill_at(monkeypatch, target: int, after: bool, folder) -> None:
-    """Make the `target`-th os.replace of this process die before (the temporary file written and
+    """Make the `target`-th os.replace into the run `folder` die before (the temporary file written and
     left behind, as a kill leaves it) or after it takes effect."""
     real, count = os.replace, [0]
 
     def replace(src, dst):
+        if Path(dst).parent != Path(folder):  # not the run's files (e.g. the data root's caches)
+            return real(src, dst)
         count[0] += 1
         if count[0] == target and not after:
             os.link(src, folder / f".stale{TEMPORARY}left-by-kill")  # what a kill would leave behind
@@ -63,7 +66,7 @@ def unbroken(tmp_path_factory):
     real, count = os.replace, [0]
 
     def counting(src, dst):
-        count[0] += 1
+        count[0] += Path(dst).parent == out  # the run's files only, not the data root's caches
         real(src, dst)
 
     os.replace = counting

@@ -32,6 +32,8 @@ from mobilenet.data.memory import stats_to_channels
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.files import write_text
 from mobilenet.models import create_model
+from mobilenet.train.amp import CACHE_FILE as AMP_CACHE
+from mobilenet.train.amp import AmpChoice, choose_amp
 from mobilenet.train.config import TrainConfig
 from mobilenet.train.distributed import Distributed, from_environment
 from mobilenet.train.optim import build_optimizer, learning_rate
@@ -41,11 +43,6 @@ from mobilenet.train.rundir import BEST, CONFIG, CURVES, LAST, METRICS, STATE, R
 def _ema_model(model: nn.Module, decay: float):
     avg = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
-
-
-def _autocast(config: TrainConfig, device: torch.device):
-    enabled = config.amp == "on" or (config.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 def resolve_pretrained(config: TrainConfig) -> tuple[TrainConfig, tuple[dict, ModelMeta]]:
@@ -120,6 +117,30 @@ class Run:
             self._load_state()
         elif self.is_main:  # written once everything it names was found and built: exactly what runs
             write_text(self.folder / CONFIG, self.config.to_json())
+        self.amp = self._choose_amp()
+
+    def _choose_amp(self) -> AmpChoice:
+        """bf16 autocast or not (`mobilenet.train.amp`): as asked, as this run recorded it, or probed."""
+        recorded = self.metrics[-1].get("amp") if self.metrics else None
+        if self.config.amp == "auto" and recorded in ("bf16", "fp32"):
+            return AmpChoice(recorded == "bf16", "recorded by this run", self.metrics[-1].get("amp_probe"))
+        batch, channels, side = self.config.batch_size, self.train_set.channels, self.train_set.resolution
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randn(batch, channels, side, side, generator=generator).to(self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = torch.randint(0, len(self.train_set.classes), (batch,), generator=generator).to(self.device)
+        from mobilenet.data.load import default_root
+
+        choice = choose_amp(self.config.amp, self.model, images, labels, self.criterion,
+                            cache=default_root() / AMP_CACHE)
+        if self.dist.enabled:  # every process must compute alike: bf16 only if every one chose it
+            votes = self.dist.all_reduce(torch.tensor([float(choice.bf16)]))
+            if choice.bf16 and votes.item() < self.dist.world_size:
+                choice = AmpChoice(False, "another process found bf16 slower", choice.speedup)
+        if self.is_main and choice.speedup is not None and self.progress:
+            print(f"bf16 autocast {'on' if choice.bf16 else 'off'}: {choice.why}", flush=True)
+        return choice
 
     def _load_data(self) -> None:
         """Both splits (rank 0 downloads first) and their loaders, normalised as the model expects."""
@@ -288,7 +309,7 @@ class Run:
     # --- training ------------------------------------------------------------------------------
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with _autocast(self.config, self.device):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp.bf16 else nullcontext():
             logits = self.forward(images)
             loss = self.criterion(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -354,7 +375,7 @@ class Run:
             done_here += 1
             last = {"epoch": self.epoch, "step": self.step, **train, "eval_time_s": time.perf_counter() - start,
                     "test_loss": result.loss, "test_top1": result.top1, "test_top5": result.top5,
-                    "test_images": result.num_images}
+                    "test_images": result.num_images, **self.amp.to_metrics()}
             self.metrics.append(last)
             self._save(result)
             if self.is_main:

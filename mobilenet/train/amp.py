@@ -1,0 +1,119 @@
+"""`--amp auto`: bfloat16 autocast only where it makes this machine's training step faster.
+
+Whether bf16 pays on a CPU depends on the CPU (AMX and AVX-512 BF16 run it natively, others
+emulate it and run slower) and on the model (BatchNorm and the loss stay in fp32, so the casts
+around them can cost more than the convolutions gain). So nothing is assumed: a short probe times
+the training step (forward, loss, backward) of a copy of the model at the run's batch shape, fp32
+and bf16 interleaved, and bf16 is chosen only if it is at least `MIN_GAIN` faster. CUDA keeps bf16 on.
+
+The probe runs on a copy with the global random generators forked, so the run itself is exactly
+what it would be without it. Its decision is cached per (CPU, torch version, model, batch shape,
+layout) in `<data root>/amp-choices.json`, so a second run of the same command on the same machine
+decides the same way (and repeats bit for bit), and a resumed run keeps the decision it recorded.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CACHE_FILE = "amp-choices.json"
+MIN_GAIN = 1.05  # bf16 must make the step at least this much faster
+STEPS = 3  # timed steps of each, interleaved, after one untimed
+
+
+@dataclass(frozen=True)
+class AmpChoice:
+    bf16: bool
+    why: str  # "asked (--amp on)", "probe: bf16 step 1.08x fp32's", ...
+    speedup: float | None = None  # fp32 step time / bf16 step time, when probed
+
+    def to_metrics(self) -> dict:
+        return {"amp": "bf16" if self.bf16 else "fp32", "amp_probe": self.speedup}
+
+
+def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module) -> float:
+    """fp32 step time over bf16 step time for a copy of `model` on this batch (above 1: bf16 faster)."""
+    device = images.device.type
+    with torch.random.fork_rng(devices=[]):
+        trial = copy.deepcopy(model).train()
+
+        def step(bf16: bool) -> float:
+            start = time.perf_counter()
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = criterion(trial(images).float(), labels)
+            trial.zero_grad(set_to_none=True)
+            loss.backward()
+            return time.perf_counter() - start
+
+        step(False), step(True)
+        times = {False: [], True: []}
+        for _ in range(STEPS):
+            for bf16 in (False, True):
+                times[bf16].append(step(bf16))
+    return statistics.median(times[False]) / statistics.median(times[True])
+
+
+def cache_key(model: nn.Module, images: torch.Tensor) -> str:
+    from mobilenet.bench.machine import cpu_flags, cpu_name
+
+    config = model.config.to_dict() if hasattr(model, "config") else type(model).__name__
+    layout = "channels_last" if images.is_contiguous(memory_format=torch.channels_last) else "nchw"
+    text = json.dumps([cpu_name(), cpu_flags(), torch.__version__, torch.get_num_threads(), config,
+                       list(images.shape), layout])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def choose_amp(setting: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
+               cache: Path | None = None) -> AmpChoice:
+    """The autocast decision for `setting` ("on", "off" or "auto") on this batch shape."""
+    if setting == "on":
+        return AmpChoice(True, "asked (--amp on)")
+    if setting == "off":
+        return AmpChoice(False, "asked (--amp off)")
+    if images.device.type == "cuda":
+        return AmpChoice(True, "CUDA")
+    if images.device.type != "cpu":
+        return AmpChoice(False, f"no bf16 autocast probe on {images.device.type}")
+    key = cache_key(model, images)
+    stored = _read(cache).get(key) if cache else None
+    if isinstance(stored, dict) and isinstance(stored.get("speedup"), (int, float)):
+        speedup = float(stored["speedup"])
+    else:
+        speedup = probe(model, images, labels, criterion)
+        if cache:
+            _write(cache, key, {"speedup": speedup})
+    bf16 = speedup >= MIN_GAIN
+    return AmpChoice(bf16, f"probe: the bf16 step ran {speedup:.2f}x as fast as fp32's "
+                           f"({'on' if bf16 else 'off'}: it needs {MIN_GAIN:.2f}x)", speedup)
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write(path: Path, key: str, value: dict) -> None:
+    from mobilenet.files import write_text
+
+    data = _read(path)
+    data[key] = value
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(data, indent=1) + "\n")
+    except OSError:
+        pass  # a cache that cannot be written only costs a probe next time
+
+
+__all__ = ["AmpChoice", "CACHE_FILE", "MIN_GAIN", "choose_amp", "probe"]
