@@ -1,12 +1,16 @@
-"""Training throughput: our trainer against a plain eager NCHW training loop, in one run.
+"""Training throughput against the compute-bound limit, in one interleaved run.
 
-Both train the same model (by default the seed's: V1 1.0 with ImageNet strides, 10 classes) on
-32x32 images at batch 128 with SGD. The plain loop is what a tutorial writes: NCHW tensors already
-in memory, no augmentation (so it does strictly less work than our trainer, whose figure includes
-its loader, batched augmentation and bookkeeping). The two alternate, `--repeats` times each, so
-that the machine's noise falls on both; the median of each is reported.
+For each model of `MODELS` (the demo's V1 0.5 small-input, the seed's CIFAR model: V1 1.0 with
+ImageNet strides, and V2 1.0 small-input; all 10 classes at 32x32) and each batch size:
+* a plain eager NCHW loop, what a tutorial writes: tensors already in memory, no augmentation (so it
+  does strictly less work than our trainer);
+* our trainer: `mobilenet train`'s own epoch loop on the digits, loader, augmentation and
+  bookkeeping included, with its defaults (channels_last, `--amp auto`), or a variant;
+* the compute-bound limit: 3 x the forward FLOPs of an image (forward, and backward's two products)
+  at the fp32 matrix-multiply throughput measured in the same run (`MatmulProbe`, best seen).
+Every figure is also given as a share of that limit. Repeats alternate, and medians are reported.
 
-    .venv/bin/python benchmarks/train_throughput.py            # writes benchmarks/results/train_throughput.json
+    .venv/bin/python benchmarks/train_throughput.py         # writes benchmarks/results/train_throughput-<cpu>.json
 """
 
 from __future__ import annotations
@@ -63,43 +67,66 @@ def our_trainer(model_name: str, width: float, small_input: bool, batch: int, **
         return run.train_epoch()["images_per_s"]
 
 
+MODELS = {"demo (V1 0.5 small-input)": ("mobilenet_v1", 0.5, True),
+          "seed CIFAR (V1 1.0)": ("mobilenet_v1", 1.0, False),
+          "V2 1.0 small-input": ("mobilenet_v2", 1.0, True)}
+VARIANTS = {"default": {}, "nchw": {"channels_last": False}, "amp": {"amp": "on"}, "fp32": {"amp": "off"},
+            "compile": {"compile": True}}
+
+
 def main() -> None:
+    from mobilenet.bench.machine import MatmulProbe, cpu_slug, forward_flops
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mobilenet_v1")
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--small-input", action="store_true")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", default="default,nchw",
-                        help="our trainer's variants: default (channels_last, --amp auto), nchw, amp (bf16 autocast on), "
-                             "fp32 (autocast off), compile")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated keys of MODELS")
+    parser.add_argument("--batches", default="32,128")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variants", default="default",
+                        help="our trainer's variants: default (channels_last, --amp auto), nchw, amp (bf16 "
+                             "autocast on), fp32 (autocast off), compile")
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/train_throughput-<cpu>.json")
     args = parser.parse_args()
-
-    options = {"default": {}, "nchw": {"channels_last": False}, "amp": {"amp": "on"}, "fp32": {"amp": "off"},
-               "compile": {"compile": True}}
+    models = [m.strip() for m in args.models.split(",")]
     variants = args.variants.split(",")
-    common = (args.model, args.width, args.small_input, args.batch)
-    steps = 11  # one digits epoch at batch 128
-    runs: dict[str, list[float]] = {"plain eager NCHW": [], **{f"ours ({v})": [] for v in variants}}
-    for r in range(args.repeats):
-        runs["plain eager NCHW"].append(plain_loop(*common, steps))
-        for v in variants:
-            runs[f"ours ({v})"].append(our_trainer(*common, **options[v]))
-        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {vals[-1]:.0f}" for k, vals in runs.items()), flush=True)
-
-    base = statistics.median(runs["plain eager NCHW"])
-    results = [{"variant": k, "images_per_s": statistics.median(v), "runs": v, "vs_plain": statistics.median(v) / base}
-               for k, v in runs.items()]
-    report = {"benchmark": "train_throughput", "model": args.model, "width": args.width, "small_input": args.small_input,
-              "resolution": 32, "batch": args.batch, "repeats": args.repeats, "environment": environment(torch.get_num_threads()),
-              "results": results}
-    print(f"\n{args.model} x{args.width:g}, 32x32, batch {args.batch}, {args.repeats} alternating runs, median images/s")
-    for row in results:
-        print(f"  {row['variant']:<22} {row['images_per_s']:8.0f}  {row['vs_plain']:.2f}x")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written to {args.output}")
+    probe = MatmulProbe()
+    rows = []
+    for key in models:
+        name, width, small_input = MODELS[key]
+        flops = forward_flops(create_model(name, width_mult=width, num_classes=10, small_input=small_input).eval(), 1, 32)
+        for batch in map(int, args.batches.split(",")):
+            runs: dict[str, list[float]] = {"plain eager NCHW": [], **{f"ours ({v})": [] for v in variants}}
+            steps = max(3, 1437 // batch)  # about one digits epoch
+            for _ in range(args.repeats):
+                runs["plain eager NCHW"].append(plain_loop(name, width, small_input, batch, steps))
+                probe.time(2)
+                for v in variants:
+                    runs[f"ours ({v})"].append(our_trainer(name, width, small_input, batch, **VARIANTS[v]))
+                    probe.time(2)
+            bound = probe.gflops * 1e9 / (3 * flops)
+            base = statistics.median(runs["plain eager NCHW"])
+            row = {"model": key, "batch": batch, "forward_mflops": flops / 1e6,
+                   "results": {k: {"images_per_s": statistics.median(v), "runs": v, "vs_plain": statistics.median(v) / base,
+                                   "of_bound": statistics.median(v) / bound} for k, v in runs.items()}}
+            rows.append(row)
+            print(f"{key}, batch {batch}: " + ", ".join(
+                f"{k} {r['images_per_s']:.0f} ({100 * r['of_bound']:.0f}%)" for k, r in row["results"].items())
+                + f", bound {bound:.0f}", flush=True)
+    for row in rows:  # the bound with the best product seen over the whole run
+        row["bound_images_per_s"] = probe.gflops * 1e9 / (3 * row["forward_mflops"] * 1e6)
+        for result in row["results"].values():
+            result["of_bound"] = result["images_per_s"] / row["bound_images_per_s"]
+    report = {"benchmark": "train_throughput", "resolution": 32, "repeats": args.repeats,
+              "matmul_gflops": probe.gflops, "environment": environment(torch.get_num_threads()), "rows": rows}
+    print(f"\nimages/s (share of the compute-bound limit; fp32 matrix peak {probe.gflops:.0f} GFLOP/s)")
+    print("| model | batch | " + " | ".join(rows[0]["results"]) + " | vs plain | bound |")
+    for row in rows:
+        cells = " | ".join(f"{r['images_per_s']:.0f} ({100 * r['of_bound']:.0f}%)" for r in row["results"].values())
+        ours = row["results"][f"ours ({variants[0]})"]["vs_plain"]
+        print(f"| {row['model']} | {row['batch']} | {cells} | {ours:.2f}x | {row['bound_images_per_s']:.0f} |")
+    output = Path(args.output or Path(__file__).parent / "results" / f"train_throughput-{cpu_slug()}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {output}")
 
 
 if __name__ == "__main__":
