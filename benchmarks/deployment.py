@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from mobilenet.bench import build, environment, measure
+from mobilenet.bench import build, checkpoint_images, environment, measure
 from mobilenet.bench.machine import cpu_flags, cpu_slug
-from mobilenet.cli import _checkpoint_images
 from mobilenet.files import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,7 +61,7 @@ def main() -> int:
     runs = []
     for checkpoint in args.checkpoints:
         model, resolution = build(checkpoint)
-        images = _checkpoint_images(checkpoint, resolution)
+        images = checkpoint_images(checkpoint, resolution)
         for batch in map(int, args.batches.split(",")):
             print(f"{checkpoint}, batch {batch}", file=sys.stderr, flush=True)
             report = measure(model, batch=batch, resolution=resolution, backends="all", iterations=args.iterations,

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from mobilenet.checks import comma_list, some, whole_number
 from mobilenet.optional import MissingPackage
+from mobilenet.bench.latency import AGREEMENT_IMAGES
 from mobilenet.bench.latency import BACKENDS as BENCH_BACKENDS
 from mobilenet.export import FORMATS
 from mobilenet.export.runtime import RUNTIMES
@@ -204,9 +205,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-AGREEMENT_IMAGES = 256  # images of the model's own data that judge a bf16 or INT8 candidate
-
-
 def _file_id(path: str) -> str:
     from mobilenet.files import file_digest
 
@@ -227,25 +225,6 @@ def _own_images(meta, dataset, checkpoint: str, data: str, classes, root, batch:
     except (OSError, ValueError):
         calibration = images
     return {"images": images, "calibration": calibration, "batch": batch, "model_id": _file_id(checkpoint)}
-
-
-def _checkpoint_images(checkpoint: str, resolution: int):
-    """Test images of the data a checkpoint names in its metadata, at `resolution`, normalised as it
-    expects (for `bench`'s auto row: bf16 and INT8 may then compete); None if not found here."""
-    from mobilenet.checkpoint import load_checkpoint
-    from mobilenet.data import load_dataset
-    from mobilenet.export import sample_images, training_data
-
-    _, meta = load_checkpoint(checkpoint, with_meta=True)
-    source = training_data(meta, checkpoint)
-    if source is None:
-        return None
-    try:
-        test = load_dataset(source.data, "test", classes=list(source.classes) if source.classes else None,
-                            resolution=resolution, root=source.root, channels=meta.config.in_chans)
-    except (OSError, ValueError):
-        return None
-    return sample_images(test, AGREEMENT_IMAGES, meta=meta)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -344,7 +323,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     model, resolution = bench.build(args.model, width=args.width)
     resolution = check_model_resolution(args.resolution or resolution or 224, model)
-    data_images = _checkpoint_images(args.model, resolution) if bench.is_checkpoint(args.model) else None
+    data_images = bench.checkpoint_images(args.model, resolution) if bench.is_checkpoint(args.model) else None
     report = bench.measure(model, resolution=resolution, progress=progress, data_images=data_images, **options)
     print(json.dumps(report) if args.json else bench.format_report(report))
     return 0

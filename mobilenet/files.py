@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import http.client
 import os
 import sys
@@ -120,6 +121,27 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Replace a text file atomically."""
     with atomic_output(path) as tmp:
         tmp.write_text(text)
+
+
+def read_cache(path: str | os.PathLike | None) -> dict:
+    """The JSON object of a decision cache (e.g. `<data root>/runtime-choices.json`); empty if the
+    file is missing, unreadable or not an object: a lost cache only costs a measurement."""
+    try:
+        data = json.loads(Path(path).read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def update_cache(path: str | os.PathLike, key: str, value) -> None:
+    """Set `key` in the decision cache at `path` (atomically); a cache that cannot be written is let go."""
+    data = read_cache(path)
+    data[key] = value
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(data, indent=1) + "\n")
+    except OSError:
+        pass
 
 
 def file_digest(path: str | os.PathLike, algorithm: str) -> str:

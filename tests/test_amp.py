@@ -48,7 +48,7 @@ def test_a_run_records_the_decision_and_a_resume_keeps_it(monkeypatch, tmp_path)
     monkeypatch.setattr(amp, "probe", lambda *args: 1.5)
     train(tiny(tmp_path / "run"), stop_after=1)
     monkeypatch.setattr(amp, "probe", lambda *args: 0.5)
-    monkeypatch.setattr(amp, "_read", lambda path: {})  # no cache either: only the run's own record
+    monkeypatch.setattr(amp, "read_cache", lambda path: {})  # no cache either: only the run's own record
     train(tiny(tmp_path / "run"), resume=True)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(m["amp"], m["amp_probe"]) for m in metrics] == [("bf16", 1.5), ("bf16", 1.5)]

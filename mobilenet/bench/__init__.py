@@ -9,7 +9,7 @@
 
 from mobilenet.bench.machine import MatmulProbe, compute_bound, cpu_flags, cpu_name, environment, forward_flops
 from mobilenet.bench.latency import (
-    BACKENDS, Timing, build, calibration_images, is_checkpoint, measure, parse_backends, settle,
+    BACKENDS, Timing, build, calibration_images, checkpoint_images, is_checkpoint, measure, parse_backends, settle,
 )
 from mobilenet.bench.report import format_report, sweep_table
 from mobilenet.bench.sweep import SWEEP_RESOLUTIONS, SWEEP_WIDTHS, sweep, write_sweep
@@ -17,6 +17,6 @@ from mobilenet.optional import available
 
 __all__ = [
     "BACKENDS", "MatmulProbe", "SWEEP_RESOLUTIONS", "SWEEP_WIDTHS", "Timing", "available", "build",
-    "calibration_images", "compute_bound", "cpu_flags", "cpu_name", "environment", "format_report", "forward_flops",
-    "is_checkpoint", "measure", "parse_backends", "settle", "sweep", "sweep_table", "write_sweep",
+    "calibration_images", "checkpoint_images", "compute_bound", "cpu_flags", "cpu_name", "environment",
+    "format_report", "forward_flops", "is_checkpoint", "measure", "parse_backends", "settle", "sweep", "sweep_table", "write_sweep",
 ]

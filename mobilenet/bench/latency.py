@@ -310,6 +310,28 @@ def is_checkpoint(model: str) -> bool:
     return os.path.exists(model) or model.endswith(".safetensors")
 
 
+AGREEMENT_IMAGES = 256  # test images that judge the auto row's bf16 and INT8 candidates
+
+
+def checkpoint_images(checkpoint: str, resolution: int, count: int = AGREEMENT_IMAGES) -> torch.Tensor | None:
+    """Test images of the data a checkpoint names in its metadata, at `resolution`, normalised as it
+    expects (for the auto row: bf16 and INT8 may then compete); None if not found here."""
+    from mobilenet.checkpoint import load_checkpoint
+    from mobilenet.data import load_dataset
+    from mobilenet.export import sample_images, training_data
+
+    _, meta = load_checkpoint(checkpoint, with_meta=True)
+    source = training_data(meta, checkpoint)
+    if source is None:
+        return None
+    try:
+        test = load_dataset(source.data, "test", classes=list(source.classes) if source.classes else None,
+                            resolution=resolution, root=source.root, channels=meta.config.in_chans)
+    except (OSError, ValueError):
+        return None
+    return sample_images(test, count, meta=meta)
+
+
 def build(model: str, *, width: float | None = None, num_classes: int = 1000, small_input: bool = False
           ) -> tuple[nn.Module, int | None]:
     """A model by registry name (random weights, width 1 unless given) or from a checkpoint file,

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mobilenet.export.fold import inference_model
+from mobilenet.files import read_cache, update_cache
 from mobilenet.optional import available
 
 MIN_AGREEMENT = 0.99
@@ -165,7 +166,7 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
     found = candidates(images is not None, _bf16() if images is not None else False)
     names = [c.name for c in found]
     key = cache_key(model_id, batch, resolution, names) if model_id and cache else None
-    stored = _read_cache(cache).get(key) if key else None
+    stored = read_cache(cache).get(key) if key else None
     by_name = {c.name: c for c in found}
     with tempfile.TemporaryDirectory(prefix="mobilenet-auto-") as work:
         if stored and stored.get("chosen") in by_name:
@@ -204,28 +205,8 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
             decision.median_ms = time_candidates({name: (lambda m=m: m(inputs)) for name, m in built.items()})
         decision.chosen = min(decision.median_ms, key=decision.median_ms.get)
         if key:
-            _write_cache(cache, key, decision)
+            update_cache(cache, key, {k: v for k, v in asdict(decision).items() if k != "cached"})
         return built[decision.chosen], decision
-
-
-def _read_cache(path: Path | None) -> dict:
-    try:
-        data = json.loads(path.read_text()) if path else {}
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_cache(path: Path, key: str, decision: Decision) -> None:
-    from mobilenet.files import write_text
-
-    data = _read_cache(path)
-    data[key] = {k: v for k, v in asdict(decision).items() if k != "cached"}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps(data, indent=1) + "\n")
-    except OSError:
-        pass  # a cache that cannot be written only costs a measurement next time
 
 
 __all__ = ["CACHE_FILE", "Candidate", "Decision", "MIN_AGREEMENT", "build", "candidates", "choose", "time_candidates"]

@@ -89,6 +89,11 @@ def quantize(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibra
                         nodes_to_exclude=exclude)
 
 
+def describe_quantization(calibration_images: int) -> str:
+    """What an INT8 file's metadata says of how it was made (`quantize`'s recipe)."""
+    return f"int8 QDQ: per-channel int8 weights, uint8 activations, MinMax calibration on {calibration_images} images"
+
+
 def compare(fp32_session, int8_session, loader) -> tuple[float, float, float, int]:
     """Top-1 agreement of the two sessions, and the top-1 accuracy of each, over a labelled loader."""
     same = right32 = right8 = total = 0
@@ -122,8 +127,7 @@ def export_int8(model: nn.Module, path: str | os.PathLike, calibration: torch.Te
         fp32_check = check_against(fp32_session, model, check_images, describe)
         quantize(fp32_path, tmp, calibration)
         props = metadata(meta, model, resolution)
-        props["quantization"] = "int8 QDQ: per-channel int8 weights, uint8 activations, MinMax calibration " \
-                                f"on {len(calibration)} images"
+        props["quantization"] = describe_quantization(len(calibration))
         add_metadata(tmp, props)
         int8_session = session(tmp)
         int8_check = check_against(int8_session, model, check_images, describe, tolerance=None)
@@ -133,4 +137,4 @@ def export_int8(model: nn.Module, path: str | os.PathLike, calibration: torch.Te
     return report
 
 
-__all__ = ["Int8Report", "compare", "export_int8", "quantize"]
+__all__ = ["Int8Report", "compare", "describe_quantization", "export_int8", "quantize"]

@@ -143,14 +143,13 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, images: torch.Ten
         if calibration is None:
             write_ir(fp32_onnx, tmp_xml, tmp_bin, props)
             return check_against(session(tmp_xml, weights=tmp_bin), model, images, describe)
-        from mobilenet.export.int8 import Int8Report, compare, quantize
+        from mobilenet.export.int8 import Int8Report, compare, describe_quantization, quantize
 
         fp32_session = session(fp32_onnx)
         fp32_check = check_against(fp32_session, model, images, describe)
         int8_onnx = work / "int8.onnx"
         quantize(fp32_onnx, int8_onnx, calibration)
-        props["quantization"] = ("int8 QDQ: per-channel int8 weights, uint8 activations, MinMax calibration "
-                                 f"on {len(calibration)} images")
+        props["quantization"] = describe_quantization(len(calibration))
         write_ir(int8_onnx, tmp_xml, tmp_bin, props)
         int8_session = session(tmp_xml, weights=tmp_bin)
         int8_check = check_against(int8_session, model, images, describe, tolerance=None)

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mobilenet.files import read_cache, update_cache
+
 CACHE_FILE = "amp-choices.json"
 MIN_GAIN = 1.05  # bf16 must make the step at least this much faster
 STEPS = 3  # timed steps of each, interleaved, after one untimed
@@ -84,36 +86,16 @@ def choose_amp(setting: str, model: nn.Module, images: torch.Tensor, labels: tor
     if images.device.type != "cpu":
         return AmpChoice(False, f"no bf16 autocast probe on {images.device.type}")
     key = cache_key(model, images)
-    stored = _read(cache).get(key) if cache else None
+    stored = read_cache(cache).get(key) if cache else None
     if isinstance(stored, dict) and isinstance(stored.get("speedup"), (int, float)):
         speedup = float(stored["speedup"])
     else:
         speedup = probe(model, images, labels, criterion)
         if cache:
-            _write(cache, key, {"speedup": speedup})
+            update_cache(cache, key, {"speedup": speedup})
     bf16 = speedup >= MIN_GAIN
     return AmpChoice(bf16, f"probe: the bf16 step ran {speedup:.2f}x as fast as fp32's "
                            f"({'on' if bf16 else 'off'}: it needs {MIN_GAIN:.2f}x)", speedup)
-
-
-def _read(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write(path: Path, key: str, value: dict) -> None:
-    from mobilenet.files import write_text
-
-    data = _read(path)
-    data[key] = value
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps(data, indent=1) + "\n")
-    except OSError:
-        pass  # a cache that cannot be written only costs a probe next time
 
 
 __all__ = ["AmpChoice", "CACHE_FILE", "MIN_GAIN", "choose_amp", "probe"]
