@@ -27,10 +27,13 @@ from mobilenet.files import write_text
 from mobilenet.train import TrainConfig, train
 
 # The recipe: V1 at width 0.5 with small-input strides at the native 28x28 in one channel; SGD with
-# Nesterov momentum, cosine schedule after a one-epoch warm-up, label smoothing; padding-crop and
-# horizontal flips (clothes may be mirrored). No pretrained weights, no extra data.
-RECIPE = dict(model="mobilenet_v1", width=0.5, small_input=True, data="fashion-mnist", epochs=22,
-              batch_size=128, lr=0.2, weight_decay=5e-4, warmup_epochs=1.0, label_smoothing=0.1, seed=0)
+# Nesterov momentum, cosine schedule after a one-epoch warm-up, label smoothing; padding-crop,
+# horizontal flips (clothes may be mirrored) and random erasing with p = 0.5 (what Zhong et al. 2017
+# used on Fashion-MNIST). No pretrained weights, no extra data. The 22-epoch recipe without erasing
+# reached 94.22% still climbing (benchmarks/results/fashion_mnist_22ep.md), hence the longer run.
+RECIPE = dict(model="mobilenet_v1", width=0.5, small_input=True, data="fashion-mnist", epochs=40,
+              batch_size=128, lr=0.2, weight_decay=5e-4, warmup_epochs=1.0, label_smoothing=0.1,
+              random_erasing=0.5, seed=0)
 # Fashion-MNIST's own benchmark table (zalandoresearch/fashion-mnist README), test accuracy.
 PUBLISHED = {"MobileNet (published) 95.0%": 0.950, "ResNet18 94.9%": 0.949, "DenseNet-BC 768K 95.4%": 0.954,
              "WRN-28-10 95.9%": 0.959}

@@ -584,3 +584,45 @@ def make_folder_of_size(root, side):
         (root / split / "x").mkdir(parents=True)
         Image.fromarray(np.zeros((side, side, 3), dtype=np.uint8)).save(root / split / "x" / "0.png")
     return root
+
+
+def test_random_erasing_sets_one_rectangle_to_the_mean():
+    """Erasing p=1: every image keeps its un-erased pixels (the p=0 batch) except one rectangle set
+    to 0, the mean after normalisation, whose area and aspect ratio lie in torchvision's ranges."""
+    data = load_dataset("digits", "train")
+    plain, erased = (make_loader(data, 128, train=True, seed=4, erasing=p) for p in (0.0, 1.0))
+    for loader in (plain, erased):
+        loader.set_epoch(1)
+    (before, labels), (after, same_labels) = next(iter(plain)), next(iter(erased))
+    assert torch.equal(labels, same_labels)
+    changed = (before != after).any(dim=1)  # N x H x W
+    assert torch.all(after.masked_select(changed[:, None].expand_as(after)) == 0)
+    fractions, ratios = [], []
+    for mask in changed:
+        rows, columns = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+        if not len(rows):
+            continue  # the rectangle fell on pixels that were already the mean
+        box = mask[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+        fractions.append(box.numel() / mask.numel())
+        ratios.append(box.shape[0] / box.shape[1])
+    assert len(fractions) > 120
+    assert 0.0 < min(fractions) and max(fractions) <= 0.33 + 0.05
+    assert 0.3 / 1.5 <= min(ratios) and max(ratios) <= 3.3 * 1.5
+    assert min(ratios) < 0.7 and max(ratios) > 1.4  # tall and wide rectangles both occur
+
+
+def test_random_erasing_follows_seed_epoch_and_rank_and_never_touches_eval():
+    data = load_dataset("digits", "test")
+    single = make_loader(data, 360, train=True, seed=5, erasing=0.5)
+    rank1 = make_loader(data, 120, train=True, seed=5, rank=1, world_size=3, erasing=0.5)
+    single.set_epoch(2), rank1.set_epoch(2)
+    (all_images, _), (images, _) = next(iter(single)), next(iter(rank1))
+    assert torch.equal(images, all_images[1::3])
+    plain = make_loader(data, 360, train=True, seed=5)
+    plain.set_epoch(2)
+    erased = (next(iter(plain))[0] != all_images).flatten(1).any(dim=1).float().mean().item()
+    assert 0.35 < erased < 0.65  # about half the images, p = 0.5
+    evaluation = [make_loader(data, 360, train=False, erasing=e) for e in (0.0, 1.0)]
+    assert torch.equal(next(iter(evaluation[0]))[0], next(iter(evaluation[1]))[0])
+    with pytest.raises(ValueError, match="random erasing"):
+        make_loader(data, 360, train=True, erasing=1.5)

@@ -13,7 +13,8 @@ Both loaders share one interface, which is what the trainer relies on:
 
 In-memory datasets (digits, CIFAR-10) are augmented a whole batch at once with tensor indexing:
 a random 32x32 crop of the image zero-padded by 4 pixels, and a horizontal flip with probability
-1/2. Image folders are decoded and augmented per image in DataLoader worker processes.
+1/2. Image folders are decoded and augmented per image in DataLoader worker processes. Both can
+add random erasing (``erasing``, see ``RandomErasing``) to the normalised training batches.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mobilenet.data.folder import ImageFolder
 from mobilenet.data.memory import InMemoryDataset
 
 PAD = 4  # pixels of zero padding around in-memory images before the random crop
+ERASING_STREAM = 1  # random erasing draws from its own generator, so it leaves the other draws as they were
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -82,11 +84,60 @@ class Normalize:
         return images.float().sub_(self.shift).div_(self.scale)
 
 
+class RandomErasing:
+    """Random erasing (Zhong et al. 2017) of whole normalised batches, with torchvision's rule.
+
+    Each training image is erased with probability ``p``: a rectangle covering a fraction of the
+    image drawn from ``SCALE``, its aspect ratio log-uniform in ``RATIO``, placed uniformly, is set
+    to 0, which after normalisation is the dataset's mean (torchvision's ``RandomErasing(value=0)``
+    after ``Normalize``). Up to ``ATTEMPTS`` rectangles are drawn per image and the first that fits
+    is used; if none fits the image is left alone. All draws are made per position of the epoch's
+    order from ``(seed, epoch)``, before sharding, and are kept as fractions, so an image is erased
+    alike whatever its rank, batch or resolution.
+    """
+
+    SCALE = (0.02, 0.33)
+    RATIO = (0.3, 3.3)
+    ATTEMPTS = 10
+
+    def __init__(self, p: float, seed: int, epoch: int, size: int) -> None:
+        rng = np.random.default_rng([seed, epoch, ERASING_STREAM])
+        self.p = p
+        self.apply = rng.random(size) < p
+        self.area = rng.uniform(*self.SCALE, size=(size, self.ATTEMPTS))
+        self.log_ratio = rng.uniform(math.log(self.RATIO[0]), math.log(self.RATIO[1]), size=(size, self.ATTEMPTS))
+        self.corner = rng.random((size, self.ATTEMPTS, 2))
+
+    def __call__(self, images: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+        """Erase, in place, the images at these positions of the epoch's order."""
+        height, width = images.shape[-2:]
+        area = self.area[positions] * height * width
+        ratio = np.exp(self.log_ratio[positions])
+        h = np.rint(np.sqrt(area * ratio)).astype(np.int64)
+        w = np.rint(np.sqrt(area / ratio)).astype(np.int64)
+        fits = (h < height) & (w < width)
+        attempt = fits.argmax(axis=1)  # the first that fits (0 if none does; `erase` then says no)
+        rows = np.arange(len(positions))
+        h, w, corner = h[rows, attempt], w[rows, attempt], self.corner[positions][rows, attempt]
+        erase = self.apply[positions] & fits[rows, attempt]
+        top = np.floor(corner[:, 0] * (height - h + 1)).astype(np.int64)
+        left = np.floor(corner[:, 1] * (width - w + 1)).astype(np.int64)
+        as_tensor = lambda a: torch.from_numpy(a)[:, None]  # noqa: E731
+        y, x = torch.arange(height), torch.arange(width)
+        inside_rows = (y >= as_tensor(top)) & (y < as_tensor(top + h))  # N x H
+        inside_columns = (x >= as_tensor(left)) & (x < as_tensor(left + w))  # N x W
+        mask = inside_rows[:, :, None] & inside_columns[:, None, :] & torch.from_numpy(erase)[:, None, None]
+        return images.masked_fill_(mask[:, None], 0.0)
+
+
 class _ShardedLoader:
-    """What both loaders share: arguments, the epoch, and the per-rank sample order."""
+    """What both loaders share: arguments, the epoch, the per-rank sample order and random erasing."""
 
     def __init__(self, size: int, batch_size: int, train: bool, seed: int, rank: int,
-                 world_size: int) -> None:
+                 world_size: int, erasing: float = 0.0) -> None:
+        if not 0 <= erasing <= 1:
+            raise ValueError(f"random erasing probability must be in [0, 1], got {erasing}")
+        self.erasing = erasing if train else 0.0
         whole_number(batch_size, "batch_size")
         whole_number(seed, "seed", minimum=0)
         whole_number(world_size, "world_size")
@@ -129,6 +180,17 @@ class _ShardedLoader:
         """``indices`` cut into batches: ``len(self)`` of them (a partial last one only in eval)."""
         return [indices[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
 
+    def _finish(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalise uint8 batches (in this rank's order) and erase at random where asked."""
+        erase = RandomErasing(self.erasing, self.seed, self.epoch, self.size) if self.erasing else None
+        positions = self._positions()
+        for number, (images, labels) in enumerate(batches):
+            images = self.normalize(images)
+            if erase is not None:
+                erase(images, positions[number * self.batch_size : number * self.batch_size + len(images)])
+            yield images, labels
+
 
 class InMemoryLoader(_ShardedLoader):
     """Batches of an ``InMemoryDataset``, augmented a batch at a time (see ``pad_crop_flip``).
@@ -139,12 +201,16 @@ class InMemoryLoader(_ShardedLoader):
     """
 
     def __init__(self, dataset: InMemoryDataset, batch_size: int, *, train: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, channels_last: bool = False, mean=None, std=None) -> None:
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False, mean=None, std=None,
+                 erasing: float = 0.0) -> None:
         self.dataset = dataset
         self.normalize = Normalize(mean or dataset.mean, std or dataset.std, channels_last)
-        super().__init__(len(dataset), batch_size, train, seed, rank, world_size)
+        super().__init__(len(dataset), batch_size, train, seed, rank, world_size, erasing)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._finish(self._uint8_batches())
+
+    def _uint8_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = epoch_rng(self.seed, self.epoch)
         indices = self._indices(rng)
         if self.train:  # one crop corner and flip per position of the epoch, then this rank's share
@@ -156,7 +222,7 @@ class InMemoryLoader(_ShardedLoader):
             if self.train:
                 part = slice(number * self.batch_size, number * self.batch_size + len(batch))
                 images = pad_crop_flip(images, torch.from_numpy(shifts[part]), torch.from_numpy(flips[part]))
-            yield self.normalize(images), self.dataset.labels[index]
+            yield images, self.dataset.labels[index]
 
 
 class _FolderBatches(torch.utils.data.Sampler):
@@ -204,7 +270,8 @@ class FolderLoader(_ShardedLoader):
     """
 
     def __init__(self, dataset: ImageFolder, batch_size: int, *, train: bool, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, workers: int = 2, channels_last: bool = False, mean=None, std=None) -> None:
+                 world_size: int = 1, workers: int = 2, channels_last: bool = False, mean=None, std=None,
+                 erasing: float = 0.0) -> None:
         whole_number(workers, "workers", minimum=0)
         dataset.decode_once()  # small images: decoded here, once
         if dataset.decoded is not None:
@@ -213,27 +280,27 @@ class FolderLoader(_ShardedLoader):
             workers = 0
         self.dataset = dataset
         self.normalize = Normalize(mean or dataset.mean, std or dataset.std, channels_last)
-        super().__init__(len(dataset), batch_size, train, seed, rank, world_size)
+        super().__init__(len(dataset), batch_size, train, seed, rank, world_size, erasing)
         self.loader = torch.utils.data.DataLoader(
             _FolderItems(dataset, train), batch_sampler=_FolderBatches(self), num_workers=workers
         )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.loader:
-            yield self.normalize(images), labels
+        return self._finish(iter(self.loader))
 
 
 def make_loader(dataset: InMemoryDataset | ImageFolder, batch_size: int, *, train: bool, seed: int = 0,
                 rank: int = 0, world_size: int = 1, workers: int = 2, channels_last: bool = False,
-                mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> InMemoryLoader | FolderLoader:
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                erasing: float = 0.0) -> InMemoryLoader | FolderLoader:
     """The loader for ``dataset``: batched in-memory augmentation, or DataLoader workers for folders.
 
     ``workers`` only matters for image folders; in-memory datasets need no worker processes.
     ``mean`` and ``std`` normalise the batches (default: the dataset's own; a pretrained model
-    brings its own).
+    brings its own). ``erasing`` is the probability of random erasing in training (``RandomErasing``).
     """
     common = dict(train=train, seed=seed, rank=rank, world_size=world_size, channels_last=channels_last,
-                  mean=mean, std=std)
+                  mean=mean, std=std, erasing=erasing)
     if isinstance(dataset, InMemoryDataset):
         return InMemoryLoader(dataset, batch_size, **common)
     if isinstance(dataset, ImageFolder):

@@ -71,6 +71,8 @@ class TrainConfig:
     lr_gamma: float = option(0.98, "per-epoch decay of the exponential schedule")
     warmup_epochs: float = option(1.0, "linear warm-up epochs")
     label_smoothing: float = option(0.0, "label smoothing")
+    random_erasing: float = option(0.0, "probability of erasing a random rectangle of each training image to the "
+                                        "mean (Zhong et al. 2017; timm's --reprob)")
     ema_decay: float = option(0.0, "keep and evaluate an exponential moving average of the weights, e.g. 0.999")
     # machine
     channels_last: bool = option(True, "keep NCHW memory format (channels_last is faster on CPU)",
@@ -131,6 +133,7 @@ class TrainConfig:
             (0 < self.lr_gamma <= 1, f"lr gamma (the exponential schedule's decay per epoch) must be in (0, 1], "
                                      f"got {self.lr_gamma}"),
             (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.random_erasing <= 1, f"random erasing must be in [0, 1], got {self.random_erasing}"),
             (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}"),
             (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),

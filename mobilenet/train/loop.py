@@ -162,7 +162,8 @@ class Run:
         self.std = stats_to_channels(config.std or self.train_set.std, channels)
         common = dict(seed=config.seed, rank=self.dist.rank, world_size=self.dist.world_size, workers=config.workers,
                       channels_last=self.channels_last, mean=self.mean, std=self.std)
-        self.train_loader = make_loader(self.train_set, config.batch_size, train=True, **common)
+        self.train_loader = make_loader(self.train_set, config.batch_size, train=True, erasing=config.random_erasing,
+                                        **common)
         self.test_loader = make_loader(self.test_set, config.batch_size, train=False, **common)
 
     def _build_model(self, pretrained: tuple[dict, ModelMeta] | None) -> None:
