@@ -15,6 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,export,openvino]"
+	$(BIN)/python -m mobilenet.fused
 	@echo "$(TORCH)" > $(STAMP)
 
 # The demo recipe: V1 at width 0.5 with small-input strides on the embedded digits (about a minute

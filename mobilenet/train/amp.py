@@ -69,7 +69,8 @@ def cache_key(model: nn.Module, images: torch.Tensor) -> str:
 
     config = model.config.to_dict() if hasattr(model, "config") else type(model).__name__
     layout = "channels_last" if images.is_contiguous(memory_format=torch.channels_last) else "nchw"
-    text = json.dumps([cpu_name(), cpu_flags(), torch.__version__, torch.get_num_threads(), config,
+    modules = sorted({type(m).__name__ for m in model.modules()})  # e.g. fused BatchNorm or not
+    text = json.dumps([cpu_name(), cpu_flags(), torch.__version__, torch.get_num_threads(), config, modules,
                        list(images.shape), layout])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 

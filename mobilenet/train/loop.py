@@ -31,6 +31,7 @@ from mobilenet.data import load_dataset, make_loader
 from mobilenet.data.memory import stats_to_channels
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.files import write_text
+from mobilenet.fused import available, fuse_bn_act
 from mobilenet.models import create_model
 from mobilenet.train.amp import CACHE_FILE as AMP_CACHE
 from mobilenet.train.amp import AmpChoice, choose_amp
@@ -182,6 +183,9 @@ class Run:
         check_model_resolution(self.train_set.resolution, self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # BatchNorm and its activation as one fused module on the CPU (mobilenet.fused): same
+        # parameters and state-dict keys, fewer passes over memory; not under torch.compile, which fuses itself
+        self.fused = fuse_bn_act(self.model) if self.device.type == "cpu" and not config.compile and available() else 0
         if config.sync_bn and self.dist.enabled:
             if self.device.type == "cpu":
                 raise TrainingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU "
@@ -358,7 +362,26 @@ class Run:
         elapsed = time.perf_counter() - start
         loss_sum, correct, seen = self.dist.all_reduce(sums).tolist()
         return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                "images_per_s": seen / elapsed, "epoch_time_s": elapsed, "lr": lr}
+                "images_per_s": seen / elapsed, "epoch_time_s": elapsed, "lr": lr,
+                **self._share_of_bound(seen / elapsed)}
+
+    def _share_of_bound(self, images_per_s: float) -> dict:
+        """On the CPU: the compute-bound limit of this training step (3 x the forward FLOPs at the fp32
+        matrix peak, measured now, a few products, each process on its own cores) and the share of
+        it the epoch reached."""
+        if self.device.type != "cpu":
+            return {}
+        from mobilenet.bench.machine import MatmulProbe
+
+        if not hasattr(self, "_forward_flops"):
+            from mobilenet.bench.machine import forward_flops
+
+            self._forward_flops = forward_flops(self.model, 1, self.train_set.resolution)
+        probe = MatmulProbe()
+        probe.time(3)
+        bound = probe.gflops * 1e9 / (3 * self._forward_flops) * self.dist.world_size
+        return {"matmul_gflops": probe.gflops, "bound_images_per_s": bound, "of_bound": images_per_s / bound,
+                "fused_bn": self.fused}
 
     def evaluate(self) -> EvalResult:
         model = self.ema.module if self.ema else self.model
@@ -380,9 +403,10 @@ class Run:
             self.metrics.append(last)
             self._save(result)
             if self.is_main:
+                bound = f" ({100 * train['of_bound']:.0f}% of the bound)" if "of_bound" in train else ""
                 print(f"epoch {self.epoch}/{self.config.epochs}  train loss {train['train_loss']:.4f} "
                       f"acc {100 * train['train_acc']:.2f}%  test loss {result.loss:.4f} top-1 {100 * result.top1:.2f}% "
-                      f"top-5 {100 * result.top5:.2f}%  {train['images_per_s']:.0f} img/s  {train['epoch_time_s']:.1f}s",
+                      f"top-5 {100 * result.top5:.2f}%  {train['images_per_s']:.0f} img/s{bound}  {train['epoch_time_s']:.1f}s",
                       flush=True)
         return last
 

@@ -1,0 +1,205 @@
+"""BatchNorm and its activation fused into one module, forward and backward, for the CPU training step.
+
+A MobileNet's training step spends most of its time outside the convolutions: PyTorch runs
+BatchNorm and the ReLU as separate memory-bound passes over every activation (statistics,
+normalise, activation; then the activation's backward and BatchNorm's two backward passes).
+`BatchNormAct2d` does the same mathematics in four passes, with a small C kernel (`bn_act.c`,
+OpenMP, compiled for this CPU on first use and cached) for channels-last float32 and bfloat16
+activations on the CPU. Anywhere else (CUDA, NCHW, other dtypes, no C compiler) it runs PyTorch's
+own BatchNorm and activation, so the module is always correct and only sometimes faster.
+
+`fuse_bn_act(model)` swaps each `ConvBNAct`'s BatchNorm and activation for one `BatchNormAct2d`,
+keeping the parameters, buffers and state-dict keys, so checkpoints are unchanged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SOURCE = Path(__file__).with_name("bn_act.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+# The activations a BatchNormAct2d can fuse, as the clamp [lo, hi] they are.
+CLAMPS: dict[type[nn.Module], tuple[float, float]] = {nn.ReLU: (0.0, float("inf")), nn.ReLU6: (0.0, 6.0),
+                                                      nn.Identity: (float("-inf"), float("inf"))}
+
+SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}  # activation dtypes the kernel takes
+
+_library: ctypes.CDLL | None = None
+_why_not: str | None = None  # why the kernel is unavailable, once we know
+
+
+def kernel_folder() -> Path:
+    from mobilenet.data.load import default_root
+
+    return default_root() / "kernels"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _library_path(compiler: str) -> Path:
+    """The compiled kernel's path, keyed by everything it depends on: the source, the compiler and
+    its flags, and this CPU (-march=native)."""
+    from mobilenet.bench.machine import cpu_flags, cpu_name
+
+    key = "\n".join([SOURCE.read_text(), compiler, " ".join(FLAGS), cpu_name(), " ".join(cpu_flags())])
+    return kernel_folder() / f"bn_act-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def build() -> Path:
+    """Compile the kernel for this CPU (if not already cached) and return the library's path.
+    Raises RuntimeError with the compiler's own message when it cannot be built."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found (cc, gcc or $CC)")
+    path = _library_path(compiler)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+        built = Path(folder) / path.name
+        result = subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True)
+        if result.returncode != 0:
+            message = (result.stderr.strip().splitlines() or ["failed"])[-1]
+            raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {message}")
+        os.replace(built, path)  # atomic: a concurrent process sees no library or a whole one
+    return path
+
+
+def _load() -> ctypes.CDLL | None:
+    """The kernel library, built on first use; None (and a one-line note on stderr) if it cannot be."""
+    global _library, _why_not
+    if _library is not None or _why_not is not None:
+        return _library
+    if os.environ.get("MOBILENET_FUSED", "1") == "0":
+        _why_not = "turned off by MOBILENET_FUSED=0"
+        return None
+    try:
+        library = ctypes.CDLL(str(build()))  # after torch: it shares torch's OpenMP runtime (libgomp.so.1)
+    except (RuntimeError, OSError) as error:
+        _why_not = str(error).splitlines()[0]
+        print(f"note: fused BatchNorm kernel unavailable ({_why_not}); using PyTorch's BatchNorm", file=sys.stderr)
+        return None
+    pointer, size, number, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    for suffix in SUFFIX.values():
+        getattr(library, f"bn_act_forward_{suffix}").argtypes = [
+            pointer, pointer, size, size, pointer, pointer, pointer, pointer, flag, number, number, number, number,
+            pointer, pointer]
+        getattr(library, f"bn_act_backward_{suffix}").argtypes = [
+            pointer, pointer, pointer, size, size, pointer, pointer, pointer, pointer, flag, number, number,
+            pointer, pointer]
+    _library = library
+    return library
+
+
+def available() -> bool:
+    """Whether the fused kernel runs on this machine (building it if needed)."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    _load()
+    return _why_not
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    """A tensor's address for the kernel (None: a null pointer)."""
+    return None if t is None else t.data_ptr()
+
+
+class _BatchNormActFunction(torch.autograd.Function):
+    """clamp(batch_norm(x), lo, hi) with the C kernels; x channels-last, float32 or bfloat16."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float,
+                lo: float, hi: float):
+        m, c = x.numel() // x.shape[1], x.shape[1]
+        y = torch.empty_like(x, memory_format=torch.channels_last)
+        mean, invstd = torch.empty(c), torch.empty(c)
+        getattr(_library, f"bn_act_forward_{SUFFIX[x.dtype]}")(
+            _ptr(x), _ptr(y), m, c, _ptr(weight), _ptr(bias), _ptr(running_mean), _ptr(running_var), int(training), momentum, eps, lo, hi,
+            _ptr(mean), _ptr(invstd))
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.training, ctx.lo, ctx.hi = training, lo, hi
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        m, c = x.numel() // x.shape[1], x.shape[1]
+        dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        dx = torch.empty_like(x, memory_format=torch.channels_last) if ctx.needs_input_grad[0] else None
+        dgamma, dbeta = torch.empty(c), torch.empty(c)
+        getattr(_library, f"bn_act_backward_{SUFFIX[x.dtype]}")(
+            _ptr(dy), _ptr(x), _ptr(dx), m, c, _ptr(weight), _ptr(bias), _ptr(mean),
+            _ptr(invstd), int(ctx.training), ctx.lo, ctx.hi, _ptr(dgamma), _ptr(dbeta))
+        return dx, dgamma, dbeta, None, None, None, None, None, None, None
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """BatchNorm2d followed by an activation (ReLU, ReLU6 or none), one module, as timm names it.
+
+    The parameters, buffers and their names are BatchNorm2d's. On the CPU, for channels-last
+    float32 or bfloat16 input, it runs the fused kernel; otherwise BatchNorm2d then the activation.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 activation: type[nn.Module] = nn.ReLU) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.activation = activation
+        self.lo, self.hi = CLAMPS[activation]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation.__name__}"
+
+    def _fast(self, x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in SUFFIX and self.affine
+                and self.momentum is not None and (self.track_running_stats or self.training)
+                and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > 0
+                and self.weight.dtype == torch.float32 and _load() is not None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._fast(x):
+            y = super().forward(x)
+            return y if self.activation is nn.Identity else y.clamp(self.lo, self.hi)
+        training = self.training or not self.track_running_stats
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        return _BatchNormActFunction.apply(x, self.weight, self.bias, self.running_mean if self.track_running_stats
+                                           else None, self.running_var if self.track_running_stats else None,
+                                           training, self.momentum, self.eps, self.lo, self.hi)
+
+
+def fuse_bn_act(model: nn.Module) -> int:
+    """Replace, in place, every BatchNorm2d directly followed by a ReLU, ReLU6 or Identity in a
+    `ConvBNAct` by one `BatchNormAct2d` with the same parameters and buffers (state-dict keys
+    unchanged; the activation becomes an Identity). Returns how many were fused."""
+    from mobilenet.models.layers import ConvBNAct
+
+    fused = 0
+    for module in model.modules():
+        if isinstance(module, ConvBNAct) and type(module.bn) is nn.BatchNorm2d and type(module.act) in CLAMPS:
+            bn = module.bn
+            replacement = BatchNormAct2d(bn.num_features, bn.eps, bn.momentum, type(module.act))
+            # the very same parameters and buffers: an optimizer or EMA made before still sees them
+            replacement.weight, replacement.bias = bn.weight, bn.bias
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(replacement, name, getattr(bn, name))
+            replacement.train(bn.training)
+            module.bn, module.act = replacement, nn.Identity()
+            fused += 1
+    return fused
+
+
+__all__ = ["BatchNormAct2d", "available", "build", "fuse_bn_act", "unavailable_reason"]
