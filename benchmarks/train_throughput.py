@@ -70,8 +70,8 @@ def our_trainer(model_name: str, width: float, small_input: bool, batch: int, **
 MODELS = {"demo (V1 0.5 small-input)": ("mobilenet_v1", 0.5, True),
           "seed CIFAR (V1 1.0)": ("mobilenet_v1", 1.0, False),
           "V2 1.0 small-input": ("mobilenet_v2", 1.0, True)}
-VARIANTS = {"default": {}, "nchw": {"channels_last": False}, "amp": {"amp": "on"}, "fp32": {"amp": "off"},
-            "compile": {"compile": True}}
+VARIANTS = {"default": {}, "unfused": {"fused_bn": False}, "nchw": {"channels_last": False}, "amp": {"amp": "on"},
+            "fp32": {"amp": "off"}, "compile": {"compile": True}}
 
 
 def main() -> None:
@@ -82,8 +82,9 @@ def main() -> None:
     parser.add_argument("--batches", default="32,128")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", default="default",
-                        help="our trainer's variants: default (channels_last, --amp auto), nchw, amp (bf16 "
-                             "autocast on), fp32 (autocast off), compile")
+                        help="our trainer's variants: default (channels_last, fused BatchNorm, --amp auto), "
+                             "unfused (PyTorch's BatchNorm), nchw, amp (bf16 autocast on), fp32 (autocast off), "
+                             "compile")
     parser.add_argument("--output", default=None, help="default: benchmarks/results/train_throughput-<cpu>.json")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",")]

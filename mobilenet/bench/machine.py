@@ -90,7 +90,7 @@ def forward_flops(model: nn.Module, batch: int, resolution: int) -> int:
     so that nothing is computed."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    shadow = copy.deepcopy(model).to("meta")
+    shadow = copy.deepcopy(model).to("meta").eval()  # eval: a batch of one is fine for BatchNorm
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         shadow(torch.empty(batch, model.config.in_chans, resolution, resolution, device="meta"))
     return int(counter.get_total_flops())

@@ -185,7 +185,8 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         # BatchNorm and its activation as one fused module on the CPU (mobilenet.fused): same
         # parameters and state-dict keys, fewer passes over memory; not under torch.compile, which fuses itself
-        self.fused = fuse_bn_act(self.model) if self.device.type == "cpu" and not config.compile and available() else 0
+        wanted = config.fused_bn and self.device.type == "cpu" and not config.compile
+        self.fused = fuse_bn_act(self.model) if wanted and available() else 0
         if config.sync_bn and self.dist.enabled:
             if self.device.type == "cpu":
                 raise TrainingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU "
