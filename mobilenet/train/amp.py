@@ -1,4 +1,5 @@
-"""`--amp auto`: bfloat16 autocast only where it makes this machine's training step faster.
+"""`--amp auto`: bfloat16 autocast only where it makes this machine's training step faster (and,
+measured the same way, the fused BatchNorm kernel only where it does).
 
 Whether bf16 pays on a CPU depends on the CPU (AMX and AVX-512 BF16 run it natively, others
 emulate it and run slower) and on the model (BatchNorm and the loss stay in fp32, so the casts
@@ -42,26 +43,53 @@ class AmpChoice:
         return {"amp": "bf16" if self.bf16 else "fp32", "amp_probe": self.speedup}
 
 
-def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module) -> float:
-    """fp32 step time over bf16 step time for a copy of `model` on this batch (above 1: bf16 faster)."""
+def step_speedup(baseline: nn.Module, candidate: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 criterion: nn.Module, bf16: tuple[bool, bool] = (False, False)) -> float:
+    """The training step (forward, loss, backward) of a copy of `baseline` timed against one of
+    `candidate`, each with or without bf16 autocast as `bf16` says, interleaved, on this batch:
+    baseline's median time over candidate's (above 1: the candidate is faster). The global random
+    generators are forked, so the run that asks is exactly what it would be without asking."""
     device = images.device.type
     with torch.random.fork_rng(devices=[]):
-        trial = copy.deepcopy(model).train()
+        trials = [copy.deepcopy(baseline).train(), copy.deepcopy(candidate).train()]
 
-        def step(bf16: bool) -> float:
+        def step(which: int) -> float:
             start = time.perf_counter()
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                loss = criterion(trial(images).float(), labels)
-            trial.zero_grad(set_to_none=True)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16[which]):
+                loss = criterion(trials[which](images).float(), labels)
+            trials[which].zero_grad(set_to_none=True)
             loss.backward()
             return time.perf_counter() - start
 
-        step(False), step(True)
-        times = {False: [], True: []}
+        step(0), step(1)
+        times: list[list[float]] = [[], []]
         for _ in range(STEPS):
-            for bf16 in (False, True):
-                times[bf16].append(step(bf16))
-    return statistics.median(times[False]) / statistics.median(times[True])
+            for which in (0, 1):
+                times[which].append(step(which))
+    return statistics.median(times[0]) / statistics.median(times[1])
+
+
+def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module) -> float:
+    """fp32 step time over bf16 step time for a copy of `model` on this batch (above 1: bf16 faster)."""
+    return step_speedup(model, model, images, labels, criterion, bf16=(False, True))
+
+
+def probe_fused(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
+                cache: Path | None = None) -> float:
+    """How much faster the step of `model` runs with its BatchNorms fused (`mobilenet.fused`), in
+    fp32: cached like the bf16 decision, since the kernel's gain depends on the CPU."""
+    from mobilenet.fused import fuse_bn_act
+
+    key = "fused-bn:" + cache_key(model, images)
+    stored = read_cache(cache).get(key) if cache else None
+    if isinstance(stored, dict) and isinstance(stored.get("speedup"), (int, float)):
+        return float(stored["speedup"])
+    fused = copy.deepcopy(model)
+    fuse_bn_act(fused)
+    speedup = step_speedup(model, fused, images, labels, criterion)
+    if cache:
+        update_cache(cache, key, {"speedup": speedup})
+    return speedup
 
 
 def cache_key(model: nn.Module, images: torch.Tensor) -> str:
@@ -99,4 +127,4 @@ def choose_amp(setting: str, model: nn.Module, images: torch.Tensor, labels: tor
                            f"({'on' if bf16 else 'off'}: it needs {MIN_GAIN:.2f}x)", speedup)
 
 
-__all__ = ["AmpChoice", "CACHE_FILE", "MIN_GAIN", "choose_amp", "probe"]
+__all__ = ["AmpChoice", "CACHE_FILE", "MIN_GAIN", "choose_amp", "probe", "probe_fused", "step_speedup"]

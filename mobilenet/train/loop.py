@@ -34,7 +34,7 @@ from mobilenet.files import write_text
 from mobilenet.fused import available, fuse_bn_act
 from mobilenet.models import create_model
 from mobilenet.train.amp import CACHE_FILE as AMP_CACHE
-from mobilenet.train.amp import AmpChoice, choose_amp
+from mobilenet.train.amp import AmpChoice, choose_amp, probe_fused
 from mobilenet.train.config import TrainConfig
 from mobilenet.train.distributed import Distributed, from_environment
 from mobilenet.train.optim import build_optimizer, learning_rate
@@ -118,22 +118,49 @@ class Run:
             self._load_state()
         elif self.is_main:  # written once everything it names was found and built: exactly what runs
             write_text(self.folder / CONFIG, self.config.to_json())
+        self.fused, self.fused_probe = self._choose_fused()
         self.amp = self._choose_amp()
 
-    def _choose_amp(self) -> AmpChoice:
-        """bf16 autocast or not (`mobilenet.train.amp`): as asked, as this run recorded it, or probed."""
-        recorded = self.metrics[-1].get("amp") if self.metrics else None
-        if self.config.amp == "auto" and recorded in ("bf16", "fp32"):
-            return AmpChoice(recorded == "bf16", "recorded by this run", self.metrics[-1].get("amp_probe"))
+    def _probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch of the run's shape and layout, for the probes of the training step."""
         batch, channels, side = self.config.batch_size, self.train_set.channels, self.train_set.resolution
         generator = torch.Generator().manual_seed(0)
         images = torch.randn(batch, channels, side, side, generator=generator).to(self.device)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = torch.randint(0, len(self.train_set.classes), (batch,), generator=generator).to(self.device)
+        return images, labels
+
+    def _choose_fused(self) -> tuple[int, float | None]:
+        """Fuse each BatchNorm with its activation (`mobilenet.fused`: the same parameters, buffers
+        and state-dict keys, fewer passes over memory) where it makes this machine's step at least
+        as fast: as this run recorded it, or probed and cached like `--amp auto`. CPU only, and not
+        under torch.compile, which fuses by itself. Returns (BatchNorms fused, probe's speedup)."""
+        config = self.config
+        if not (config.fused_bn and self.device.type == "cpu" and not config.compile and available()):
+            return 0, None
+        recorded = self.metrics[-1].get("fused_bn") if self.metrics else None
+        if isinstance(recorded, int):  # a resumed run keeps its decision
+            return (fuse_bn_act(self.model) if recorded else 0), self.metrics[-1].get("fused_probe")
         from mobilenet.data.load import default_root
 
-        choice = choose_amp(self.config.amp, self.model, images, labels, self.criterion,
+        speedup = probe_fused(self.model, *self._probe_batch(), self.criterion, cache=default_root() / AMP_CACHE)
+        fuse = speedup >= 1.0
+        if self.dist.enabled:  # every process alike: fused only if every one found it faster
+            fuse = self.dist.all_reduce(torch.tensor([float(fuse)])).item() == self.dist.world_size
+        if self.is_main and self.progress:
+            print(f"fused BatchNorm {'on' if fuse else 'off'}: probe: the fused step ran {speedup:.2f}x as fast",
+                  flush=True)
+        return (fuse_bn_act(self.model) if fuse else 0), speedup
+
+    def _choose_amp(self) -> AmpChoice:
+        """bf16 autocast or not (`mobilenet.train.amp`): as asked, as this run recorded it, or probed."""
+        recorded = self.metrics[-1].get("amp") if self.metrics else None
+        if self.config.amp == "auto" and recorded in ("bf16", "fp32"):
+            return AmpChoice(recorded == "bf16", "recorded by this run", self.metrics[-1].get("amp_probe"))
+        from mobilenet.data.load import default_root
+
+        choice = choose_amp(self.config.amp, self.model, *self._probe_batch(), self.criterion,
                             cache=default_root() / AMP_CACHE)
         if self.dist.enabled:  # every process must compute alike: bf16 only if every one chose it
             votes = self.dist.all_reduce(torch.tensor([float(choice.bf16)]))
@@ -183,10 +210,6 @@ class Run:
         check_model_resolution(self.train_set.resolution, self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        # BatchNorm and its activation as one fused module on the CPU (mobilenet.fused): same
-        # parameters and state-dict keys, fewer passes over memory; not under torch.compile, which fuses itself
-        wanted = config.fused_bn and self.device.type == "cpu" and not config.compile
-        self.fused = fuse_bn_act(self.model) if wanted and available() else 0
         if config.sync_bn and self.dist.enabled:
             if self.device.type == "cpu":
                 raise TrainingError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU "
@@ -380,8 +403,7 @@ class Run:
         probe = self._probe
         probe.time(2)
         bound = probe.gflops * 1e9 / (3 * self._forward_flops) * self.dist.world_size
-        return {"matmul_gflops": probe.gflops, "bound_images_per_s": bound, "of_bound": images_per_s / bound,
-                "fused_bn": self.fused}
+        return {"matmul_gflops": probe.gflops, "bound_images_per_s": bound, "of_bound": images_per_s / bound}
 
     def evaluate(self) -> EvalResult:
         model = self.ema.module if self.ema else self.model
@@ -399,7 +421,8 @@ class Run:
             done_here += 1
             last = {"epoch": self.epoch, "step": self.step, **train, "eval_time_s": time.perf_counter() - start,
                     "test_loss": result.loss, "test_top1": result.top1, "test_top5": result.top5,
-                    "test_images": result.num_images, **self.amp.to_metrics()}
+                    "test_images": result.num_images, "fused_bn": self.fused, "fused_probe": self.fused_probe,
+                    **self.amp.to_metrics()}
             self.metrics.append(last)
             self._save(result)
             if self.is_main:
