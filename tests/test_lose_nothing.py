@@ -19,7 +19,7 @@ from mobilenet.train import TrainConfig, TrainingError, train
 from mobilenet.train.rundir import LOCK, RunFolder
 from runs import tiny
 
-TIMING = ("images_per_s", "epoch_time_s", "eval_time_s")
+TIMING = ("images_per_s", "epoch_time_s", "eval_time_s", "matmul_gflops", "bound_images_per_s", "of_bound")  # measured, not computed
 # A run of the kill matrix: 5 steps an epoch, and a seed whose second epoch improves, so best.safetensors
 # is written in both epochs and every kind of file operation is killed in both.
 SMALL = dict(classes=["0", "1"], resolution=8, batch_size=64, seed=1)
