@@ -102,7 +102,6 @@ class RandomErasing:
 
     def __init__(self, p: float, seed: int, epoch: int, size: int) -> None:
         rng = np.random.default_rng([seed, epoch, ERASING_STREAM])
-        self.p = p
         self.apply = rng.random(size) < p
         self.area = rng.uniform(*self.SCALE, size=(size, self.ATTEMPTS))
         self.log_ratio = rng.uniform(math.log(self.RATIO[0]), math.log(self.RATIO[1]), size=(size, self.ATTEMPTS))

@@ -80,13 +80,20 @@ def probe_fused(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cr
     fp32: cached like the bf16 decision, since the kernel's gain depends on the CPU."""
     from mobilenet.fused import fuse_bn_act
 
-    key = "fused-bn:" + cache_key(model, images)
+    def measure() -> float:
+        fused = copy.deepcopy(model)
+        fuse_bn_act(fused)
+        return step_speedup(model, fused, images, labels, criterion)
+
+    return cached_speedup(cache, "fused-bn:" + cache_key(model, images), measure)
+
+
+def cached_speedup(cache: Path | None, key: str, measure) -> float:
+    """The speedup stored under `key` in the decision cache, or `measure()`d now and stored."""
     stored = read_cache(cache).get(key) if cache else None
     if isinstance(stored, dict) and isinstance(stored.get("speedup"), (int, float)):
         return float(stored["speedup"])
-    fused = copy.deepcopy(model)
-    fuse_bn_act(fused)
-    speedup = step_speedup(model, fused, images, labels, criterion)
+    speedup = measure()
     if cache:
         update_cache(cache, key, {"speedup": speedup})
     return speedup
@@ -114,14 +121,7 @@ def choose_amp(setting: str, model: nn.Module, images: torch.Tensor, labels: tor
         return AmpChoice(True, "CUDA")
     if images.device.type != "cpu":
         return AmpChoice(False, f"no bf16 autocast probe on {images.device.type}")
-    key = cache_key(model, images)
-    stored = read_cache(cache).get(key) if cache else None
-    if isinstance(stored, dict) and isinstance(stored.get("speedup"), (int, float)):
-        speedup = float(stored["speedup"])
-    else:
-        speedup = probe(model, images, labels, criterion)
-        if cache:
-            update_cache(cache, key, {"speedup": speedup})
+    speedup = cached_speedup(cache, cache_key(model, images), lambda: probe(model, images, labels, criterion))
     bf16 = speedup >= MIN_GAIN
     return AmpChoice(bf16, f"probe: the bf16 step ran {speedup:.2f}x as fast as fp32's "
                            f"({'on' if bf16 else 'off'}: it needs {MIN_GAIN:.2f}x)", speedup)
