@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test fashion clean
+.PHONY: install demo test test-ondevice fashion clean
 
 install: $(STAMP)
 
@@ -34,6 +34,19 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# The phone exports (ExecuTorch, LiteRT, Core ML): each converter is 1-2 GB, so each gets its own
+# virtual environment beside .venv, kept out of `make install` and `make test`. .ci/run calls this
+# after `make test`; tests/ondevice/test_FORMAT.py runs in its own environment.
+ONDEVICE := executorch tflite coreml
+test-ondevice: $(foreach x,$(ONDEVICE),$(VENV)-$(x)/.installed)
+	@for x in $(ONDEVICE); do echo "== $$x"; $(VENV)-$$x/bin/python -m pytest tests/ondevice/test_$$x.py || exit 1; done
+
+$(VENV)-%/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)-$*
+	$(VENV)-$*/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,$*]"
+	$(VENV)-$*/bin/python -m mobilenet.fused
+	@echo "$(TORCH)" > $@
+
 # The Fashion-MNIST recipe (README, "Real data"): about an hour on a 2-core CPU. Needs the data:
 # `apt-get install dataset-fashion-mnist`, or FASHION_ARGS=--download. Results: benchmarks/results/.
 FASHION_ARGS ?=
@@ -41,4 +54,4 @@ fashion: install
 	$(BIN)/python benchmarks/fashion_mnist.py $(FASHION_ARGS)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(foreach x,$(ONDEVICE),$(VENV)-$(x)) runs

@@ -287,12 +287,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     report = export_checkpoint(args.checkpoint, args.output, args.format, int8=args.int8,
                                calibration_data=args.calibration_data, data_root=args.data_root,
-                               calibration_images=args.calibration_images)
+                               calibration_images=args.calibration_images, batch=args.batch_size)
     if args.json:
         print(json.dumps(report))
         return 0
-    weights = f" and its weights {os.path.splitext(args.output)[0]}.bin" if args.format == "openvino" else ""
-    print(f"wrote {args.output}{weights} ({report['bytes'] / 1e6:.2f} MB, {args.format}{', int8' if args.int8 else ''})")
+    beside = {"openvino": f" and its weights {os.path.splitext(args.output)[0]}.bin",
+              "executorch": f" and its metadata {args.output}.json"}.get(args.format, "")
+    fixed = f", batch fixed at {report['batch']}" if "batch" in report else ""
+    print(f"wrote {args.output}{beside} ({report['bytes'] / 1e6:.2f} MB, {args.format}{', int8' if args.int8 else ''}"
+          f"{fixed})")
+    if "validated" in report:  # Core ML: no runtime on this system
+        print(report["validated"])
+        return 0
     check = report["fp32_check"] if args.int8 else report["check"]
     print(f"checked against PyTorch on {check['inputs']}, batch sizes {check['batch_sizes'][0]} and "
           f"{check['batch_sizes'][1]}: max |logit difference| {check['max_abs_diff']:.2e}"
@@ -391,12 +397,17 @@ def build_parser() -> Parser:
     p.add_argument("--download-dir", default=".", help="where --download saves the file (default: here)")
     p.set_defaults(run=cmd_convert)
 
-    p = sub.add_parser("export", help="write a checkpoint as ONNX (optionally INT8) or a torch.export program, checked")
+    p = sub.add_parser("export", help="write a checkpoint for a server (ONNX, OpenVINO, torch.export) or a phone "
+                                      "(ExecuTorch, LiteRT, Core ML), fp32 or INT8, checked")
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=FORMATS, default="onnx",
-                   help="onnx (default), pt2 (torch.export) or openvino (IR: --output NAME.xml, weights in NAME.bin)")
+                   help="onnx (default), pt2 (torch.export), openvino (IR: --output NAME.xml, weights in NAME.bin), "
+                        "executorch (NAME.pte, metadata in NAME.pte.json), tflite (LiteRT) or coreml (.mlpackage)")
     p.add_argument("--output", required=True, help="the file to write (replaced only once it has been checked)")
-    p.add_argument("--int8", action="store_true", help="quantize to INT8 (ONNX only), calibrated on real images")
+    p.add_argument("--int8", action="store_true", help="quantize to INT8, calibrated on real images (not pt2; Core "
+                                                       "ML: int8 weights)")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=1,
+                   help="images per call, fixed in a phone file (executorch, tflite, coreml; default 1)")
     p.add_argument("--calibration-data", default=None,
                    help="data for the check and INT8 calibration, as for train "
                         "(default: the data the checkpoint's training run recorded in it)")

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 
-EXTRAS = {"onnx": "export", "onnxruntime": "export", "onnxscript": "export", "openvino": "openvino"}
+EXTRAS = {"onnx": "export", "onnxruntime": "export", "onnxscript": "export", "openvino": "openvino",
+          "executorch": "executorch", "litert_torch": "tflite", "ai_edge_litert": "tflite", "coremltools": "coreml"}
+# The phone converters are large (1-2 GB each) and stay out of `make install`; `make test-ondevice`
+# builds one virtual environment per extra, .venv-<extra>.
+PHONE_EXTRAS = ("executorch", "tflite", "coreml")
 
 
 class MissingPackage(ImportError):
@@ -24,9 +28,12 @@ def require(*packages: str, purpose: str = "this") -> None:
     """Raise one MissingPackage line naming every package of `packages` that is not installed."""
     missing = [name for name in packages if not available(name)]
     if missing:
-        extras = ",".join(dict.fromkeys(EXTRAS.get(name, name) for name in missing))
+        extras = list(dict.fromkeys(EXTRAS.get(name, name) for name in missing))
+        phone = [extra for extra in extras if extra in PHONE_EXTRAS]
+        hint = (f"(with the torch you have, e.g. torch==2.13.0; `make test-ondevice` builds .venv-{phone[0]})" if phone
+                else "(or `make install`)")
         raise MissingPackage(f"{purpose} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                             f"not installed: pip install 'mobilenet[{extras}]' (or `make install`)")
+                             f"not installed: pip install 'mobilenet[{','.join(extras)}]' {hint}")
 
 
-__all__ = ["EXTRAS", "MissingPackage", "available", "require"]
+__all__ = ["EXTRAS", "PHONE_EXTRAS", "MissingPackage", "available", "require"]

@@ -27,10 +27,11 @@ from mobilenet.optional import MissingPackage, available, require
 from mobilenet.export.fold import fold_batchnorm, fold_conv_bn, inference_model
 from mobilenet.export.int8 import Int8Report, export_int8, quantize
 from mobilenet.export.onnx import CheckResult, export_onnx, read_metadata, session
+from mobilenet.export.phone import PHONE_FORMATS, read_phone_metadata
 from mobilenet.export.pt2 import export_pt2, load_pt2
 from mobilenet.export.runtime import RUNTIMES, OnnxRuntimeModel, resolve_runtime, runtime_model
 
-FORMATS = ("onnx", "pt2", "openvino")  # openvino: IR, an .xml and its .bin
+FORMATS = ("onnx", "pt2", "openvino", *PHONE_FORMATS)  # openvino: IR, an .xml and its .bin
 CALIBRATION_IMAGES = 256
 CHECK_IMAGES = 8
 
@@ -79,9 +80,10 @@ def _load_split(source: DataSource, split: str, meta):
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str = "onnx", *,
                       int8: bool = False, calibration_data: str | None = None, data_root: str | None = None,
-                      calibration_images: int = CALIBRATION_IMAGES) -> dict:
-    """Export a checkpoint to `output` as ONNX or OpenVINO IR (either `int8=True`: quantized) or a
-    pt2 program.
+                      calibration_images: int = CALIBRATION_IMAGES, batch: int = 1) -> dict:
+    """Export a checkpoint to `output` as ONNX or OpenVINO IR (either `int8=True`: quantized), a pt2
+    program, or for a phone (`PHONE_FORMATS`: ExecuTorch .pte, LiteRT .tflite, Core ML .mlpackage,
+    fixed at `batch` images per call; `mobilenet.export.phone`).
 
     The check runs on real test images of `calibration_data`, or of the data the checkpoint's
     metadata names (a training run records it), and on random inputs if neither is found; INT8 needs real
@@ -94,21 +96,32 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if int8 and format == "pt2":
-        raise ValueError("INT8 quantization is for ONNX or OpenVINO: use --format onnx or openvino with --int8")
+        raise ValueError("INT8 quantization is for onnx, openvino, executorch, tflite or coreml, not pt2")
     whole_number(calibration_images, "calibration_images")
-    outputs = [output]
+    if format in PHONE_FORMATS:
+        from mobilenet.export.phone import NEEDS, check_batch, phone_outputs
+
+        check_batch(batch)
+        outputs = phone_outputs(format, output)
+    elif batch != 1:
+        raise ValueError(f"--batch-size is for the phone formats ({', '.join(PHONE_FORMATS)}); {format} files take any batch")
+    else:
+        outputs = [output]
     if format == "openvino":
         from mobilenet.export.openvino import ir_paths
 
         outputs = list(ir_paths(output))
     for path in outputs:
-        check_output_path(path)
+        if format != "coreml":  # a Core ML package is a folder, replaced whole
+            check_output_path(path)
         refuse_overwrite(path, {"checkpoint": checkpoint, "calibration data": calibration_data})
         refuse_replacing_ours(path)
     if format == "onnx":
         require("onnx", "onnxruntime", purpose="ONNX export")
     elif format == "openvino":
         require("onnx", "openvino", *(["onnxruntime"] if int8 else []), purpose="OpenVINO IR export")
+    elif format in PHONE_FORMATS:
+        require(*NEEDS[format], purpose=f"{format} export")
     model, meta = load_checkpoint(checkpoint, with_meta=True)
     source = DataSource(calibration_data, data_root) if calibration_data else training_data(meta, checkpoint)
     if int8 and source is None:
@@ -125,7 +138,17 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         check = sample_images(test, CHECK_IMAGES, meta=meta)
         describe = f"{len(check)} {source.data} test images"
         report["data"] = source.data
-    if int8:
+    if format in PHONE_FORMATS:
+        from mobilenet.export.phone import export_phone
+
+        calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta) if int8 else None
+        loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std) if int8 else None
+        result = export_phone(format, model, output, check, meta=meta, describe=describe, batch=batch,
+                              calibration=calibration, test_loader=loader)
+        report.update(result, batch=batch)
+        if int8:
+            report["calibration_images"] = len(calibration)
+    elif int8:
         calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta)
         loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)
         if format == "openvino":
@@ -144,13 +167,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         report["check"] = export_onnx(model, output, check, meta=meta, describe=describe).to_dict()
     else:
         report["check"] = export_pt2(model, output, check, meta=meta, describe=describe).to_dict()
-    report["bytes"] = sum(Path(path).stat().st_size for path in outputs)
+    report["bytes"] = sum(file_bytes(path) for path in outputs)
     return report
+
+
+def file_bytes(path: str | os.PathLike) -> int:
+    """The size of a file, or of every file in a folder (a Core ML package)."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
 __all__ = [
     "CALIBRATION_IMAGES", "CheckResult", "DataSource", "FORMATS", "Int8Report", "MissingPackage", "OnnxRuntimeModel",
-    "RUNTIMES", "atomic_output", "available", "export_checkpoint", "export_int8", "export_onnx", "export_pt2",
-    "fold_batchnorm", "fold_conv_bn", "inference_model", "load_pt2", "quantize", "read_metadata", "require",
+    "PHONE_FORMATS", "RUNTIMES", "atomic_output", "available", "export_checkpoint", "export_int8", "export_onnx", "export_pt2",
+    "fold_batchnorm", "fold_conv_bn", "inference_model", "load_pt2", "quantize", "read_metadata", "read_phone_metadata", "require",
     "resolve_runtime", "runtime_model", "sample_images", "session", "training_data",
 ]

@@ -1,0 +1,86 @@
+"""ExecuTorch export, checked by ExecuTorch's own Python runtime (run in .venv-executorch)."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("executorch", reason="needs mobilenet[executorch]: `make test-ondevice`")
+
+from executorch.runtime import Runtime  # noqa: E402
+
+from mobilenet.export import export_checkpoint, read_phone_metadata  # noqa: E402
+from mobilenet.export import phone  # noqa: E402
+
+
+def run_pte(path, images: torch.Tensor) -> torch.Tensor:
+    """The program run by ExecuTorch's runtime directly, one call per batch, as an app calls it."""
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    return method.execute([images.contiguous()])[0]
+
+
+def test_fp32_program_computes_what_the_checkpoint_does(cli, checkpoint, model_and_meta, test_images, tmp_path):
+    out = tmp_path / "digits.pte"
+    result = cli("export", str(checkpoint), "--format", "executorch", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "batch fixed at 1" in result.stdout and "digits.pte.json" in result.stdout
+    model, meta = model_and_meta
+    with torch.no_grad():
+        expected = model.eval()(test_images)
+    got = torch.cat([run_pte(out, image[None]) for image in test_images])
+    assert (got - expected).abs().max() <= 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    props = read_phone_metadata(out)
+    assert json.loads((tmp_path / "digits.pte.json").read_text()) == props
+    assert props["classes"] == meta.classes and props["resolution"] == meta.resolution
+    assert props["mean"] == list(meta.mean) and props["std"] == list(meta.std)
+    assert props["batch_size"] == 1 and props["input_shape"] == [1, 3, 32, 32]
+    assert props["channel_order"] == "RGB" and props["layout"] == "NCHW"
+
+
+def test_batch_size_is_fixed_stated_and_refused_cleanly(cli, checkpoint, model_and_meta, test_images, tmp_path):
+    out = tmp_path / "b4.pte"
+    assert cli("export", str(checkpoint), "--format", "executorch", "--output", str(out),
+               "--batch-size", "4").returncode == 0
+    assert read_phone_metadata(out)["batch_size"] == 4
+    model = model_and_meta[0].eval()
+    with torch.no_grad():
+        assert (run_pte(out, test_images[:4]) - model(test_images[:4])).abs().max() <= 1e-4
+    from mobilenet.export.pte import PteSession
+
+    session = PteSession(out)
+    with pytest.raises(ValueError, match=r"b4.pte takes a batch of 4 .*--batch-size.*\(1, 3, 32, 32\)"):
+        session(test_images[:1])
+    with pytest.raises(RuntimeError):  # what the runtime itself does with another batch
+        run_pte(out, test_images[:1])
+    bad = cli("export", str(checkpoint), "--format", "executorch", "--output", str(tmp_path / "x.pte"),
+              "--batch-size", "0")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_int8_program_agrees_with_fp32_and_reports_it(cli, checkpoint, model_and_meta, test_images, tmp_path):
+    out = tmp_path / "int8.pte"
+    result = cli("export", str(checkpoint), "--format", "executorch", "--int8", "--output", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["agreement"] >= phone.MIN_AGREEMENT and report["images"] == 360  # the digits test split
+    assert report["int8_bytes"] < report["fp32_bytes"] / 2
+    assert "XNNPACKQuantizer" in read_phone_metadata(out)["quantization"]
+    model = model_and_meta[0].eval()
+    with torch.no_grad():  # the runtime's own answer agrees with the checkpoint's on these images
+        top = torch.cat([run_pte(out, image[None]) for image in test_images]).argmax(1)
+        assert (top == model(test_images).argmax(1)).float().mean() >= 0.9
+
+
+def test_int8_below_the_agreement_floor_is_refused_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
+    (tmp_path / "kept.pte").write_bytes(b"old")
+    monkeypatch.setattr(phone, "MIN_AGREEMENT", 1.01)
+    with pytest.raises(ValueError, match="agrees with fp32 on only .* nothing written"):
+        export_checkpoint(checkpoint, tmp_path / "kept.pte", "executorch", int8=True)
+    assert (tmp_path / "kept.pte").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.pte"]
+
+
+def test_wrong_suffix_is_one_line(cli, checkpoint, tmp_path):
+    result = cli("export", str(checkpoint), "--format", "executorch", "--output", str(tmp_path / "m.onnx"))
+    assert result.returncode == 2 and "NAME.pte" in result.stderr and len(result.stderr.strip().splitlines()) == 1
