@@ -318,3 +318,34 @@ def test_missing_package_error_names_the_extra(monkeypatch):
     monkeypatch.setattr(optional, "available", lambda name: name != "onnx")
     with pytest.raises(MissingPackage, match=r"needs onnx, which is not installed: pip install 'mobilenet\[export\]'"):
         optional.require("onnx", "onnxruntime", purpose="ONNX export")
+
+
+@pytest.mark.parametrize("format,suffix,extra,package", [("executorch", ".pte", "executorch", "executorch"),
+                                                          ("tflite", ".tflite", "tflite", "litert_torch"),
+                                                          ("coreml", ".mlpackage", "coreml", "coremltools")])
+def test_phone_format_without_its_extra_says_what_to_install(cli, digits_checkpoint, tmp_path, monkeypatch, format,
+                                                              suffix, extra, package):
+    """The phone converters stay out of `make install`: without one, `export` names its extra (the
+    exports themselves are tested in tests/ondevice, in each converter's own environment)."""
+    import mobilenet.optional as optional
+
+    real = optional.available
+    monkeypatch.setattr(optional, "available", lambda name: name != package and real(name))
+    checkpoint, _ = digits_checkpoint
+    out = cli("export", str(checkpoint), "--format", format, "--output", str(tmp_path / f"m{suffix}"))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert f"pip install 'mobilenet[{extra}]'" in lines[0] and "make test-ondevice" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,message", [(["--format", "tflite", "--output", "m.onnx"], "give --output NAME.tflite"),
+                                          (["--format", "onnx", "--output", "m.onnx", "--batch-size", "4"],
+                                           "--batch-size is for the phone formats"),
+                                          (["--format", "pt2", "--output", "m.pt2", "--int8"], "not pt2")])
+def test_phone_export_arguments_are_checked_first(cli, digits_checkpoint, tmp_path, args, message):
+    checkpoint, _ = digits_checkpoint
+    out = cli("export", str(checkpoint), *args, cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,10 @@ Backends (`BACKENDS`):
   digits images at the benchmark's resolution: latency does not depend on what the calibration saw.
 * `openvino`, `openvino-bf16`: the same ONNX file compiled by OpenVINO at fp32 or bfloat16 (where
   the CPU has it); `openvino-int8`: the INT8 file above, run by OpenVINO.
+* `executorch`, `executorch-int8`, `tflite`, `tflite-int8`: the phone exports (`mobilenet.export.phone`:
+  ExecuTorch's XNNPACK program and LiteRT's model, fp32 or PT2E INT8, traced at the benchmark's
+  batch), run by those runtimes' x86 Python builds where their extras are installed. They compare
+  the phone runtimes with the server ones on this CPU; a phone's latency is measured on the phone.
 * `auto`: what `eval`, `predict` and `runtime_model(..., "auto")` would run here
   (`mobilenet.export.choose`), chosen by measuring at this batch; its row names the choice. bf16
   and INT8 may compete only with images of the model's own data (`data_images`: a checkpoint's).
@@ -58,12 +62,15 @@ from mobilenet.models import MobileNet
 from mobilenet.optional import MissingPackage, require
 
 BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16",
-            "openvino-int8", "auto", "onnxruntime-default", "openvino-default")
+            "openvino-int8", "executorch", "executorch-int8", "tflite", "tflite-int8", "auto", "onnxruntime-default",
+            "openvino-default")
 ALL = "all"  # every backend above (the default)
 ORT = ("onnx", "onnxruntime")
 NEEDS = {"onnxruntime": ORT, "onnxruntime-int8": ORT, "openvino": ("onnx", "openvino"),
          "openvino-bf16": ("onnx", "openvino"), "openvino-int8": (*ORT, "openvino"),  # ORT quantizes
-         "onnxruntime-default": (*ORT, "onnxscript"), "openvino-default": ("openvino",)}
+         "onnxruntime-default": (*ORT, "onnxscript"), "openvino-default": ("openvino",),
+         "executorch": ("executorch",), "executorch-int8": ("executorch",),
+         "tflite": ("litert_torch", "ai_edge_litert"), "tflite-int8": ("litert_torch", "ai_edge_litert")}
 INT8_CALIBRATION_IMAGES = 32
 ROUNDS = 5  # the timed calls of each backend are spread over this many interleaved rounds
 SETTLE_S = 0.1  # untimed calls at the start of each backend's turn, in seconds of running it
@@ -155,6 +162,8 @@ def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str, 
         compiled = ov.Core().compile_model(ov.convert_model(model, example_input=images), "CPU")
         x = images.numpy()
         return lambda: compiled(x)[0]
+    if backend.startswith(("executorch", "tflite")):
+        return _phone(backend, model, images, Path(workdir), threads)
     if backend == "eager":
         x = images.contiguous()
         return lambda: model(x)
@@ -192,6 +201,29 @@ def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str, 
         sess = session(path, threads)
     x = np.ascontiguousarray(images.numpy())
     return lambda: run(sess, x)
+
+
+def _phone(backend: str, model: nn.Module, images: torch.Tensor, workdir: Path,
+           threads: int) -> Callable[[], np.ndarray]:
+    """A phone export traced at this batch, in its runtime (INT8 calibrated on digits images)."""
+    batch, resolution = len(images), int(images.shape[-1])
+    calibration = None
+    if backend.endswith("-int8"):
+        calibration = calibration_images(resolution, max(INT8_CALIBRATION_IMAGES, batch), model.config.in_chans)
+    if backend.startswith("executorch"):
+        from mobilenet.export.pte import PteSession, lower
+
+        path = workdir / f"{backend}.pte"
+        path.write_bytes(lower(model, batch, resolution, calibration))
+        session = PteSession(path, threads)
+    else:
+        from mobilenet.export.litert import LiteRTSession, convert
+
+        path = workdir / f"{backend}.tflite"
+        path.write_bytes(convert(model, batch, resolution, calibration))
+        session = LiteRTSession(path, threads)
+    x = np.ascontiguousarray(images.numpy())
+    return lambda: session(x)
 
 
 def _plain_onnxruntime(model: nn.Module, images: torch.Tensor, path: Path) -> Callable[[], np.ndarray]:

@@ -112,8 +112,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
 
         outputs = list(ir_paths(output))
     for path in outputs:
-        if format != "coreml":  # a Core ML package is a folder, replaced whole
+        if format != "coreml":
             check_output_path(path)
+        elif not Path(path).parent.is_dir():  # a Core ML package is a folder, replaced whole
+            raise FileNotFoundError(f"output folder {Path(path).parent} does not exist")
         refuse_overwrite(path, {"checkpoint": checkpoint, "calibration data": calibration_data})
         refuse_replacing_ours(path)
     if format == "onnx":
