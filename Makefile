@@ -43,7 +43,7 @@ test-ondevice: $(foreach x,$(ONDEVICE),$(VENV)-$(x)/.installed)
 
 $(VENV)-%/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)-$*
-	$(VENV)-$*/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,$*]"
+	$(VENV)-$*/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,export,$*]"
 	$(VENV)-$*/bin/python -m mobilenet.fused
 	@echo "$(TORCH)" > $@
 

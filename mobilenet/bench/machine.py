@@ -52,7 +52,8 @@ def cpu_flags() -> list[str]:
 def environment(threads: int) -> dict:
     """What a latency figure depends on: machine, threads, versions and how busy the machine was."""
     versions = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
-    for name in ("onnx", "onnxruntime", "onnxscript", "openvino", "nncf"):
+    for name in ("onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "executorch", "torchao", "litert_torch",
+                 "ai_edge_litert", "coremltools"):
         if available(name):
             from importlib.metadata import version
 

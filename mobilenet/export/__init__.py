@@ -6,7 +6,8 @@
 * `runtime_model(model, resolution)`: the fastest way to run it on this machine, measured among
   the installed runtimes and precisions (`choose.py`) and checked; `eval` and `predict` use it.
 * `export_checkpoint(checkpoint, output, format)`: all of it from a checkpoint, as
-  `mobilenet export` does, with the check run on real images of the checkpoint's data when found.
+  `mobilenet export` does, with the check run on real images of the checkpoint's data when found;
+  also the phone formats (`phone.py`: ExecuTorch, LiteRT, Core ML), each an optional extra.
 
 onnx, onnxruntime and onnxscript are optional (`pip install 'mobilenet[export]'`); without them the
 fused model and pt2 work, and the ONNX functions raise `MissingPackage` with a one-line message.
