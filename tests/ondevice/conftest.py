@@ -1,6 +1,8 @@
 """The phone exports' tests: each file runs in the virtual environment of its converter
 (`make test-ondevice` builds .venv-executorch, .venv-tflite and .venv-coreml), never in `make test`."""
 
+import json
+
 import pytest
 
 from mobilenet.train import TrainConfig, train
@@ -29,3 +31,21 @@ def test_images(model_and_meta):
 
     model, meta = model_and_meta
     return sample_images(load_dataset("digits", "test", resolution=meta.resolution), 16, meta=meta)
+
+
+@pytest.fixture
+def bench_rows(cli):
+    """`bench_rows(*backends)`: rows by backend of `mobilenet bench` of a small V1 on `backends`
+    (eager first, the reference); every backend asked for must have run."""
+    return lambda *backends: _bench_rows(cli, *backends)
+
+
+def _bench_rows(cli, *backends: str) -> dict:
+    result = cli("bench", "mobilenet_v1", "--width", "0.25", "--resolution", "64", "--batch", "2",
+                 "--backend", ",".join(("eager", *backends)), "--iterations", "3", "--warmup", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = {row["backend"]: row for row in report["results"]}
+    assert set(rows) == {"eager", *backends}, report["skipped"]
+    assert all(row["median_ms"] > 0 for row in rows.values())
+    return rows

@@ -86,12 +86,6 @@ def test_wrong_suffix_is_one_line(cli, checkpoint, tmp_path):
     assert result.returncode == 2 and "NAME.pte" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_bench_has_executorch_rows(cli):
-    result = cli("bench", "mobilenet_v1", "--width", "0.25", "--resolution", "64", "--batch", "2",
-                 "--backend", "eager,executorch,executorch-int8", "--iterations", "3", "--warmup", "1", "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    rows = {row["backend"]: row for row in report["results"]}
-    assert set(rows) == {"eager", "executorch", "executorch-int8"}, report["skipped"]
+def test_bench_has_executorch_rows(bench_rows):
+    rows = bench_rows("executorch", "executorch-int8")
     assert rows["executorch"]["max_abs_diff"] <= 1e-4  # fp32 against eager on the same random batch
-    assert all(row["median_ms"] > 0 for row in rows.values())
