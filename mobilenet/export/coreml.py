@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 
 from mobilenet.export.fold import inference_model
 from mobilenet.export.onnx import INPUT, OUTPUT
-from mobilenet.export.phone import check_batch, decode, phone_metadata
+from mobilenet.export.phone import check_batch, decode, phone_metadata, quiet
 from mobilenet.files import TEMPORARY
 from mobilenet.optional import require
 
@@ -58,12 +57,11 @@ def replace_folder(path: Path):
 def convert(model: nn.Module, batch: int, resolution: int, int8: bool = False):
     """The coremltools MLModel of `model` (fused here) at a fixed input of `batch` x C x `resolution`^2."""
     require("coremltools", purpose="Core ML export")
-    import coremltools as ct
-
     fused = inference_model(model, channels_last=False)
     example = torch.zeros(batch, model.config.in_chans, resolution, resolution)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Torch version ... has not been tested with coremltools"
+    with torch.no_grad(), quiet():  # among what it prints: "Torch version ... has not been tested with coremltools"
+        import coremltools as ct
+
         traced = torch.jit.trace(fused, example)
         mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=INPUT, shape=tuple(example.shape))],
                              outputs=[ct.TensorType(name=OUTPUT)], convert_to="mlprogram",

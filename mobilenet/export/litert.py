@@ -30,7 +30,8 @@ from torch import nn
 from mobilenet.export.fold import inference_model
 from mobilenet.export.int8 import Int8Report, compare
 from mobilenet.export.onnx import CheckResult, check_against
-from mobilenet.export.phone import PhoneSession, check_batch, phone_metadata, quantize_pt2e, refuse_low_agreement
+from mobilenet.export.phone import (PhoneSession, check_batch, phone_metadata, quantize_pt2e, quiet,
+                                    refuse_low_agreement)
 from mobilenet.files import atomic_output
 from mobilenet.optional import require
 
@@ -42,22 +43,23 @@ def convert(model: nn.Module, batch: int, resolution: int, calibration: torch.Te
     """The `.tflite` bytes of `model` (the model as trained; fused here) at a fixed input of `batch`
     x C x `resolution`^2 (NCHW, as PyTorch has it); INT8 when `calibration` (normalised images) is given."""
     require("litert_torch", purpose="LiteRT export")
-    import litert_torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    with quiet():
+        import litert_torch
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    litert_torch.config.show_progress = False  # its progress lines would bury ours
-    fused = inference_model(model, channels_last=False)
-    example = torch.zeros(batch, model.config.in_chans, resolution, resolution)
-    options = {}
-    if calibration is not None:
-        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        fused = quantize_pt2e(fused, example, quantizer, calibration, prepare_pt2e,
-                              lambda graph: convert_pt2e(graph, fold_quantize=False))
-        options["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
-    with torch.no_grad():
-        return litert_torch.convert(fused, (example,), **options).model_content()
+        litert_torch.config.show_progress = False  # its progress lines go to stdout
+        fused = inference_model(model, channels_last=False)
+        example = torch.zeros(batch, model.config.in_chans, resolution, resolution)
+        options = {}
+        if calibration is not None:
+            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            fused = quantize_pt2e(fused, example, quantizer, calibration, prepare_pt2e,
+                                  lambda graph: convert_pt2e(graph, fold_quantize=False))
+            options["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
+        with torch.no_grad():
+            return litert_torch.convert(fused, (example,), **options).model_content()
 
 
 def with_metadata(content: bytes, props: dict) -> bytes:
@@ -98,10 +100,11 @@ class LiteRTSession(PhoneSession):
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         require("ai_edge_litert", purpose="running a LiteRT model")
-        from ai_edge_litert.interpreter import Interpreter
+        with quiet():
+            from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads or torch.get_num_threads())
-        self.interpreter.allocate_tensors()
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or torch.get_num_threads())
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         super().__init__(path, int(self.input["shape"][0]))

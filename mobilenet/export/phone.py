@@ -25,8 +25,12 @@ user-defined metadata) or, for ExecuTorch, in a JSON side file beside it, `NAME.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +46,31 @@ RUNTIME = {"executorch": "ExecuTorch's Python runtime (XNNPACK)", "tflite": "Lit
 MIN_AGREEMENT = 0.98  # INT8 top-1 agreement with fp32 below which an export is refused
 FORMAT = "mobilenet.phone/1"
 SIDE_FILE = ".json"  # ExecuTorch's metadata: NAME.pte -> NAME.pte.json
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence what the converters and runtimes print while they import, convert and load: their
+    own deprecation notices, optional kernels they lack, CPU probing written by C++ straight to
+    the stderr file descriptor, progress bars. If the block fails, what they printed is replayed
+    on stderr before the error goes on, so nothing that explains a failure is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def phone_metadata(meta, model: nn.Module, resolution: int, batch: int) -> dict:
@@ -191,4 +220,4 @@ def refuse_low_agreement(agreement: float, images: int, path) -> None:
 
 
 __all__ = ["FORMAT", "MIN_AGREEMENT", "NEEDS", "PHONE_FORMATS", "PhoneSession", "SUFFIXES", "check_batch",
-           "decode", "export_phone", "phone_metadata", "phone_outputs", "quantize_pt2e", "read_phone_metadata", "refuse_low_agreement", "side_file"]
+           "decode", "export_phone", "phone_metadata", "phone_outputs", "quiet", "quantize_pt2e", "read_phone_metadata", "refuse_low_agreement", "side_file"]

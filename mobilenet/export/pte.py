@@ -24,8 +24,8 @@ from torch import nn
 from mobilenet.export.fold import inference_model
 from mobilenet.export.int8 import Int8Report, compare
 from mobilenet.export.onnx import CheckResult, check_against
-from mobilenet.export.phone import (PhoneSession, check_batch, phone_metadata, quantize_pt2e, refuse_low_agreement,
-                                    side_file)
+from mobilenet.export.phone import (PhoneSession, check_batch, phone_metadata, quantize_pt2e, quiet,
+                                    refuse_low_agreement, side_file)
 from mobilenet.files import atomic_output
 from mobilenet.optional import require
 
@@ -37,20 +37,21 @@ def lower(model: nn.Module, batch: int, resolution: int, calibration: torch.Tens
     C x `resolution`^2, every operator XNNPACK runs delegated to it; INT8 when `calibration`
     (normalised images) is given."""
     require("executorch", purpose="ExecuTorch export")
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    with quiet():
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
 
-    fused = inference_model(model, channels_last=False)
-    example = torch.zeros(batch, model.config.in_chans, resolution, resolution)
-    if calibration is not None:
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                             get_symmetric_quantization_config)
+        fused = inference_model(model, channels_last=False)
+        example = torch.zeros(batch, model.config.in_chans, resolution, resolution)
+        if calibration is not None:
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                                 get_symmetric_quantization_config)
 
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        fused = quantize_pt2e(fused, example, quantizer, calibration)
-    with torch.no_grad():
-        program = torch.export.export(fused, (example,))
-    return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            fused = quantize_pt2e(fused, example, quantizer, calibration)
+        with torch.no_grad():
+            program = torch.export.export(fused, (example,))
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
 
 
 class PteSession(PhoneSession):
@@ -59,13 +60,14 @@ class PteSession(PhoneSession):
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         require("executorch", purpose="running an ExecuTorch program")
-        from executorch.runtime import Runtime
+        with quiet():
+            from executorch.runtime import Runtime
 
-        if threads:
-            from executorch.extension.pybindings import portable_lib
+            if threads:
+                from executorch.extension.pybindings import portable_lib
 
-            portable_lib._unsafe_reset_threadpool(threads)
-        self.method = Runtime.get().load_program(str(path)).load_method("forward")
+                portable_lib._unsafe_reset_threadpool(threads)
+            self.method = Runtime.get().load_program(str(path)).load_method("forward")
         shape = tuple(self.method.metadata.input_tensor_meta(0).sizes())
         super().__init__(path, shape[0])
 
