@@ -66,7 +66,8 @@ def markdown(result: dict) -> str:
         base = rows["onnxruntime"]["median_ms"]
         lines += ["", f"Batch 1, {result['threads']} thread(s), median ms (ratio to ONNX Runtime fp32, same run):", "",
                   "| " + " | ".join(rows) + " |", "|" + " --- |" * len(rows),
-                  "| " + " | ".join(f"{r['median_ms']:.2f} ({r['median_ms'] / base:.2f})" for r in rows.values()) + " |"]
+                  "| " + " | ".join(f"{r['median_ms']:.2f} ({r['median_ms'] / base:.2f})" for r in rows.values())
+                  + " |"]
     return "\n".join(lines) + "\n"
 
 

@@ -105,7 +105,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         check_batch(batch)
         outputs = phone_outputs(format, output)
     elif batch != 1:
-        raise ValueError(f"--batch-size is for the phone formats ({', '.join(PHONE_FORMATS)}); {format} files take any batch")
+        raise ValueError(f"--batch-size is for the phone formats ({', '.join(PHONE_FORMATS)}); "
+                         f"{format} files take any batch")
     else:
         outputs = [output]
     if format == "openvino":
@@ -182,7 +183,8 @@ def file_bytes(path: str | os.PathLike) -> int:
 
 __all__ = [
     "CALIBRATION_IMAGES", "CheckResult", "DataSource", "FORMATS", "Int8Report", "MissingPackage", "OnnxRuntimeModel",
-    "PHONE_FORMATS", "RUNTIMES", "atomic_output", "available", "export_checkpoint", "export_int8", "export_onnx", "export_pt2",
-    "fold_batchnorm", "fold_conv_bn", "inference_model", "load_pt2", "quantize", "read_metadata", "read_phone_metadata", "require",
+    "PHONE_FORMATS", "RUNTIMES", "atomic_output", "available", "export_checkpoint", "export_int8", "export_onnx",
+    "export_pt2", "fold_batchnorm", "fold_conv_bn", "inference_model", "load_pt2", "quantize", "read_metadata",
+    "read_phone_metadata", "require",
     "resolve_runtime", "runtime_model", "sample_images", "session", "training_data",
 ]

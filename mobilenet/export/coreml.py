@@ -32,8 +32,8 @@ from mobilenet.files import TEMPORARY
 from mobilenet.optional import require
 
 PRECISIONS = {False: "fp16", True: "int8 weights, fp16 compute"}
-WEIGHT_BYTES = {False: 2, True: 1}
-COREMLTOOLS_KEYS = "com.github.apple."  # the converter's own entries in the user-defined metadata (its version)  # bytes per weight in the package's weight file
+WEIGHT_BYTES = {False: 2, True: 1}  # bytes per weight in the package's weight file
+COREMLTOOLS_KEYS = "com.github.apple."  # the converter's own entries in the user-defined metadata (its version)
 
 
 @contextlib.contextmanager
@@ -45,10 +45,8 @@ def replace_folder(path: Path):
     package = work / path.name
     try:
         yield package
-        old = None
         if path.exists():
-            old = work / "old"
-            os.replace(path, old)
+            os.replace(path, work / "old")  # deleted with `work`
         os.replace(package, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)

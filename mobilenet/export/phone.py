@@ -220,4 +220,5 @@ def refuse_low_agreement(agreement: float, images: int, path) -> None:
 
 
 __all__ = ["FORMAT", "MIN_AGREEMENT", "NEEDS", "PHONE_FORMATS", "PhoneSession", "SUFFIXES", "check_batch",
-           "decode", "export_phone", "phone_metadata", "phone_outputs", "quiet", "quantize_pt2e", "read_phone_metadata", "refuse_low_agreement", "side_file"]
+           "decode", "export_phone", "phone_metadata", "phone_outputs", "quiet", "quantize_pt2e", "read_phone_metadata",
+           "refuse_low_agreement", "side_file"]

@@ -70,7 +70,8 @@ def test_int8_model_takes_int8_with_its_scale_in_the_metadata(cli, checkpoint, m
 
 def test_batch_size_is_fixed_stated_and_refused_cleanly(cli, checkpoint, model_and_meta, test_images, tmp_path):
     out = tmp_path / "b4.tflite"
-    assert cli("export", str(checkpoint), "--format", "tflite", "--output", str(out), "--batch-size", "4").returncode == 0
+    assert cli("export", str(checkpoint), "--format", "tflite", "--output", str(out),
+               "--batch-size", "4").returncode == 0
     assert read_phone_metadata(out)["batch_size"] == 4
     model = model_and_meta[0].eval()
     with torch.no_grad():
