@@ -56,8 +56,11 @@ def markdown(result: dict) -> str:
     for name, row in result["exports"].items():
         if "validated" in row:
             check = "structural only (Core ML cannot run here)"
+        elif "fp32_check" in row:  # INT8: the fp32 file's check, and how far int8 rounding moved the logits
+            check = (f"fp32 file: max logit diff {row['fp32_check']['max_abs_diff']:.1e}; int8: "
+                     f"{row['int8_max_abs_diff']:.2f} (rounding, informative)")
         else:
-            check = f"max logit diff {(row['fp32_check'] if 'fp32_check' in row else row['check'])['max_abs_diff']:.1e}"
+            check = f"max logit diff {row['check']['max_abs_diff']:.1e}"
         agreement = (f"{100 * row['agreement']:.2f}% ({100 * row['fp32_top1']:.2f}% / {100 * row['int8_top1']:.2f}%)"
                      if "agreement" in row else "-")
         lines.append(f"| {name} | {check} | {agreement} | {row['bytes'] / 1e6:.2f} | {row['seconds']:.1f} |")
