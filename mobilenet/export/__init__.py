@@ -145,13 +145,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     if format in PHONE_FORMATS:
         from mobilenet.export.phone import export_phone
 
-        calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta) if int8 else None
-        loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std) if int8 else None
-        result = export_phone(format, model, output, check, meta=meta, describe=describe, batch=batch,
-                              calibration=calibration, test_loader=loader)
-        report.update(result, batch=batch)
-        if int8:
+        calibration = loader = None
+        if int8 and format != "coreml":  # Core ML's int8 is weights only: nothing to calibrate or compare
+            calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta)
+            loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)
             report["calibration_images"] = len(calibration)
+        report.update(export_phone(format, model, output, check, meta=meta, describe=describe, batch=batch, int8=int8,
+                                   calibration=calibration, test_loader=loader), batch=batch)
     elif int8:
         calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta)
         loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)

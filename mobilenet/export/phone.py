@@ -130,15 +130,16 @@ def phone_outputs(format: str, output: str | os.PathLike) -> list[Path]:
 
 
 def export_phone(format: str, model: nn.Module, output: str | os.PathLike, images: torch.Tensor, *, meta=None,
-                 describe: str = "check inputs", batch: int = 1, calibration: torch.Tensor | None = None,
-                 test_loader=None) -> dict:
-    """Write `model` to `output` in a phone format, checked as this module's docstring says (INT8
-    when `calibration` images are given); returns a JSON-ready report: `check` (fp32) or the
-    Int8Report's fields, and what checked it."""
+                 describe: str = "check inputs", batch: int = 1, int8: bool = False,
+                 calibration: torch.Tensor | None = None, test_loader=None) -> dict:
+    """Write `model` to `output` in a phone format, checked as this module's docstring says; `int8`:
+    quantized (ExecuTorch and LiteRT calibrate on `calibration` images and compare with fp32 on
+    `test_loader`; Core ML's int8 weights need neither). Returns a JSON-ready report: `check`
+    (fp32) or the Int8Report's fields, and what checked it."""
     if format == "coreml":
         from mobilenet.export.coreml import export_coreml
 
-        return export_coreml(model, output, images, meta=meta, batch=batch, int8=calibration is not None)
+        return export_coreml(model, output, images, meta=meta, batch=batch, int8=int8)
     if format == "executorch":
         from mobilenet.export.pte import export_executorch as export
     else:
@@ -146,7 +147,7 @@ def export_phone(format: str, model: nn.Module, output: str | os.PathLike, image
     result = export(model, output, images, meta=meta, describe=describe, batch=batch, calibration=calibration,
                     test_loader=test_loader)
     report = {"checked_by": RUNTIME[format]}
-    if calibration is None:
+    if not int8:
         report["check"] = result.to_dict()
     else:
         report.update(result.to_dict())
