@@ -1,4 +1,5 @@
-"""The fused BatchNorm + activation (mobilenet.fused) against PyTorch's own BatchNorm2d and activation."""
+"""mobilenet.fused's kernels against PyTorch: the fused BatchNorm + activation against BatchNorm2d and the
+activation, the depthwise backward pass against the convolution's gradients in float64."""
 
 import copy
 import subprocess
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 import mobilenet.fused as fused
-from mobilenet.fused import BatchNormAct2d, fuse_bn_act
+from mobilenet.fused import BatchNormAct2d, DepthwiseConv2d, fuse, fuse_depthwise
 from mobilenet.models import create_model
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason=f"no fused kernel: {fused.unavailable_reason()}")
@@ -73,13 +74,15 @@ MODELS = {
 
 
 def three_models(model: str, bn_mode: str) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """The plain model, its fused copy and a float64 copy (the oracle), BatchNorm in `bn_mode`."""
+    """The plain model, its fused copy (BatchNorm fused, the depthwise kernel) and a float64 copy (the
+    oracle), BatchNorm in `bn_mode`."""
     options = dict(MODELS[model])
     torch.manual_seed(0)
     plain = create_model(options.pop("name"), **options, num_classes=5, small_input=True, dropout=0.0)
     plain = plain.to(memory_format=torch.channels_last)
     fast, exact = copy.deepcopy(plain), copy.deepcopy(plain).double()
-    assert fuse_bn_act(fast) > 10
+    assert fuse(fast) > 10
+    assert any(isinstance(m, DepthwiseConv2d) for m in fast.modules()) != (model == "conv-baseline")
     if model == "v2-with-shortcuts":
         assert sum(getattr(block, "use_shortcut", False) for block in fast.modules()) >= 3
     for net in (plain, fast, exact):
@@ -150,6 +153,67 @@ def test_with_batch_statistics_fused_steps_are_as_exact_as_plain_ones(model):
             assert fast.state_dict()[key] == value == 3
 
 
+DEPTHWISE = {  # (n, channels, height, width, kernel, stride, padding): channel blocks of 16, 8 and single ones
+    "s1": (2, 16, 9, 7, 3, 1, 1), "s2": (3, 24, 8, 8, 3, 2, 1), "s2-odd": (2, 29, 7, 9, 3, 2, 1),
+    "s2-no-pad": (2, 8, 10, 10, 3, 2, 0), "5x5": (1, 40, 12, 11, 5, 2, 2), "no-pad": (2, 16, 6, 6, 3, 1, 0),
+    "s3": (1, 5, 5, 5, 3, 3, 1), "1x1-image": (4, 48, 1, 1, 3, 1, 1)}
+
+
+@pytest.mark.parametrize("case", DEPTHWISE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_depthwise_gradients_equal_pytorchs_in_float64(case, dtype):
+    """Both gradients of the depthwise kernel against PyTorch's convolution in float64 on the same
+    (rounded) inputs: fp32 within 1e-6; bf16 input gradients within one bf16 rounding (they are stored
+    in bf16), weight gradients (fp32) within 1e-6 of the float64 sums."""
+    n, c, h, w, k, stride, pad = DEPTHWISE[case]
+    torch.manual_seed(0)
+    conv = fuse_depthwise_one(nn.Conv2d(c, c, k, stride, pad, groups=c, bias=False))
+    x = torch.randn(n, c, h, w).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):  # as training runs it
+        y = conv(x)
+    assert y.dtype == dtype and type(y.grad_fn).__name__ == "_DepthwiseFunctionBackward"  # the kernel's path
+    grad = torch.randn(y.shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    y.backward(grad)
+    weight = conv.weight.detach().to(dtype).double()  # the weight the forward pass used
+    x64 = x.detach().double().requires_grad_()
+    y64 = nn.functional.conv2d(x64, weight.requires_grad_(), None, stride, pad, 1, c)
+    y64.backward(grad.double())
+    assert x.grad.dtype == dtype and x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert conv.weight.grad.dtype == torch.float32
+    assert relative(x.grad, x64.grad) < (1e-6 if dtype == torch.float32 else 2 ** -8)
+    assert relative(conv.weight.grad, weight.grad) < 1e-6
+
+
+def fuse_depthwise_one(conv: nn.Conv2d) -> nn.Module:
+    holder = nn.Sequential(conv)
+    assert fuse_depthwise(holder) == 1 and isinstance(holder[0], DepthwiseConv2d)
+    return holder[0]
+
+
+def test_swapping_in_the_depthwise_kernel_keeps_weights_keys_and_random_numbers():
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", width_mult=0.35, num_classes=5, small_input=True)
+    keys, weights = list(model.state_dict()), [p.clone() for p in model.parameters()]
+    state = torch.get_rng_state()
+    swapped = fuse_depthwise(model)
+    assert swapped == 17 and torch.equal(torch.get_rng_state(), state)  # one per inverted residual
+    assert list(model.state_dict()) == keys
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), weights))
+
+
+def test_depthwise_kernel_leaves_other_inputs_to_pytorch():
+    """NCHW input, no gradient, float64: nn.Conv2d's own path, the same numbers."""
+    torch.manual_seed(4)
+    plain = nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False)
+    ours = fuse_depthwise_one(copy.deepcopy(plain))
+    x = torch.randn(2, 8, 7, 7)
+    torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
+    with torch.no_grad():
+        cl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(ours(cl), plain(cl), rtol=0, atol=0)
+    torch.testing.assert_close(ours.double()(x.double()), plain.double()(x.double()), rtol=0, atol=0)
+
+
 def test_other_inputs_take_pytorchs_path():
     """NCHW tensors (and anything the kernel does not take) run BatchNorm2d and the activation."""
     torch.manual_seed(2)
@@ -164,7 +228,7 @@ def test_without_a_compiler_training_says_so_once_and_runs_plain(tmp_path):
         "import torch, mobilenet.fused as f\n"
         "from mobilenet.models import create_model\n"
         "m = create_model('mobilenet_v1', width_mult=0.25, num_classes=3, small_input=True)\n"
-        "f.fuse_bn_act(m)\n"
+        "f.fuse(m)\n"
         "x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)\n"
         "m(x).sum().backward(); m(x).sum().backward()\n"
         "print('available', f.available())\n"

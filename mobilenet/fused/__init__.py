@@ -1,15 +1,20 @@
-"""BatchNorm and its activation fused into one module, forward and backward, for the CPU training step.
+"""The CPU training step's own kernels: BatchNorm fused with its activation, and the depthwise
+convolution's backward pass.
 
-A MobileNet's training step spends most of its time outside the convolutions: PyTorch runs
+A MobileNet's training step spends most of its time outside the pointwise convolutions: PyTorch runs
 BatchNorm and the ReLU as separate memory-bound passes over every activation (statistics,
 normalise, activation; then the activation's backward and BatchNorm's two backward passes).
-`BatchNormAct2d` does the same mathematics in four passes, with a small C kernel (`bn_act.c`,
-OpenMP, compiled for this CPU on first use and cached) for channels-last float32 and bfloat16
-activations on the CPU. Anywhere else (CUDA, NCHW, other dtypes, no C compiler) it runs PyTorch's
-own BatchNorm and activation, so the module is always correct and only sometimes faster.
+`BatchNormAct2d` does the same mathematics in four passes, with a small C kernel (`bn_act.c`).
+The depthwise convolutions are few FLOPs over large activations, and oneDNN's backward pass for them
+is slow on some CPUs and dtypes (bfloat16 with stride 2 on a Xeon with AMX runs about 30x slower
+than fp32); `DepthwiseConv2d` keeps oneDNN's forward and computes both gradients with `depthwise.c`.
+Both kernels are OpenMP C for channels-last float32 and bfloat16 activations, compiled for this CPU
+on first use and cached. Anywhere else (CUDA, NCHW, other dtypes, no C compiler) the modules run
+PyTorch's own operators, so they are always correct and only sometimes faster.
 
-`fuse_bn_act(model)` swaps each `ConvBNAct`'s BatchNorm and activation for one `BatchNormAct2d`,
-keeping the parameters, buffers and state-dict keys, so checkpoints are unchanged.
+`fuse(model)` swaps each `ConvBNAct`'s BatchNorm and activation for one `BatchNormAct2d` and each
+depthwise `nn.Conv2d` for a `DepthwiseConv2d`, keeping the parameters, buffers and state-dict keys,
+so checkpoints are unchanged.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SOURCE = Path(__file__).with_name("bn_act.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("bn_act.c", "depthwise.c")]
+HEADERS = [Path(__file__).with_name("common.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+MAX_TAPS = 64  # depthwise.c's largest kernel (8x8)
 # The activations a BatchNormAct2d can fuse, as the clamp [lo, hi] they are.
 CLAMPS: dict[type[nn.Module], tuple[float, float]] = {nn.ReLU: (0.0, float("inf")), nn.ReLU6: (0.0, 6.0),
                                                       nn.Identity: (float("-inf"), float("inf"))}
@@ -53,8 +60,9 @@ def _library_path(compiler: str) -> Path:
     its flags, and this CPU (-march=native)."""
     from mobilenet.bench.machine import cpu_flags, cpu_name
 
-    key = "\n".join([SOURCE.read_text(), compiler, " ".join(FLAGS), cpu_name(), " ".join(cpu_flags())])
-    return kernel_folder() / f"bn_act-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    texts = [path.read_text() for path in SOURCES + HEADERS]
+    key = "\n".join([*texts, compiler, " ".join(FLAGS), cpu_name(), " ".join(cpu_flags())])
+    return kernel_folder() / f"kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
 def build() -> Path:
@@ -69,10 +77,11 @@ def build() -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
         built = Path(folder) / path.name
-        result = subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True)
+        result = subprocess.run([compiler, *FLAGS, "-o", str(built), *map(str, SOURCES)], capture_output=True,
+                                text=True)
         if result.returncode != 0:
             message = (result.stderr.strip().splitlines() or ["failed"])[-1]
-            raise RuntimeError(f"{compiler} could not build {SOURCE.name}: {message}")
+            raise RuntimeError(f"{compiler} could not build {', '.join(p.name for p in SOURCES)}: {message}")
         os.replace(built, path)  # atomic: a concurrent process sees no library or a whole one
     return path
 
@@ -89,7 +98,8 @@ def _load() -> ctypes.CDLL | None:
         library = ctypes.CDLL(str(build()))  # after torch: it shares torch's OpenMP runtime (libgomp.so.1)
     except (RuntimeError, OSError) as error:
         _why_not = str(error).splitlines()[0]
-        print(f"note: fused BatchNorm kernel unavailable ({_why_not}); using PyTorch's BatchNorm", file=sys.stderr)
+        print(f"note: training kernels unavailable ({_why_not}); using PyTorch's BatchNorm and convolutions",
+              file=sys.stderr)
         return None
     pointer, size, number, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     for suffix in SUFFIX.values():
@@ -99,18 +109,27 @@ def _load() -> ctypes.CDLL | None:
         getattr(library, f"bn_act_backward_{suffix}").argtypes = [
             pointer, pointer, pointer, size, size, pointer, pointer, pointer, pointer, flag, number, number,
             pointer, pointer]
+        for gradient in ("input", "weight"):
+            getattr(library, f"dw_backward_{gradient}_{suffix}").argtypes = [pointer] * 3 + [size] * 12
     _library = library
     return library
 
 
 def available() -> bool:
-    """Whether the fused kernel runs on this machine (building it if needed)."""
+    """Whether the kernels run on this machine (building them if needed)."""
     return _load() is not None
 
 
 def unavailable_reason() -> str | None:
     _load()
     return _why_not
+
+
+def version() -> str:
+    """What the kernels' speed depends on besides the CPU: their compiled library's name (a hash of the
+    sources, compiler and flags), or why they are unavailable. Part of the speed probes' cache keys."""
+    compiler = _compiler()
+    return _library_path(compiler).stem if available() and compiler else f"unavailable: {_why_not}"
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -181,6 +200,56 @@ class BatchNormAct2d(nn.BatchNorm2d):
                                            training, self.momentum, self.eps, self.lo, self.hi)
 
 
+class _DepthwiseFunction(torch.autograd.Function):
+    """A depthwise convolution (no bias), oneDNN's forward, `depthwise.c`'s backward; x channels-last,
+    float32 or bfloat16, the weight cast to x's dtype for the forward and its gradient returned in
+    the weight's own dtype (not rounded to bfloat16 first, as autocast's cast would)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding):
+        used = weight.to(x.dtype)
+        ctx.save_for_backward(x, used)
+        ctx.stride, ctx.padding, ctx.weight_dtype = stride, padding, weight.dtype
+        return nn.functional.conv2d(x, used, None, stride, padding, 1, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, used = ctx.saved_tensors
+        (n, c, h, w), (oh, ow), (kh, kw) = x.shape, dy.shape[2:], used.shape[2:]
+        dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        taps = used.float().reshape(c, kh * kw).t().contiguous()  # tap-major, as the kernel reads it
+        shape = (n, h, w, c, oh, ow, kh, kw, *ctx.stride, *ctx.padding)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x, memory_format=torch.channels_last)
+            getattr(_library, f"dw_backward_input_{SUFFIX[x.dtype]}")(_ptr(dy), _ptr(taps), _ptr(dx), *shape)
+        dtaps = torch.empty(kh * kw, c)
+        getattr(_library, f"dw_backward_weight_{SUFFIX[x.dtype]}")(_ptr(dy), _ptr(x), _ptr(dtaps), *shape)
+        return dx, dtaps.t().reshape(c, 1, kh, kw).to(ctx.weight_dtype), None, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise nn.Conv2d (groups = in = out channels, no bias) whose gradients, on the CPU for
+    channels-last float32 or bfloat16 input (bfloat16 also under autocast), come from `depthwise.c`;
+    otherwise it is nn.Conv2d. Parameters and their names are nn.Conv2d's."""
+
+    def _fast(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        return (torch.is_grad_enabled() and x.dim() == 4 and dtype in SUFFIX
+                and x.shape[1] == self.groups == self.out_channels and self.bias is None
+                and self.dilation == (1, 1) and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and self.kernel_size[0] * self.kernel_size[1] <= MAX_TAPS and x.numel() > 0
+                and x.is_contiguous(memory_format=torch.channels_last) and _load() is not None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        if not self._fast(x, dtype):
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            return _DepthwiseFunction.apply(x.to(dtype), self.weight, self.stride, self.padding)
+
+
 def fuse_bn_act(model: nn.Module) -> int:
     """Replace, in place, every BatchNorm2d directly followed by a ReLU, ReLU6 or Identity in a
     `ConvBNAct` by one `BatchNormAct2d` with the same parameters and buffers (state-dict keys
@@ -202,4 +271,29 @@ def fuse_bn_act(model: nn.Module) -> int:
     return fused
 
 
-__all__ = ["BatchNormAct2d", "available", "build", "fuse_bn_act", "unavailable_reason"]
+def fuse_depthwise(model: nn.Module) -> int:
+    """Replace, in place, every depthwise nn.Conv2d (groups = in = out channels, no bias) by a
+    `DepthwiseConv2d` holding the very same weight (state-dict keys unchanged). Returns how many."""
+    swapped = 0
+    for parent in model.modules():
+        for name, conv in parent.named_children():
+            if (type(conv) is nn.Conv2d and conv.groups == conv.in_channels == conv.out_channels > 1
+                    and conv.bias is None):
+                # built without initialising (no random numbers drawn), then given the same weight
+                replacement = nn.utils.skip_init(DepthwiseConv2d, conv.in_channels, conv.out_channels,
+                                                 conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                                                 conv.groups, False, conv.padding_mode)
+                replacement.weight = conv.weight
+                replacement.train(conv.training)
+                setattr(parent, name, replacement)
+                swapped += 1
+    return swapped
+
+
+def fuse(model: nn.Module) -> int:
+    """Both swaps (`fuse_bn_act`, `fuse_depthwise`) in place; returns how many modules were swapped."""
+    return fuse_bn_act(model) + fuse_depthwise(model)
+
+
+__all__ = ["BatchNormAct2d", "DepthwiseConv2d", "available", "build", "fuse", "fuse_bn_act", "fuse_depthwise",
+           "unavailable_reason", "version"]

@@ -1,11 +1,11 @@
-"""`python -m mobilenet.fused`: build the fused BatchNorm kernel for this CPU now (`make install` does)."""
+"""`python -m mobilenet.fused`: build the training step's kernels for this CPU now (`make install` does)."""
 
 import sys
 
 from mobilenet.fused import available, build, unavailable_reason
 
 if available():
-    print(f"fused BatchNorm kernel: {build()}")
+    print(f"training kernels (fused BatchNorm, depthwise backward): {build()}")
 else:
-    print(f"fused BatchNorm kernel not built ({unavailable_reason()}): training uses PyTorch's BatchNorm")
-sys.exit(0)  # not having it is not an installation failure
+    print(f"training kernels not built ({unavailable_reason()}): training uses PyTorch's own operators")
+sys.exit(0)  # not having them is not an installation failure

@@ -76,16 +76,16 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterio
 
 def probe_fused(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
                 cache: Path | None = None) -> float:
-    """How much faster the step of `model` runs with its BatchNorms fused (`mobilenet.fused`), in
-    fp32: cached like the bf16 decision, since the kernel's gain depends on the CPU."""
-    from mobilenet.fused import fuse_bn_act
+    """How much faster the step of `model` runs with `mobilenet.fused`'s kernels (fused BatchNorm,
+    depthwise backward), in fp32: cached like the bf16 decision, since the kernels' gain depends on the CPU."""
+    from mobilenet.fused import fuse
 
     def measure() -> float:
         fused = copy.deepcopy(model)
-        fuse_bn_act(fused)
+        fuse(fused)
         return step_speedup(model, fused, images, labels, criterion)
 
-    return cached_speedup(cache, "fused-bn:" + cache_key(model, images), measure)
+    return cached_speedup(cache, "fused:" + cache_key(model, images), measure)
 
 
 def cached_speedup(cache: Path | None, key: str, measure) -> float:
@@ -101,12 +101,13 @@ def cached_speedup(cache: Path | None, key: str, measure) -> float:
 
 def cache_key(model: nn.Module, images: torch.Tensor) -> str:
     from mobilenet.bench.machine import cpu_flags, cpu_name
+    from mobilenet.fused import version
 
     config = model.config.to_dict() if hasattr(model, "config") else type(model).__name__
     layout = "channels_last" if images.is_contiguous(memory_format=torch.channels_last) else "nchw"
     modules = sorted({type(m).__name__ for m in model.modules()})  # e.g. fused BatchNorm or not
     text = json.dumps([cpu_name(), cpu_flags(), torch.__version__, torch.get_num_threads(), config, modules,
-                       list(images.shape), layout])
+                       list(images.shape), layout, version()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -31,7 +31,7 @@ from mobilenet.data import load_dataset, make_loader
 from mobilenet.data.memory import stats_to_channels
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.files import write_text
-from mobilenet.fused import available, fuse_bn_act
+from mobilenet.fused import available, fuse
 from mobilenet.models import create_model
 from mobilenet.train.amp import CACHE_FILE as AMP_CACHE
 from mobilenet.train.amp import AmpChoice, choose_amp, probe_fused
@@ -132,26 +132,27 @@ class Run:
         return images, labels
 
     def _choose_fused(self) -> tuple[int, float | None]:
-        """Fuse each BatchNorm with its activation (`mobilenet.fused`: the same parameters, buffers
-        and state-dict keys, fewer passes over memory) where it makes this machine's step at least
-        as fast: as this run recorded it, or probed and cached like `--amp auto`. CPU only, and not
-        under torch.compile, which fuses by itself. Returns (BatchNorms fused, probe's speedup)."""
+        """`mobilenet.fused`'s kernels (each BatchNorm fused with its activation, the depthwise
+        convolutions' backward pass; the same parameters, buffers and state-dict keys) where they make
+        this machine's step at least as fast: as this run recorded it, or probed and cached like
+        `--amp auto`. CPU only, and not under torch.compile, which fuses by itself. Returns (modules
+        swapped, probe's speedup)."""
         config = self.config
         if not (config.fused_bn and self.device.type == "cpu" and not config.compile and available()):
             return 0, None
         recorded = self.metrics[-1].get("fused_bn") if self.metrics else None
         if isinstance(recorded, int):  # a resumed run keeps its decision
-            return (fuse_bn_act(self.model) if recorded else 0), self.metrics[-1].get("fused_probe")
+            return (fuse(self.model) if recorded else 0), self.metrics[-1].get("fused_probe")
         from mobilenet.data.load import default_root
 
         speedup = probe_fused(self.model, *self._probe_batch(), self.criterion, cache=default_root() / AMP_CACHE)
-        fuse = speedup >= 1.0
+        faster = speedup >= 1.0
         if self.dist.enabled:  # every process alike: fused only if every one found it faster
-            fuse = self.dist.all_reduce(torch.tensor([float(fuse)])).item() == self.dist.world_size
+            faster = self.dist.all_reduce(torch.tensor([float(faster)])).item() == self.dist.world_size
         if self.is_main and self.progress:
-            print(f"fused BatchNorm {'on' if fuse else 'off'}: probe: the fused step ran {speedup:.2f}x as fast",
+            print(f"fused kernels {'on' if faster else 'off'}: probe: the fused step ran {speedup:.2f}x as fast",
                   flush=True)
-        return (fuse_bn_act(self.model) if fuse else 0), speedup
+        return (fuse(self.model) if faster else 0), speedup
 
     def _choose_amp(self) -> AmpChoice:
         """bf16 autocast or not (`mobilenet.train.amp`): as asked, as this run recorded it, or probed."""

@@ -1,0 +1,205 @@
+/* A depthwise convolution's backward pass (input and weight gradients) for channels-last activations.
+ *
+ * oneDNN runs the depthwise backward pass slowly on some CPUs and dtypes (on a Xeon with AMX, the
+ * bfloat16 input gradient of a stride-2 layer falls back to a path about 30x slower than fp32's), and
+ * a depthwise layer is few FLOPs over large activations: memory-bound work. Here each gradient reads
+ * the activations once, a row of pixels at a time, with the channels in vectors: blocks of 16, then 8,
+ * then single channels, the taps' weights and the sums held in registers.
+ *
+ * Layouts: x and dx N x H x W x C, dy N x OH x OW x C (channels-last), the weight and its gradient
+ * KH x KW x C (tap-major, fp32). Output pixel (o, q) sees input pixel (o*sh - ph + a, q*sw - pw + e)
+ * through tap (a, e); pixels outside the input are zeros (zero padding). T is float or bfloat16;
+ * every sum is in float, the weight gradient's across rows in double.
+ */
+#include "common.h"
+
+#define MAX_TAPS 64 /* kernels up to 8x8 (the caller falls back to PyTorch beyond) */
+#define FOLD 8      /* output rows the weight gradient sums in float before adding into double */
+#define INLINE static inline __attribute__((always_inline))
+
+/* Vectors of V floats, and loads and stores of V values of T at any alignment. */
+#define VECTORS(V)                                                                                         \
+typedef float f##V __attribute__((vector_size(4 * V)));                                                    \
+typedef float f##V##u __attribute__((vector_size(4 * V), aligned(4)));                                     \
+typedef uint32_t u##V __attribute__((vector_size(4 * V)));                                                 \
+typedef uint16_t h##V##u __attribute__((vector_size(2 * V), aligned(2)));                                  \
+INLINE f##V load##V##_f32(const float *p) { return *(const f##V##u *)p; }                                  \
+INLINE void store##V##_f32(float *p, f##V v) { *(f##V##u *)p = v; }                                        \
+INLINE f##V load##V##_bf16(const uint16_t *p) {                                                            \
+    return (f##V)(__builtin_convertvector(*(const h##V##u *)p, u##V) << 16);                               \
+}                                                                                                          \
+INLINE void store##V##_bf16(uint16_t *p, f##V v) { /* round to nearest even; NaN stays NaN */              \
+    u##V bits = (u##V)v, nan = -((bits & 0x7fffffffu) > 0x7f800000u);                                       \
+    u##V rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;                                            \
+    *(h##V##u *)p = __builtin_convertvector((rounded & ~nan) | (((bits >> 16) | 0x40u) & nan), h##V##u);    \
+}
+VECTORS(16)
+VECTORS(8)
+VECTORS(1)
+
+/* dx of channels [k, k+V) of input row i: each pixel j gathers, from the spread dy rows (below) of the
+   taps a that reach row i, the pixels j + kw-1-e times tap (a, e)'s weight. */
+#define INPUT_ROW(V, SUFFIX, T)                                                                            \
+INLINE void input_row##V##_##SUFFIX(float *const *rows, const int64_t *tap_rows, int64_t n_rows,           \
+                                    const float *w, T *out, int64_t k, int64_t wd, int64_t c, int64_t kw) { \
+    f##V weights[MAX_TAPS];                                                                                \
+    for (int64_t r = 0; r < n_rows; r++)                                                                   \
+        for (int64_t e = 0; e < kw; e++) weights[r * kw + e] = load##V##_f32(w + (tap_rows[r] * kw + e) * c + k); \
+    for (int64_t j = 0; j < wd; j++) {                                                                     \
+        f##V acc = {0};                                                                                    \
+        for (int64_t r = 0; r < n_rows; r++)                                                               \
+            for (int64_t e = 0; e < kw; e++)                                                               \
+                acc += load##V##_f32(rows[r] + (j + kw - 1 - e) * c + k) * weights[r * kw + e];            \
+        store##V##_##SUFFIX(out + j * c + k, acc);                                                         \
+    }                                                                                                      \
+}
+
+/* The weight gradient of channels [k, k+V) from one output row g, added into s (taps x c): the padded
+   input rows xp[a] (below) hold the pixel that output column q sees through tap (a, e) at q*sw + e. */
+#define WEIGHT_ROW(V, SUFFIX, T)                                                                           \
+INLINE void weight_row##V##_##SUFFIX(const T *g, float *const *xp, float *s, int64_t k, int64_t c,          \
+                                     int64_t ow, int64_t kh, int64_t kw, int64_t sw) {                      \
+    f##V acc[MAX_TAPS];                                                                                    \
+    for (int64_t t = 0; t < kh * kw; t++) acc[t] = (f##V){0};                                              \
+    for (int64_t q = 0; q < ow; q++) {                                                                     \
+        f##V dy = load##V##_##SUFFIX(g + q * c + k);                                                       \
+        for (int64_t a = 0; a < kh; a++)                                                                   \
+            for (int64_t e = 0; e < kw; e++)                                                               \
+                acc[a * kw + e] += dy * load##V##_f32(xp[a] + (q * sw + e) * c + k);                       \
+    }                                                                                                      \
+    for (int64_t t = 0; t < kh * kw; t++) store##V##_f32(s + t * c + k, load##V##_f32(s + t * c + k) + acc[t]); \
+}
+
+/* Channel blocks of 16, 8 and 1. */
+#define BLOCKS(FN, SUFFIX, ...)                                                                            \
+    {                                                                                                      \
+        int64_t k = 0;                                                                                     \
+        for (; k + 16 <= c; k += 16) FN##16_##SUFFIX(__VA_ARGS__);                                         \
+        for (; k + 8 <= c; k += 8) FN##8_##SUFFIX(__VA_ARGS__);                                            \
+        for (; k < c; k++) FN##1_##SUFFIX(__VA_ARGS__);                                                    \
+    }
+
+/* Rows of an activation as floats, each spread into a zeroed row of `length` pixels: pixel p at
+   offset + p*step (pixels that fall outside are dropped). A thread keeps the last `slots` rows it
+   spread, tagged by row id, so a row shared by neighbouring output rows is converted once. */
+typedef struct {
+    float *data, *zeros;
+    int64_t *tags, slots, length, c;
+} Rows;
+
+static Rows rows_new(int64_t slots, int64_t length, int64_t c) {
+    Rows rows = {malloc((size_t)((slots + 1) * length * c) * sizeof(float)), NULL,
+                 malloc((size_t)slots * sizeof(int64_t)), slots, length, c};
+    rows.zeros = rows.data + slots * length * c;
+    memset(rows.zeros, 0, (size_t)(length * c) * sizeof(float));
+    for (int64_t i = 0; i < slots; i++) rows.tags[i] = -1;
+    return rows;
+}
+
+static void rows_free(Rows *rows) { free(rows->data); free(rows->tags); }
+
+#define DEFINE_DEPTHWISE(SUFFIX, T)                                                                        \
+INPUT_ROW(16, SUFFIX, T) INPUT_ROW(8, SUFFIX, T) INPUT_ROW(1, SUFFIX, T)                                   \
+WEIGHT_ROW(16, SUFFIX, T) WEIGHT_ROW(8, SUFFIX, T) WEIGHT_ROW(1, SUFFIX, T)                                \
+                                                                                                           \
+/* Row `id` (width pixels of c channels) of `src`, spread into the thread's cache. */                     \
+static const float *spread_##SUFFIX(Rows *rows, const T *src, int64_t id, int64_t width, int64_t offset,     \
+                                    int64_t step) {                                                        \
+    int64_t slot = id % rows->slots, c = rows->c;                                                          \
+    float *out = rows->data + slot * rows->length * c;                                                     \
+    if (rows->tags[slot] == id) return out;                                                                \
+    int64_t first = offset >= 0 ? offset : 0, last = offset + (width - 1) * step; /* pixels written */     \
+    if (step > 1 || last >= rows->length)                                                                  \
+        memset(out, 0, (size_t)(rows->length * c) * sizeof(float));                                        \
+    else { /* only the padding on either side */                                                           \
+        memset(out, 0, (size_t)(first * c) * sizeof(float));                                               \
+        memset(out + (last + 1) * c, 0, (size_t)((rows->length - last - 1) * c) * sizeof(float));          \
+    }                                                                                                      \
+    const T *in = src + id * width * c;                                                                    \
+    for (int64_t p = 0; p < width; p++) {                                                                  \
+        int64_t at = offset + p * step;                                                                    \
+        if (at < 0 || at >= rows->length) continue;                                                        \
+        float *to = out + at * c;                                                                          \
+        const T *from = in + p * c;                                                                        \
+        int64_t k = 0;                                                                                     \
+        for (; k + 16 <= c; k += 16) store16_f32(to + k, load16_##SUFFIX(from + k));                       \
+        for (; k < c; k++) to[k] = load_##SUFFIX(from, k);                                                 \
+    }                                                                                                      \
+    rows->tags[slot] = id;                                                                                 \
+    return out;                                                                                            \
+}                                                                                                          \
+                                                                                                           \
+/* The input gradient, as a convolution over dy with zeros between its pixels (stride > 1) and the        \
+   kernel flipped: rows of the input shared between threads. */                                            \
+void dw_backward_input_##SUFFIX(const T *dy, const float *w, T *dx, int64_t n, int64_t h, int64_t wd,         \
+                                int64_t c, int64_t oh, int64_t ow, int64_t kh, int64_t kw, int64_t sh,       \
+                                int64_t sw, int64_t ph, int64_t pw) {                                        \
+    _Pragma("omp parallel")                                                                                \
+    {                                                                                                      \
+        Rows cache = rows_new(kh, wd + kw - 1, c);                                                         \
+        int64_t begin, end;                                                                                \
+        share(n * h, &begin, &end);                                                                        \
+        for (int64_t row = begin; row < end; row++) {                                                      \
+            int64_t b = row / h, i = row % h, tap_rows[MAX_TAPS], n_rows = 0;                              \
+            float *rows[MAX_TAPS];                                                                         \
+            for (int64_t a = 0; a < kh; a++) {                                                             \
+                int64_t t = i + ph - a;                                                                    \
+                if (t < 0 || t % sh || t / sh >= oh) continue;                                             \
+                rows[n_rows] = (float *)spread_##SUFFIX(&cache, dy, b * oh + t / sh, ow, kw - 1 - pw, sw);  \
+                tap_rows[n_rows++] = a;                                                                    \
+            }                                                                                              \
+            T *out = dx + row * wd * c;                                                                    \
+            if (kw == 3)                                                                                   \
+                BLOCKS(input_row, SUFFIX, rows, tap_rows, n_rows, w, out, k, wd, c, 3)                     \
+            else                                                                                           \
+                BLOCKS(input_row, SUFFIX, rows, tap_rows, n_rows, w, out, k, wd, c, kw)                    \
+        }                                                                                                  \
+        rows_free(&cache);                                                                                 \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+/* The weight gradient: each thread sums FOLD output rows at a time in float, then into double; the       \
+   threads' sums are added at the end. */                                                                           \
+void dw_backward_weight_##SUFFIX(const T *dy, const T *x, float *dw, int64_t n, int64_t h, int64_t wd,       \
+                                 int64_t c, int64_t oh, int64_t ow, int64_t kh, int64_t kw, int64_t sh,      \
+                                 int64_t sw, int64_t ph, int64_t pw) {                                       \
+    int threads = omp_get_max_threads();                                                                   \
+    int64_t taps = kh * kw * c;                                                                            \
+    double *partial = calloc((size_t)(threads * taps), sizeof(double));                                   \
+    _Pragma("omp parallel")                                                                                \
+    {                                                                                                      \
+        Rows cache = rows_new(kh, (ow - 1) * sw + kw, c);                                                  \
+        float *s = malloc((size_t)taps * sizeof(float)), *xp[MAX_TAPS];                                    \
+        double *d = partial + omp_get_thread_num() * taps;                                                 \
+        int64_t begin, end;                                                                                \
+        share(n * oh, &begin, &end);                                                                       \
+        for (int64_t row = begin; row < end; row++) {                                                      \
+            int64_t b = row / oh, o = row % oh;                                                            \
+            for (int64_t a = 0; a < kh; a++) {                                                             \
+                int64_t i = o * sh - ph + a;                                                               \
+                xp[a] = i < 0 || i >= h ? cache.zeros : (float *)spread_##SUFFIX(&cache, x, b * h + i, wd, pw, 1); \
+            }                                                                                              \
+            if ((row - begin) % FOLD == 0) memset(s, 0, (size_t)taps * sizeof(float));                     \
+            const T *g = dy + row * ow * c;                                                                \
+            if (kh == 3 && kw == 3 && sw == 1)                                                             \
+                BLOCKS(weight_row, SUFFIX, g, xp, s, k, c, ow, 3, 3, 1)                                    \
+            else if (kh == 3 && kw == 3 && sw == 2)                                                        \
+                BLOCKS(weight_row, SUFFIX, g, xp, s, k, c, ow, 3, 3, 2)                                    \
+            else                                                                                           \
+                BLOCKS(weight_row, SUFFIX, g, xp, s, k, c, ow, kh, kw, sw)                                 \
+            if ((row - begin) % FOLD == FOLD - 1 || row == end - 1)                                        \
+                for (int64_t k = 0; k < taps; k++) d[k] += s[k];                                           \
+        }                                                                                                  \
+        free(s);                                                                                           \
+        rows_free(&cache);                                                                                 \
+    }                                                                                                      \
+    for (int64_t k = 0; k < taps; k++) {                                                                   \
+        double total = 0;                                                                                  \
+        for (int t = 0; t < threads; t++) total += partial[t * taps + k];                                  \
+        dw[k] = (float)total;                                                                              \
+    }                                                                                                      \
+    free(partial);                                                                                         \
+}
+
+DEFINE_DEPTHWISE(f32, float)
+DEFINE_DEPTHWISE(bf16, uint16_t)
