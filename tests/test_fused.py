@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import mobilenet.fused as fused
-from mobilenet.fused import BatchNormAct2d, DepthwiseConv2d, fuse, fuse_depthwise
+from mobilenet.fused import BatchNormAct2d, DepthwiseConv2d, PointwiseConv2d, fuse, fuse_depthwise, fuse_pointwise
 from mobilenet.models import create_model
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason=f"no fused kernel: {fused.unavailable_reason()}")
@@ -83,6 +83,7 @@ def three_models(model: str, bn_mode: str) -> tuple[nn.Module, nn.Module, nn.Mod
     fast, exact = copy.deepcopy(plain), copy.deepcopy(plain).double()
     assert fuse(fast) > 10
     assert any(isinstance(m, DepthwiseConv2d) for m in fast.modules()) != (model == "conv-baseline")
+    assert any(isinstance(m, PointwiseConv2d) for m in fast.modules()) != (model == "conv-baseline")
     if model == "v2-with-shortcuts":
         assert sum(getattr(block, "use_shortcut", False) for block in fast.modules()) >= 3
     for net in (plain, fast, exact):
@@ -212,6 +213,31 @@ def test_depthwise_kernel_leaves_other_inputs_to_pytorch():
         cl = x.contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(ours(cl), plain(cl), rtol=0, atol=0)
     torch.testing.assert_close(ours.double()(x.double()), plain.double()(x.double()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("shape", [(4, 24, 5, 7), (32, 64, 1, 1)], ids=["image", "one-pixel"])
+def test_pointwise_as_a_matrix_product_equals_the_convolution_in_float64(shape, bias):
+    """Output and both gradients of the 1x1 convolution computed as `mm`, against nn.Conv2d in float64."""
+    torch.manual_seed(5)
+    plain = nn.Conv2d(shape[1], 40, 1, bias=bias)
+    holder = nn.Sequential(copy.deepcopy(plain))
+    assert fuse_pointwise(holder) == 1 and isinstance(holder[0], PointwiseConv2d)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = holder(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and type(y.grad_fn).__name__ == "PermuteBackward0"
+    grad = torch.randn(y.shape)
+    y.backward(grad)
+    exact = copy.deepcopy(plain).double()
+    x64 = x.detach().double().requires_grad_()
+    y64 = exact(x64)
+    y64.backward(grad.double())
+    assert relative(y, y64) < 1e-6 and relative(x.grad, x64.grad) < 1e-6
+    assert relative(holder[0].weight.grad, exact.weight.grad) < 1e-6
+    if bias:
+        assert relative(holder[0].bias.grad, exact.bias.grad) < 1e-6
+    nchw = torch.randn(2, shape[1], 3, 3)  # not channels-last: nn.Conv2d's own path, the same numbers
+    torch.testing.assert_close(holder(nchw), plain(nchw), rtol=0, atol=0)
 
 
 def test_other_inputs_take_pytorchs_path():
