@@ -1,94 +1,129 @@
-"""`--amp auto`: bf16 autocast decided by a probe of the training step, cached, recorded, kept on resume."""
+"""The training step's choices (`mobilenet.train.amp`): which kernels and whether bf16 autocast, each
+decided by a probe of the step, cached, recorded, kept on resume."""
 
 import json
 
+import pytest
 import torch
 from runs import tiny
 from torch import nn
 
 from mobilenet import create_model
+from mobilenet.fused import BatchNormAct2d, DepthwiseConv2d, PointwiseConv2d, available
 from mobilenet.train import amp, train
+
+KERNEL_OF = {BatchNormAct2d: "bn_act", DepthwiseConv2d: "depthwise", PointwiseConv2d: "pointwise"}
 
 
 def batch(n=8, side=16):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 3, side, side, generator=g), torch.randint(0, 3, (n,), generator=g)
+    images = torch.randn(n, 3, side, side, generator=g).contiguous(memory_format=torch.channels_last)
+    return images, torch.randint(0, 3, (n,), generator=g)
 
 
-def test_the_probe_leaves_the_model_and_the_generators_alone():
+def kernels_in(model: nn.Module) -> set[str]:
+    return {KERNEL_OF[type(m)] for m in model.modules() if type(m) in KERNEL_OF}
+
+
+class FakeMachine:
+    """step_speedup as a machine would answer it: each kernel's gain per precision, and bf16's gain
+    over fp32 for the whole step; records what was asked."""
+
+    def __init__(self, gains: dict[tuple[str, bool], float], bf16_gain: float):
+        self.gains, self.bf16_gain, self.calls = gains, bf16_gain, []
+
+    def __call__(self, baseline, candidate, images, labels, criterion, bf16=(False, False)):
+        if bf16[0] != bf16[1]:
+            self.calls.append(("bf16", tuple(sorted(kernels_in(candidate)))))
+            return self.bf16_gain
+        (added,) = kernels_in(candidate) - kernels_in(baseline)
+        self.calls.append((added, bf16[0]))
+        return self.gains[added, bf16[0]]
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    if not available():
+        pytest.skip("no C compiler: only the pointwise swap is probed")
+    fake = FakeMachine({("bn_act", False): 1.3, ("depthwise", False): 0.95, ("pointwise", False): 1.1,
+                        ("bn_act", True): 1.4, ("depthwise", True): 1.6, ("pointwise", True): 1.2}, bf16_gain=1.8)
+    monkeypatch.setattr(amp, "step_speedup", fake)
+    return fake
+
+
+def test_the_probes_leave_the_model_and_the_generators_alone(tmp_path):
     model = create_model("mobilenet_v2", width_mult=0.25, num_classes=3, small_input=True).train()
+    model = model.to(memory_format=torch.channels_last)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    ratio = amp.probe(model, *batch(), nn.CrossEntropyLoss())
-    assert ratio > 0 and torch.equal(torch.get_rng_state(), rng)  # V2's dropout draws inside the probe
+    choice = amp.choose_step("auto", True, model, *batch(), nn.CrossEntropyLoss(), cache=tmp_path / "cache.json")
+    assert choice.speedup > 0 and torch.equal(torch.get_rng_state(), rng)  # V2's dropout draws inside the probe
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm statistics too
+    assert not kernels_in(model)  # the probes swapped kernels into copies
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_auto_follows_the_probe_and_caches_it(monkeypatch, tmp_path):
-    calls = []
-    speed = {"ratio": 1.2}
-    monkeypatch.setattr(amp, "probe", lambda *args: calls.append(1) or speed["ratio"])
-    model, cache = create_model("mobilenet_v1", width_mult=0.25, num_classes=3), tmp_path / "amp.json"
-    criterion = nn.CrossEntropyLoss()
-    first = amp.choose_amp("auto", model, *batch(), criterion, cache=cache)
-    assert first.bf16 and first.speedup == 1.2 and "1.20x" in first.why
-    speed["ratio"] = 0.8  # the machine changed its mind, but the cache holds the decision
-    assert amp.choose_amp("auto", model, *batch(), criterion, cache=cache).bf16 and len(calls) == 1
-    slower = amp.choose_amp("auto", model, *batch(n=4), criterion, cache=cache)  # another batch shape: probed
-    assert not slower.bf16 and len(calls) == 2
-    assert not amp.choose_amp("auto", model, *batch(), criterion, cache=tmp_path / "other.json").bf16
-    for setting, expected in (("on", True), ("off", False)):  # asked: never probed
-        assert amp.choose_amp(setting, model, *batch(), criterion, cache=cache).bf16 is expected
-    assert len(calls) == 3
+def test_each_precision_keeps_the_kernels_that_pay_then_bf16_against_fp32(machine, tmp_path):
+    model, criterion = create_model("mobilenet_v1", width_mult=0.25, num_classes=3), nn.CrossEntropyLoss()
+    choice = amp.choose_step("auto", True, model, *batch(), criterion, cache=tmp_path / "c.json")
+    # fp32 drops the depthwise kernel (0.95x); bf16 keeps all three; then bf16's best beats fp32's best
+    assert machine.calls == [("bn_act", False), ("depthwise", False), ("pointwise", False),
+                             ("bn_act", True), ("depthwise", True), ("pointwise", True),
+                             ("bf16", ("bn_act", "depthwise", "pointwise"))]
+    assert choice.bf16 and choice.kernels == ("bn_act", "depthwise", "pointwise") and choice.speedup == 1.8
+    assert choice.probes["fp32 +depthwise"] == 0.95 and "1.80x" in choice.why
+    machine.bf16_gain = 1.02  # below MIN_GAIN: fp32, with fp32's own kernels
+    slower = amp.choose_step("auto", True, model, *batch(), criterion, cache=tmp_path / "other.json")
+    assert not slower.bf16 and slower.kernels == ("bn_act", "pointwise")
 
 
-def test_a_run_records_the_decision_and_a_resume_keeps_it(monkeypatch, tmp_path):
-    monkeypatch.setenv("MOBILENET_DATA", str(tmp_path / "data"))  # its own cache: other tests' runs stay fp32-probed
-    monkeypatch.setattr(amp, "probe", lambda *args: 1.5)
+def test_decisions_are_cached_per_batch_shape_and_setting(machine, tmp_path):
+    model, criterion, cache = create_model("mobilenet_v1", width_mult=0.25, num_classes=3), nn.CrossEntropyLoss(), \
+        tmp_path / "c.json"
+    first = amp.choose_step("auto", True, model, *batch(), criterion, cache=cache)
+    machine.bf16_gain = 0.5  # the machine changed its mind, but the cache holds the decision
+    assert amp.choose_step("auto", True, model, *batch(), criterion, cache=cache) == first
+    assert len(machine.calls) == 7
+    assert not amp.choose_step("auto", True, model, *batch(n=4), criterion, cache=cache).bf16  # probed anew
+    off = amp.choose_step("off", True, model, *batch(), criterion, cache=cache)  # fp32's kernels only
+    assert not off.bf16 and off.kernels == ("bn_act", "pointwise") and machine.calls[-1] == ("pointwise", False)
+    calls = len(machine.calls)
+    for setting, expected in (("on", True), ("off", False)):  # asked, no kernels allowed: never probed
+        asked = amp.choose_step(setting, False, model, *batch(), criterion, cache=cache)
+        assert asked.bf16 is expected and asked.kernels == ()
+    assert len(machine.calls) == calls
+
+
+def test_a_run_records_the_decision_and_a_resume_keeps_it(machine, monkeypatch, tmp_path):
+    monkeypatch.setenv("MOBILENET_DATA", str(tmp_path / "data"))  # its own cache
     train(tiny(tmp_path / "run"), stop_after=1)
-    monkeypatch.setattr(amp, "probe", lambda *args: 0.5)
+    machine.bf16_gain, machine.gains = 0.5, {key: 0.5 for key in machine.gains}  # would now choose nothing
     monkeypatch.setattr(amp, "read_cache", lambda path: {})  # no cache either: only the run's own record
     train(tiny(tmp_path / "run"), resume=True)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [(m["amp"], m["amp_probe"]) for m in metrics] == [("bf16", 1.5), ("bf16", 1.5)]
-    train(tiny(tmp_path / "off", amp="off"))
-    assert {json.loads(line)["amp"] for line in (tmp_path / "off" / "metrics.jsonl").read_text().splitlines()} == {"fp32"}
+    assert [(m["amp"], m["amp_probe"], m["kernels"]) for m in metrics] == [
+        ("bf16", 1.8, ["bn_act", "depthwise", "pointwise"])] * 2
+    assert all(m["fused_modules"] > 20 and m["step_probes"]["bf16 +depthwise"] == 1.6 for m in metrics)
+    slower = train(tiny(tmp_path / "slower"))  # probed anew on the slower machine: nothing pays
+    assert slower["kernels"] == [] and slower["amp"] == "fp32" and slower["fused_modules"] == 0
+    asked = train(tiny(tmp_path / "unfused", fused_bn=False, amp="off"))
+    assert asked["kernels"] == [] and asked["fused_modules"] == 0 and asked["amp_probe"] is None
 
 
-def test_the_fused_probe_leaves_the_model_and_the_generators_alone(tmp_path):
-    from mobilenet.fused import BatchNormAct2d
+def test_a_run_from_before_the_kernel_choice_resumes_with_its_fused_batchnorm(tmp_path, machine):
+    """Runs recorded `fused_bn` (how many BatchNorms were fused) before kernels were chosen one by one:
+    they resume with BatchNorm fused and nothing else, as they trained."""
+    train(tiny(tmp_path / "old"), stop_after=1)
+    lines = (tmp_path / "old" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["kernels"]
+    from mobilenet.checkpoint import atomic_save, read_safetensors
 
-    model = create_model("mobilenet_v2", width_mult=0.25, num_classes=3, small_input=True).train()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    rng = torch.get_rng_state()
-    images, labels = batch()
-    ratio = amp.probe_fused(model, images.contiguous(memory_format=torch.channels_last), labels,
-                            nn.CrossEntropyLoss(), cache=tmp_path / "cache.json")
-    assert ratio > 0 and torch.equal(torch.get_rng_state(), rng)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not any(isinstance(m, BatchNormAct2d) for m in model.modules())  # the probe fused a copy
-    assert all(p.grad is None for p in model.parameters())
-
-
-def test_a_run_fuses_batchnorm_where_the_probe_finds_it_faster_and_keeps_the_decision(monkeypatch, tmp_path):
-    from mobilenet.fused import available
-
-    if not available():
-        return
-    speed = {"fused": 1.3}
-
-    def fake(baseline, candidate, images, labels, criterion, bf16=(False, False)):
-        return speed["fused"] if bf16 == (False, False) else 0.5  # the fused probe; bf16 stays off
-
-    monkeypatch.setattr(amp, "step_speedup", fake)
-    monkeypatch.setenv("MOBILENET_DATA", str(tmp_path / "data"))
-    train(tiny(tmp_path / "run"), stop_after=1)
-    speed["fused"] = 0.7
-    monkeypatch.setattr(amp, "read_cache", lambda path: {})  # no cache: only the run's own record
-    train(tiny(tmp_path / "run"), resume=True)
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["fused_probe"] for m in metrics] == [1.3, 1.3] and all(m["fused_bn"] > 10 for m in metrics)
-    assert train(tiny(tmp_path / "slower"))["fused_bn"] == 0  # probed anew: 0.7x, not fused
-    asked = train(tiny(tmp_path / "unfused", fused_bn=False))
-    assert asked["fused_bn"] == 0 and asked["fused_probe"] is None
+    state = tmp_path / "old" / "state.safetensors"
+    tensors, metadata = read_safetensors(state)
+    info = json.loads(metadata["info"])
+    for m in info["metrics"]:  # as an older version wrote them
+        m.pop("kernels"), m.pop("step_probes"), m.pop("fused_modules")
+        m["fused_bn"], m["fused_probe"] = 27, 1.2
+    atomic_save(tensors, state, {**metadata, "info": json.dumps(info)})
+    resumed = train(tiny(tmp_path / "old"), resume=True)
+    assert resumed["kernels"] == ["bn_act"] and resumed["fused_modules"] > 10

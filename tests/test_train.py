@@ -189,6 +189,6 @@ def test_each_epoch_reports_its_share_of_the_compute_bound(tmp_path):
     """ImageNet strides at 32x32 end in a 1x1 map: the FLOP count behind the bound must not run
     BatchNorm in training mode on a batch of one."""
     metrics = train(tiny(tmp_path / "run", small_input=False, resolution=32, epochs=1), progress=False)
-    assert isinstance(metrics["fused_bn"], int) and metrics["matmul_gflops"] > 1
+    assert isinstance(metrics["fused_modules"], int) and metrics["matmul_gflops"] > 1
     assert 0 < metrics["of_bound"] < 1
     assert metrics["of_bound"] == pytest.approx(metrics["images_per_s"] / metrics["bound_images_per_s"])

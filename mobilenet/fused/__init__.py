@@ -12,9 +12,12 @@ Both kernels are OpenMP C for channels-last float32 and bfloat16 activations, co
 on first use and cached. Anywhere else (CUDA, NCHW, other dtypes, no C compiler) the modules run
 PyTorch's own operators, so they are always correct and only sometimes faster.
 
-`fuse(model)` swaps each `ConvBNAct`'s BatchNorm and activation for one `BatchNormAct2d` and each
-depthwise `nn.Conv2d` for a `DepthwiseConv2d`, keeping the parameters, buffers and state-dict keys,
-so checkpoints are unchanged.
+A 1x1 convolution is a matrix product; `PointwiseConv2d` computes it as one (plain PyTorch, no C).
+
+`fuse(model)` swaps each `ConvBNAct`'s BatchNorm and activation for one `BatchNormAct2d`, each
+depthwise `nn.Conv2d` for a `DepthwiseConv2d` and each 1x1 one for a `PointwiseConv2d`, keeping the
+parameters, buffers and state-dict keys, so checkpoints are unchanged. The trainer swaps in only
+those its probe finds faster on this machine (`mobilenet.train.amp`).
 """
 
 from __future__ import annotations
@@ -325,11 +328,15 @@ def fuse_pointwise(model: nn.Module) -> int:
     return _swap_convs(model, PointwiseConv2d, _is_pointwise)
 
 
-def fuse(model: nn.Module) -> int:
-    """All three swaps (`fuse_bn_act`, `fuse_depthwise`, `fuse_pointwise`) in place; returns how many
-    modules were swapped."""
-    return fuse_bn_act(model) + fuse_depthwise(model) + fuse_pointwise(model)
+# The swaps by name, in the order the trainer's probe tries them (mobilenet.train.amp).
+KERNELS = {"bn_act": fuse_bn_act, "depthwise": fuse_depthwise, "pointwise": fuse_pointwise}
 
 
-__all__ = ["BatchNormAct2d", "DepthwiseConv2d", "PointwiseConv2d", "available", "build", "fuse", "fuse_bn_act",
-           "fuse_depthwise", "fuse_pointwise", "unavailable_reason", "version"]
+def fuse(model: nn.Module, kernels: tuple[str, ...] = tuple(KERNELS)) -> int:
+    """The swaps named in `kernels` (all of `KERNELS` by default), in place; returns how many modules
+    were swapped."""
+    return sum(KERNELS[name](model) for name in kernels)
+
+
+__all__ = ["KERNELS", "BatchNormAct2d", "DepthwiseConv2d", "PointwiseConv2d", "available", "build", "fuse",
+           "fuse_bn_act", "fuse_depthwise", "fuse_pointwise", "unavailable_reason", "version"]

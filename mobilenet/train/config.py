@@ -79,8 +79,8 @@ class TrainConfig:
                                  flag="--no-channels-last")
     amp: str = option("auto", "bfloat16 autocast: auto (on CUDA; on CPU where a short probe finds "
                                   "the step faster), on, off", choices=("auto", "on", "off"))
-    fused_bn: bool = option(True, "use PyTorch's BatchNorm and activation instead of the fused CPU kernel "
-                                  "(mobilenet.fused)", flag="--no-fused-bn")
+    fused_bn: bool = option(True, "use PyTorch's own BatchNorm, activation and convolutions instead of the "
+                                  "CPU kernels of mobilenet.fused", flag="--no-fused-bn")
     compile: bool = option(False, "torch.compile the model")
     sync_bn: bool = option(False, "synchronise BatchNorm statistics across processes (GPUs only, PyTorch's "
                                   "SyncBatchNorm)")

@@ -31,10 +31,10 @@ from mobilenet.data import load_dataset, make_loader
 from mobilenet.data.memory import stats_to_channels
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.files import write_text
-from mobilenet.fused import available, fuse
+from mobilenet.fused import KERNELS, fuse
 from mobilenet.models import create_model
 from mobilenet.train.amp import CACHE_FILE as AMP_CACHE
-from mobilenet.train.amp import AmpChoice, choose_amp, probe_fused
+from mobilenet.train.amp import StepChoice, choose_step
 from mobilenet.train.config import TrainConfig
 from mobilenet.train.distributed import Distributed, from_environment
 from mobilenet.train.optim import build_optimizer, learning_rate
@@ -118,8 +118,7 @@ class Run:
             self._load_state()
         elif self.is_main:  # written once everything it names was found and built: exactly what runs
             write_text(self.folder / CONFIG, self.config.to_json())
-        self.fused, self.fused_probe = self._choose_fused()
-        self.amp = self._choose_amp()
+        self.amp = self._choose_step()
 
     def _probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch of the run's shape and layout, for the probes of the training step."""
@@ -131,44 +130,35 @@ class Run:
         labels = torch.randint(0, len(self.train_set.classes), (batch,), generator=generator).to(self.device)
         return images, labels
 
-    def _choose_fused(self) -> tuple[int, float | None]:
-        """`mobilenet.fused`'s kernels (each BatchNorm fused with its activation, the depthwise
-        convolutions' backward pass; the same parameters, buffers and state-dict keys) where they make
-        this machine's step at least as fast: as this run recorded it, or probed and cached like
-        `--amp auto`. CPU only, and not under torch.compile, which fuses by itself. Returns (modules
-        swapped, probe's speedup)."""
-        config = self.config
-        if not (config.fused_bn and self.device.type == "cpu" and not config.compile and available()):
-            return 0, None
-        recorded = self.metrics[-1].get("fused_bn") if self.metrics else None
-        if isinstance(recorded, int):  # a resumed run keeps its decision
-            return (fuse(self.model) if recorded else 0), self.metrics[-1].get("fused_probe")
-        from mobilenet.data.load import default_root
+    def _choose_step(self) -> StepChoice:
+        """Which of `mobilenet.fused`'s kernels and whether bf16 autocast (`mobilenet.train.amp`): as
+        asked, as this run recorded it (a resumed run keeps its decision), or probed and cached. Not
+        under torch.compile, which fuses by itself. The chosen kernels are swapped into the model."""
+        config, last = self.config, self.metrics[-1] if self.metrics else {}
+        fused = config.fused_bn and not config.compile
+        if last.get("amp") in ("bf16", "fp32"):
+            kernels = last.get("kernels", ["bn_act"] if last.get("fused_bn") else [])  # older runs: BatchNorm only
+            choice = StepChoice(tuple(kernels) if fused else (), last["amp"] == "bf16", "recorded by this run",
+                                last.get("amp_probe"), last.get("step_probes"))
+        else:
+            from mobilenet.data.load import default_root
 
-        speedup = probe_fused(self.model, *self._probe_batch(), self.criterion, cache=default_root() / AMP_CACHE)
-        faster = speedup >= 1.0
-        if self.dist.enabled:  # every process alike: fused only if every one found it faster
-            faster = self.dist.all_reduce(torch.tensor([float(faster)])).item() == self.dist.world_size
-        if self.is_main and self.progress:
-            print(f"fused kernels {'on' if faster else 'off'}: probe: the fused step ran {speedup:.2f}x as fast",
-                  flush=True)
-        return (fuse(self.model) if faster else 0), speedup
-
-    def _choose_amp(self) -> AmpChoice:
-        """bf16 autocast or not (`mobilenet.train.amp`): as asked, as this run recorded it, or probed."""
-        recorded = self.metrics[-1].get("amp") if self.metrics else None
-        if self.config.amp == "auto" and recorded in ("bf16", "fp32"):
-            return AmpChoice(recorded == "bf16", "recorded by this run", self.metrics[-1].get("amp_probe"))
-        from mobilenet.data.load import default_root
-
-        choice = choose_amp(self.config.amp, self.model, *self._probe_batch(), self.criterion,
-                            cache=default_root() / AMP_CACHE)
-        if self.dist.enabled:  # every process must compute alike: bf16 only if every one chose it
-            votes = self.dist.all_reduce(torch.tensor([float(choice.bf16)]))
-            if choice.bf16 and votes.item() < self.dist.world_size:
-                choice = AmpChoice(False, "another process found bf16 slower", choice.speedup)
-        if self.is_main and choice.speedup is not None and self.progress:
-            print(f"bf16 autocast {'on' if choice.bf16 else 'off'}: {choice.why}", flush=True)
+            choice = choose_step(config.amp, fused, self.model, *self._probe_batch(), self.criterion,
+                                 cache=default_root() / AMP_CACHE)
+            if self.dist.enabled:  # every process must compute alike: a choice only if every one made it
+                names = list(KERNELS)
+                votes = self.dist.all_reduce(torch.tensor([float(choice.bf16)] + [float(k in choice.kernels)
+                                                                                 for k in names]))
+                kept = votes == self.dist.world_size
+                unanimous = bool(((votes == 0) | kept).all())
+                choice = StepChoice(tuple(k for k, ok in zip(names, kept[1:]) if ok), bool(kept[0]),
+                                    choice.why if unanimous else "what every process chose", choice.speedup,
+                                    choice.probes)
+            if self.is_main and self.progress and choice.probes:
+                print(f"training step: kernels {'+'.join(choice.kernels) or 'none'} (probes: "
+                      + ", ".join(f"{k} {v:.2f}x" for k, v in choice.probes.items())
+                      + f"); bf16 autocast {'on' if choice.bf16 else 'off'}: {choice.why}", flush=True)
+        self.fused = fuse(self.model, choice.kernels) if choice.kernels else 0
         return choice
 
     def _load_data(self) -> None:
@@ -422,8 +412,7 @@ class Run:
             done_here += 1
             last = {"epoch": self.epoch, "step": self.step, **train, "eval_time_s": time.perf_counter() - start,
                     "test_loss": result.loss, "test_top1": result.top1, "test_top5": result.top5,
-                    "test_images": result.num_images, "fused_bn": self.fused, "fused_probe": self.fused_probe,
-                    **self.amp.to_metrics()}
+                    "test_images": result.num_images, "fused_modules": self.fused, **self.amp.to_metrics()}
             self.metrics.append(last)
             self._save(result)
             if self.is_main:
