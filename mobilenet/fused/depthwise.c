@@ -2,9 +2,12 @@
  *
  * oneDNN runs the depthwise backward pass slowly on some CPUs and dtypes (on a Xeon with AMX, the
  * bfloat16 input gradient of a stride-2 layer falls back to a path about 30x slower than fp32's), and
- * a depthwise layer is few FLOPs over large activations: memory-bound work. Here each gradient reads
- * the activations once, a row of pixels at a time, with the channels in vectors: blocks of 16, then 8,
- * then single channels, the taps' weights and the sums held in registers.
+ * a depthwise layer is few FLOPs over large activations: memory-bound work. Here each gradient works
+ * a row of pixels at a time. The rows it reads are first spread into float rows with the zero padding
+ * written out (and, for the input gradient of a strided layer, zeros between the pixels: it is then a
+ * stride-1 convolution with the kernel flipped), each kept per thread while neighbouring rows need it,
+ * so the inner loops have no edge cases and no conversions. The channels go in vectors of 16, then 8,
+ * then 1, with the taps' weights and the sums in registers.
  *
  * Layouts: x and dx N x H x W x C, dy N x OH x OW x C (channels-last), the weight and its gradient
  * KH x KW x C (tap-major, fp32). Output pixel (o, q) sees input pixel (o*sh - ph + a, q*sw - pw + e)
