@@ -237,11 +237,9 @@ class DepthwiseConv2d(nn.Conv2d):
     otherwise it is nn.Conv2d. Parameters and their names are nn.Conv2d's."""
 
     def _fast(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
-        return (torch.is_grad_enabled() and x.dim() == 4 and dtype in SUFFIX
-                and x.shape[1] == self.groups == self.out_channels and self.bias is None
-                and self.dilation == (1, 1) and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and self.kernel_size[0] * self.kernel_size[1] <= MAX_TAPS and x.numel() > 0
-                and x.is_contiguous(memory_format=torch.channels_last) and _load() is not None)
+        # what the kernel needs of the module itself was checked once, when it was swapped in (_is_depthwise)
+        return (torch.is_grad_enabled() and x.dim() == 4 and dtype in SUFFIX and x.shape[1] == self.groups
+                and x.numel() > 0 and x.is_contiguous(memory_format=torch.channels_last) and _load() is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
@@ -292,7 +290,10 @@ def fuse_bn_act(model: nn.Module) -> int:
 
 
 def _is_depthwise(conv: nn.Conv2d) -> bool:
-    return conv.groups == conv.in_channels == conv.out_channels > 1 and conv.bias is None
+    """A depthwise convolution `depthwise.c` computes: no bias, no dilation, numeric zero padding."""
+    return (conv.groups == conv.in_channels == conv.out_channels > 1 and conv.bias is None
+            and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and conv.kernel_size[0] * conv.kernel_size[1] <= MAX_TAPS)
 
 
 def _is_pointwise(conv: nn.Conv2d) -> bool:
@@ -319,7 +320,7 @@ def _swap_convs(model: nn.Module, kind: type[nn.Conv2d], wanted) -> int:
 
 
 def fuse_depthwise(model: nn.Module) -> int:
-    """Every depthwise nn.Conv2d (groups = in = out channels, no bias) becomes a `DepthwiseConv2d`."""
+    """Every depthwise nn.Conv2d the kernel computes (`_is_depthwise`) becomes a `DepthwiseConv2d`."""
     return _swap_convs(model, DepthwiseConv2d, _is_depthwise)
 
 
