@@ -213,6 +213,18 @@ def save_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimize
     atomic_save(tensors, path, metadata)
 
 
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded buffer its parameter's memory layout (a file holds contiguous tensors; the
+    parameters of a channels-last model are not). PyTorch's fused optimizers walk parameter, gradient
+    and buffers as flat memory, so a contiguous momentum buffer of a channels-last weight would be
+    updated element by element against the wrong weights (a resumed run drifts from an unbroken one)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def load_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Restore the optimizer from a training-state file; returns its extra tensors and info."""
     tensors, metadata = read_safetensors(path)
@@ -230,6 +242,7 @@ def load_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimize
         for index, values in json.loads(metadata["optimizer_scalars"]).items():
             slots.setdefault(int(index), {}).update(values)
         optimizer.load_state_dict({"state": slots, "param_groups": json.loads(metadata["param_groups"])})
+        _match_parameter_layouts(optimizer)
         info = json.loads(metadata["info"])
         for name, kind in (("epoch", int), ("step", int), ("best_top1", (int, float)), ("metrics", list)):
             if not isinstance(info.get(name), kind) or isinstance(info.get(name), bool):

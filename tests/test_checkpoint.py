@@ -78,3 +78,35 @@ def test_missing_file_and_folder(tmp_path):
     model = create_model("mobilenet_v1", width_mult=0.25, num_classes=2)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         save_checkpoint(tmp_path / "no" / "m.safetensors", model, meta_for(model))
+
+
+def test_resumed_fused_sgd_continues_exactly_on_a_channels_last_model(tmp_path):
+    """A saved momentum buffer is contiguous; the channels-last weight it belongs to is not. PyTorch's
+    fused SGD reads both as flat memory, so the loaded buffer must take its weight's layout, or the
+    resumed step updates each weight with another weight's momentum."""
+    from mobilenet.checkpoint import load_training_state, save_training_state
+
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+
+    def step(model, optimizer):
+        optimizer.zero_grad()
+        model(images).square().mean().backward()
+        optimizer.step()
+
+    def build(model):
+        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, fused=True)
+
+    model = create_model("conv_mobilenet_v1", num_classes=10, width_mult=0.25, small_input=True).to(memory_format=torch.channels_last)
+    optimizer = build(model)
+    step(model, optimizer)
+    save_training_state(tmp_path / "state.safetensors", optimizer, {}, {"epoch": 1, "step": 1, "best_top1": 0,
+                                                                         "metrics": []})
+    resumed = create_model("conv_mobilenet_v1", num_classes=10, width_mult=0.25, small_input=True).to(memory_format=torch.channels_last)
+    resumed.load_state_dict(model.state_dict())
+    resumed_optimizer = build(resumed)
+    load_training_state(tmp_path / "state.safetensors", resumed_optimizer)
+    step(model, optimizer)
+    step(resumed, resumed_optimizer)
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
