@@ -37,11 +37,15 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every ConvBNAct's BatchNorm into its convolution, in place: `conv` gains a bias and
-    `bn` becomes `nn.Identity`, so state-dict keys keep their names (minus the BatchNorm's)."""
+    `bn` becomes `nn.Identity`, so state-dict keys keep their names (minus the BatchNorm's). A
+    training step's `BatchNormAct2d` (mobilenet.fused) gives its activation back to `act`."""
     for module in model.modules():
         if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.BatchNorm2d):
+            activation = getattr(module.bn, "activation", None)
             module.conv = fold_conv_bn(module.conv, module.bn)
             module.bn = nn.Identity()
+            if activation is not None:
+                module.act = activation()
     return model
 
 
