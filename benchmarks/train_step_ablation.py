@@ -1,7 +1,8 @@
 """Where the training step's speed comes from: each change of `mobilenet.fused` and autocast added
 in turn, timed interleaved in one process.
 
-The step is forward, loss, backward and a foreach SGD update on one random batch already in memory
+The step is forward, loss, backward and an SGD update (`foreach`; PyTorch's fused kernel in the last
+row, as the trainer uses it) on one random batch already in memory
 (no loader: the trainer's whole pipeline is in train_throughput.py). Each row adds one change to the
 row above it; one row takes bf16 autocast without our kernels, to show why `--amp auto` turned it
 off before them. Rounds alternate between the rows, and the median step is reported.
@@ -25,22 +26,23 @@ from mobilenet import create_model
 from mobilenet.bench import environment
 from mobilenet.fused import fuse
 
-# (name, channels_last, mobilenet.fused.KERNELS swapped in, bf16 autocast); each row's changes include
-# the rows above it
+# (name, channels_last, mobilenet.fused.KERNELS swapped in, bf16 autocast, fused SGD); each row's
+# changes include the rows above it
 ALL = ("bn_act", "depthwise", "pointwise")
 STEPS = [
-    ("plain eager NCHW fp32", False, (), False),
-    ("+ channels_last", True, (), False),
-    ("(channels_last + bf16 autocast, PyTorch only)", True, (), True),
-    ("+ fused BatchNorm + activation", True, ALL[:1], False),
-    ("+ depthwise backward kernel", True, ALL[:2], False),
-    ("+ 1x1 convolutions as mm", True, ALL, False),
-    ("+ bf16 autocast", True, ALL, True),
+    ("plain eager NCHW fp32", False, (), False, False),
+    ("+ channels_last", True, (), False, False),
+    ("(channels_last + bf16 autocast, PyTorch only)", True, (), True, False),
+    ("+ fused BatchNorm + activation", True, ALL[:1], False, False),
+    ("+ depthwise backward kernel", True, ALL[:2], False, False),
+    ("+ 1x1 convolutions as mm", True, ALL, False, False),
+    ("+ bf16 autocast", True, ALL, True, False),
+    ("+ fused SGD update", True, ALL, True, True),
 ]
 
 
 def make_step(model_args: tuple[str, float, bool], batch: int, channels_last: bool, kernels: tuple[str, ...],
-              bf16: bool):
+              bf16: bool, fused_sgd: bool):
     name, width, small_input = model_args
     torch.manual_seed(0)
     model = create_model(name, width_mult=width, num_classes=10, small_input=small_input).train()
@@ -51,7 +53,7 @@ def make_step(model_args: tuple[str, float, bool], batch: int, channels_last: bo
     fuse(model, kernels)
     labels = torch.randint(0, 10, (batch,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                                foreach=True)
+                                fused=fused_sgd or None, foreach=None if fused_sgd else True)
     criterion = nn.CrossEntropyLoss()
 
     def step() -> float:
