@@ -47,7 +47,7 @@ $(VENV)-%/.installed: pyproject.toml Makefile
 	$(VENV)-$*/bin/python -m mobilenet.fused
 	@echo "$(TORCH)" > $@
 
-# The Fashion-MNIST recipe (README, "Real data"): about 67 minutes on a 2-core AMX Xeon. Needs the data:
+# The Fashion-MNIST recipe (README, "Real data"): about 115 minutes on a 2-core AMX Xeon. Needs the data:
 # `apt-get install dataset-fashion-mnist`, or FASHION_ARGS=--download. Results: benchmarks/results/.
 FASHION_ARGS ?=
 fashion: install
