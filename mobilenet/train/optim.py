@@ -42,8 +42,16 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         # PyTorch's fused SGD: one kernel over all parameters, about 4x faster than `foreach` on CPU
         # (a resumed run is exact because the loaded buffers take their parameters' layouts).
         fused = next(model.parameters()).device.type in ("cpu", "cuda")
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
-                               fused=fused or None, foreach=None if fused else True)
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
+                                    fused=fused or None, foreach=None if fused else True)
+        if fused and config.momentum > 0:
+            # The fused kernel cannot mix parameters with and without a momentum buffer (a backbone
+            # unfrozen after --freeze-epochs has none yet). Zero buffers from the start are the same
+            # mathematics: with no dampening the first update makes the buffer the gradient.
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param)
+        return optimizer
     return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, momentum=config.momentum, eps=math.sqrt(1e-3),
                                foreach=True)
 
