@@ -53,7 +53,7 @@ def make_step(model_args: tuple[str, float, bool], batch: int, channels_last: bo
     fuse(model, kernels)
     labels = torch.randint(0, 10, (batch,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                                fused=fused_sgd or None, foreach=None if fused_sgd else True)
+                                fused=fused_sgd, foreach=not fused_sgd)
     criterion = nn.CrossEntropyLoss()
 
     def step() -> float:

@@ -43,7 +43,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         # (a resumed run is exact because the loaded buffers take their parameters' layouts).
         fused = next(model.parameters()).device.type in ("cpu", "cuda")
         optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
-                                    fused=fused or None, foreach=None if fused else True)
+                                    fused=fused, foreach=not fused)
         if fused and config.momentum > 0:
             # The fused kernel cannot mix parameters with and without a momentum buffer (a backbone
             # unfrozen after --freeze-epochs has none yet). Zero buffers from the start are the same
