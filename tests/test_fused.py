@@ -50,12 +50,14 @@ def test_forward_backward_and_statistics_equal_pytorch(shape, activation, traini
         assert torch.allclose(getattr(ours, name).float(), getattr(reference, name).float(), rtol=1e-5, atol=1e-7)
 
 
-def test_bfloat16_activations_round_like_pytorch():
+@pytest.mark.parametrize("shape", [(8, 32, 6, 6), (3, 24, 5, 7), (2, 300, 3, 3), (5, 3, 4, 4)],
+                         ids=["tiled", "tail-rows", "wide", "three-channels"])
+def test_bfloat16_activations_round_like_pytorch(shape):
     """Under bf16 autocast the convolutions hand BatchNorm bf16 tensors: the result is bf16, within
     one rounding of PyTorch's (which also computes in float and rounds once)."""
     torch.manual_seed(1)
-    reference, ours = nn.BatchNorm2d(32), BatchNormAct2d(32)
-    x = torch.randn(8, 32, 6, 6).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    reference, ours = nn.BatchNorm2d(shape[1]), BatchNormAct2d(shape[1])
+    x = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
     y_ref, y_ours = torch.relu(reference(x_ref)), ours(x_ours)
     assert y_ours.dtype == torch.bfloat16

@@ -3,7 +3,9 @@
  * An activation tensor N x C x H x W stored channels-last is a row-major M x C matrix (M = N*H*W),
  * so every kernel walks rows with per-channel constants in vectors along C. Rows are taken R at a
  * time as one wide row of W = R*C values with the constants tiled R times, so that layers with few
- * channels (C = 8 or 16) still run long vector loops instead of paying the loop overhead per row.
+ * channels (C = 8 or 16) still run long vector loops instead of paying the loop overhead per row;
+ * the last wide row may be shorter (M % R rows). The loops run in explicit vectors of 16 floats, then
+ * one value at a time for what is left of a wide row.
  *
  * PyTorch runs BatchNorm and the activation as separate passes over memory (statistics, normalise,
  * activation; activation backward, two BatchNorm backward passes). Here the forward is two passes
@@ -13,8 +15,8 @@
  *
  * The activation is a clamp to [lo, hi]: ReLU is [0, inf), ReLU6 [0, 6], none (-inf, inf). Its
  * gradient passes where lo < z < hi, as PyTorch's threshold_backward and hardtanh_backward do.
- * T is float or bfloat16 (uint16_t, the high half of a float). Parameters and statistics are
- * float; sums are accumulated in float over blocks of rows and in double across blocks.
+ * T is float or bfloat16 (uint16_t). Parameters and statistics are float; sums are accumulated in
+ * float over blocks of rows and in double across blocks.
  */
 #include "common.h"
 
@@ -26,66 +28,148 @@ static void tile(const float *v, int64_t c, int64_t r, float *out) {
     for (int64_t i = 0; i < r; i++) memcpy(out + i * c, v, (size_t)c * sizeof(float));
 }
 
-/* Channel sums of two quantities over all m rows: per-thread double partials of width w, folded
-   into c channels (out0, out1). SUM_ROWS(begin, end, s0, s1) adds wide rows [begin, end) into the
-   float vectors s0, s1 (width w); the tail rows (m % r) are added by the first thread. */
-#define CHANNEL_SUMS(m, c, w, r, out0, out1, SUM_WIDE, SUM_TAIL)                                          \
-    {                                                                                                      \
-        int threads_ = omp_get_max_threads();                                                              \
-        double *partial_ = calloc((size_t)(2 * threads_ * (w)), sizeof(double));                          \
-        int64_t wide_ = (m) / (r);                                                                         \
-        _Pragma("omp parallel")                                                                            \
-        {                                                                                                  \
-            int64_t begin_, end_;                                                                          \
-            share(wide_, &begin_, &end_);                                                                  \
-            double *d0_ = partial_ + 2 * omp_get_thread_num() * (w), *d1_ = d0_ + (w);                     \
-            float s0[w], s1[w]; /* w <= max(TILE, c) */                                                              \
-            for (int64_t block_ = begin_; block_ < end_; block_ += BLOCK) {                                \
-                int64_t stop_ = block_ + BLOCK < end_ ? block_ + BLOCK : end_;                             \
-                for (int64_t j = 0; j < (w); j++) { s0[j] = 0.f; s1[j] = 0.f; }                            \
-                SUM_WIDE(block_, stop_)                                                                    \
-                for (int64_t j = 0; j < (w); j++) { d0_[j] += s0[j]; d1_[j] += s1[j]; }                    \
-            }                                                                                              \
-            if (omp_get_thread_num() == 0 && wide_ * (r) < (m)) {                                          \
-                for (int64_t j = 0; j < (w); j++) { s0[j] = 0.f; s1[j] = 0.f; }                            \
-                SUM_TAIL(wide_ * (r), (m))                                                                 \
-                for (int64_t j = 0; j < (c); j++) { d0_[j] += s0[j]; d1_[j] += s1[j]; }                    \
-            }                                                                                              \
+/* d[0, V) += s, in double. */
+typedef double d8 __attribute__((vector_size(64)));
+typedef double d8u __attribute__((vector_size(64), aligned(8)));
+INLINE void add16_f64(double *d, f16 s) {
+    *(d8u *)d += __builtin_convertvector(__builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7), d8);
+    *(d8u *)(d + 8) += __builtin_convertvector(__builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15), d8);
+}
+INLINE void add1_f64(double *d, f1 s) { d[0] += s[0]; }
+
+/* The per-channel constants of a pass, each tiled to a wide row. */
+typedef struct {
+    const float *pivot, *scale, *shift, *mean, *invstd, *a, *b;
+    float lo, hi;
+} Constants;
+
+/* What each pass does to values [j, j+V) of a wide row. */
+#define ROW_OPS(V, SUFFIX, T)                                                                              \
+/* The sums of a pass over rows [i0, i1) of the wide rows (stride w) in values [j, j+V), added in   \
+   float and then into d0, d1 (double): the statistics' (x - pivot and its square) or the backward's    \
+   (dz and dz * (x - mean); the caller multiplies the latter by invstd). */                               \
+INLINE void sums##V##_##SUFFIX(int64_t j, int grads, const Constants *k, const T *x, const T *dy, int64_t i0,  \
+                               int64_t i1, int64_t w, double *d0, double *d1) {                             \
+    f##V s0 = {0}, s1 = {0};                                                                               \
+    if (grads) {                                                                                           \
+        f##V scale = load##V##_f32(k->scale + j), shift = load##V##_f32(k->shift + j);                     \
+        f##V mean = load##V##_f32(k->mean + j), l = (f##V){0} + k->lo, h = (f##V){0} + k->hi;              \
+        for (int64_t i = i0; i < i1; i++) {                                                                \
+            f##V v = load##V##_##SUFFIX(x + i * w + j), z = v * scale + shift;                             \
+            f##V g = keep##V(load##V##_##SUFFIX(dy + i * w + j), (u##V)(z > l) & (u##V)(z < h));          \
+            s0 += g;                                                                                       \
+            s1 += g * (v - mean);                                                                          \
         }                                                                                                  \
-        for (int64_t j = 0; j < (c); j++) { out0[j] = 0.0; out1[j] = 0.0; }                                \
-        for (int t_ = 0; t_ < threads_; t_++)                                                              \
-            for (int64_t j = 0; j < (w); j++) {                                                            \
-                out0[j % (c)] += partial_[2 * t_ * (w) + j];                                               \
-                out1[j % (c)] += partial_[(2 * t_ + 1) * (w) + j];                                         \
-            }                                                                                              \
-        free(partial_);                                                                                    \
+    } else {                                                                                               \
+        f##V pivot = load##V##_f32(k->pivot + j);                                                          \
+        for (int64_t i = i0; i < i1; i++) {                                                                \
+            f##V v = load##V##_##SUFFIX(x + i * w + j) - pivot;                                            \
+            s0 += v;                                                                                       \
+            s1 += v * v;                                                                                   \
+        }                                                                                                  \
+    }                                                                                                      \
+    add##V##_f64(d0 + j, s0);                                                                              \
+    add##V##_f64(d1 + j, s1);                                                                              \
+}                                                                                                          \
+/* y = clamp(x * scale + shift, lo, hi) */                                                                 \
+INLINE void apply##V##_##SUFFIX(int64_t j, const Constants *k, const T *x, T *y) {                         \
+    f##V z = load##V##_##SUFFIX(x + j) * load##V##_f32(k->scale + j) + load##V##_f32(k->shift + j);        \
+    store##V##_##SUFFIX(y + j, clamp##V(z, k->lo, k->hi));                                                 \
+}                                                                                                          \
+/* dz: dy where the clamp passed the gradient (lo < z < hi), else 0 */                                     \
+INLINE f##V dz##V##_##SUFFIX(int64_t j, const Constants *k, const T *x, const T *dy, f##V *v) {            \
+    *v = load##V##_##SUFFIX(x + j);                                                                        \
+    f##V z = *v * load##V##_f32(k->scale + j) + load##V##_f32(k->shift + j);                               \
+    f##V l = (f##V){0} + k->lo, h = (f##V){0} + k->hi;                                                     \
+    return keep##V(load##V##_##SUFFIX(dy + j), (u##V)(z > l) & (u##V)(z < h));                             \
+}                                                                                                          \
+/* dx = scale * dz + a * x + b */                                                                          \
+INLINE void input##V##_##SUFFIX(int64_t j, const Constants *k, const T *x, const T *dy, T *dx) {           \
+    f##V v, g = dz##V##_##SUFFIX(j, k, x, dy, &v);                                                         \
+    store##V##_##SUFFIX(dx + j, load##V##_f32(k->scale + j) * g + load##V##_f32(k->a + j) * v              \
+                                + load##V##_f32(k->b + j));                                                \
+}
+
+/* FN over the n values of a wide row: vectors of 16, then one at a time. */
+#define EACH(FN, SUFFIX, n, ...)                                                                           \
+    {                                                                                                      \
+        int64_t j_ = 0;                                                                                    \
+        for (; j_ + 16 <= (n); j_ += 16) FN##16_##SUFFIX(j_, __VA_ARGS__);                                 \
+        for (; j_ < (n); j_++) FN##1_##SUFFIX(j_, __VA_ARGS__);                                            \
     }
 
-#define DEFINE_KERNELS(SUFFIX, T, LOAD, STORE)                                                             \
-/* y = clamp(x * scale + shift, lo, hi), scale and shift tiled to w = r*c. */                              \
-static void apply_##SUFFIX(const T *x, T *y, int64_t m, int64_t c, int64_t r, const float *scale,           \
-                           const float *shift, float lo, float hi) {                                       \
-    int64_t w = r * c, total = m * c;                                                                      \
+/* The values in wide row i of an M x C matrix (w = R*C a wide row, total = M*C). */
+static inline int64_t row_values(int64_t i, int64_t w, int64_t total) {
+    return total - i * w < w ? total - i * w : w;
+}
+
+#define DEFINE_KERNELS(SUFFIX, T)                                                                          \
+ROW_OPS(16, SUFFIX, T)                                                                                     \
+ROW_OPS(1, SUFFIX, T)                                                                                      \
+/* sums16 on four neighbouring vectors at once: four independent chains of additions hide their latency */ \
+INLINE void sums64_##SUFFIX(int64_t j, int grads, const Constants *k, const T *x, const T *dy, int64_t i0,  \
+                            int64_t i1, int64_t w, double *d0, double *d1) {                               \
+    f16 s0[4] = {{0}}, s1[4] = {{0}}, l = (f16){0} + k->lo, h = (f16){0} + k->hi;                          \
+    if (grads) {                                                                                           \
+        f16 scale[4], shift[4], mean[4];                                                                   \
+        for (int q = 0; q < 4; q++) {                                                                      \
+            scale[q] = load16_f32(k->scale + j + 16 * q);                                                  \
+            shift[q] = load16_f32(k->shift + j + 16 * q);                                                  \
+            mean[q] = load16_f32(k->mean + j + 16 * q);                                                    \
+        }                                                                                                  \
+        for (int64_t i = i0; i < i1; i++)                                                                  \
+            for (int q = 0; q < 4; q++) {                                                                  \
+                f16 v = load16_##SUFFIX(x + i * w + j + 16 * q), z = v * scale[q] + shift[q];              \
+                f16 g = keep16(load16_##SUFFIX(dy + i * w + j + 16 * q), (u16)(z > l) & (u16)(z < h));     \
+                s0[q] += g;                                                                                \
+                s1[q] += g * (v - mean[q]);                                                                \
+            }                                                                                              \
+    } else {                                                                                               \
+        f16 pivot[4];                                                                                      \
+        for (int q = 0; q < 4; q++) pivot[q] = load16_f32(k->pivot + j + 16 * q);                          \
+        for (int64_t i = i0; i < i1; i++)                                                                  \
+            for (int q = 0; q < 4; q++) {                                                                  \
+                f16 v = load16_##SUFFIX(x + i * w + j + 16 * q) - pivot[q];                                \
+                s0[q] += v;                                                                                \
+                s1[q] += v * v;                                                                            \
+            }                                                                                              \
+    }                                                                                                      \
+    for (int q = 0; q < 4; q++) {                                                                          \
+        add16_f64(d0 + j + 16 * q, s0[q]);                                                                 \
+        add16_f64(d1 + j + 16 * q, s1[q]);                                                                 \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+/* Channel sums of two quantities (see sums16) over all m rows, into out0 and out1 (c each): per     \
+   thread, columns of BLOCK wide rows at a time in float, then in double. */                               \
+static void channel_sums_##SUFFIX(int grads, const Constants *k, const T *x, const T *dy, int64_t m,        \
+                                  int64_t c, int64_t r, double *out0, double *out1) {                      \
+    int threads = omp_get_max_threads();                                                                   \
+    int64_t w = r * c, total = m * c, rows = (m + r - 1) / r;                                              \
+    double *partial = calloc((size_t)(2 * threads * w), sizeof(double));                                   \
     _Pragma("omp parallel")                                                                                \
     {                                                                                                      \
         int64_t begin, end;                                                                                \
-        share(m / r, &begin, &end);                                                                        \
-        for (int64_t i = begin; i < end; i++) {                                                            \
-            const T *in = x + i * w;                                                                       \
-            T *out = y + i * w;                                                                            \
-            _Pragma("omp simd")                                                                            \
-            for (int64_t j = 0; j < w; j++) {                                                              \
-                float z = LOAD(in, j) * scale[j] + shift[j];                                               \
-                z = z < lo ? lo : z;                                                                       \
-                STORE(out, j, z > hi ? hi : z);                                                            \
-            }                                                                                              \
+        share(rows, &begin, &end);                                                                         \
+        double *d0 = partial + 2 * omp_get_thread_num() * w, *d1 = d0 + w;                                 \
+        for (int64_t block = begin; block < end; block += BLOCK) {                                         \
+            int64_t stop = block + BLOCK < end ? block + BLOCK : end;                                      \
+            int64_t n = row_values(stop - 1, w, total); /* fewer only in the last wide row */              \
+            if (n < w) stop--;                                                                             \
+            int64_t j = 0;                                                                                 \
+            for (; j + 64 <= w; j += 64) sums64_##SUFFIX(j, grads, k, x, dy, block, stop, w, d0, d1);       \
+            for (; j + 16 <= w; j += 16) sums16_##SUFFIX(j, grads, k, x, dy, block, stop, w, d0, d1);       \
+            for (; j < w; j++) sums1_##SUFFIX(j, grads, k, x, dy, block, stop, w, d0, d1);                  \
+            if (n < w) EACH(sums, SUFFIX, n, grads, k, x, dy, stop, stop + 1, w, d0, d1)                   \
         }                                                                                                  \
     }                                                                                                      \
-    for (int64_t i = (m / r) * w; i < total; i++) { /* tail rows */                                       \
-        float z = LOAD(x, i) * scale[i % c] + shift[i % c];                                                \
-        z = z < lo ? lo : z;                                                                               \
-        STORE(y, i, z > hi ? hi : z);                                                                      \
-    }                                                                                                      \
+    for (int64_t j = 0; j < c; j++) { out0[j] = 0.0; out1[j] = 0.0; }                                      \
+    for (int t = 0; t < threads; t++)                                                                      \
+        for (int64_t j = 0; j < w; j++) {                                                                  \
+            out0[j % c] += partial[2 * t * w + j];                                                         \
+            out1[j % c] += partial[(2 * t + 1) * w + j];                                                   \
+        }                                                                                                  \
+    free(partial);                                                                                         \
 }                                                                                                          \
                                                                                                            \
 /* Forward. Training: batch statistics (saved to mean and invstd; the running statistics, if given,       \
@@ -94,16 +178,16 @@ static void apply_##SUFFIX(const T *x, T *y, int64_t m, int64_t c, int64_t r, co
 void bn_act_forward_##SUFFIX(const T *x, T *y, int64_t m, int64_t c, const float *weight, const float *bias, \
                              float *running_mean, float *running_var, int training, float momentum,          \
                              float eps, float lo, float hi, float *mean, float *invstd) {                   \
-    int64_t r = c < TILE ? TILE / c : 1, w = r * c;                                                        \
+    int64_t r = c < TILE ? TILE / c : 1, w = r * c, total = m * c;                                         \
+    float *pivot = malloc((size_t)(3 * w) * sizeof(float)), *scale = pivot + w, *shift = scale + w;        \
+    Constants k = {pivot, scale, shift, NULL, NULL, NULL, NULL, lo, hi};                                    \
     if (training) {                                                                                        \
         /* sums of x - pivot, pivot = the first row: the variance as E[d^2] - E[d]^2 does not cancel          \
            catastrophically when the mean is large against the spread (a shifted-data variance) */         \
         double *sum = malloc((size_t)(2 * c) * sizeof(double)), *sq = sum + c;                             \
-        float *pivot = malloc((size_t)w * sizeof(float));                                                  \
-        for (int64_t j = 0; j < c; j++) pivot[j] = LOAD(x, j);                                             \
+        for (int64_t j = 0; j < c; j++) pivot[j] = load_##SUFFIX(x, j);                                    \
         tile(pivot, c, r, pivot);                                                                          \
-        CHANNEL_SUMS(m, c, w, r, sum, sq,                                                                  \
-            SUM_X_WIDE, SUM_X_TAIL)                                                                        \
+        channel_sums_##SUFFIX(0, &k, x, NULL, m, c, r, sum, sq);                                           \
         for (int64_t j = 0; j < c; j++) {                                                                  \
             double shift_mean = sum[j] / m, var = sq[j] / m - shift_mean * shift_mean;                     \
             double mu = pivot[j] + shift_mean;                                                             \
@@ -116,7 +200,6 @@ void bn_act_forward_##SUFFIX(const T *x, T *y, int64_t m, int64_t c, const float
                                          + momentum * var * m / (m > 1 ? m - 1 : 1));                      \
             }                                                                                              \
         }                                                                                                  \
-        free(pivot);                                                                                       \
         free(sum);                                                                                         \
     } else {                                                                                               \
         for (int64_t j = 0; j < c; j++) {                                                                  \
@@ -124,24 +207,30 @@ void bn_act_forward_##SUFFIX(const T *x, T *y, int64_t m, int64_t c, const float
             invstd[j] = (float)(1.0 / sqrt((double)running_var[j] + eps));                                 \
         }                                                                                                  \
     }                                                                                                      \
-    float *scale = malloc((size_t)(2 * w) * sizeof(float)), *shift = scale + w;                            \
     for (int64_t j = 0; j < c; j++) { scale[j] = weight[j] * invstd[j]; shift[j] = bias[j] - mean[j] * scale[j]; } \
     tile(scale, c, r, scale);                                                                              \
     tile(shift, c, r, shift);                                                                              \
-    apply_##SUFFIX(x, y, m, c, r, scale, shift, lo, hi);                                                   \
-    free(scale);                                                                                           \
+    _Pragma("omp parallel")                                                                                \
+    {                                                                                                      \
+        int64_t begin, end;                                                                                \
+        share((m + r - 1) / r, &begin, &end);                                                              \
+        for (int64_t i = begin; i < end; i++)                                                              \
+            EACH(apply, SUFFIX, row_values(i, w, total), &k, x + i * w, y + i * w)                         \
+    }                                                                                                      \
+    free(pivot);                                                                                           \
 }                                                                                                          \
                                                                                                            \
 /* Backward: dbeta = sum(dz), dgamma = sum(dz * xhat), where dz = dy where lo < z < hi (else 0),          \
    z = x * scale + shift as in the forward pass, xhat = (x - mean) * invstd; and, if dx is given,          \
    dx = scale * (dz - sum(dz) / m - xhat * sum(dz * xhat) / m) in training, scale * dz otherwise,         \
-   computed as k * dz + a * x + b per channel. */                                                          \
+   computed as scale * dz + a * x + b per channel. */                                                      \
 void bn_act_backward_##SUFFIX(const T *dy, const T *x, T *dx, int64_t m, int64_t c, const float *weight,    \
                               const float *bias, const float *mean, const float *invstd, int training,      \
                               float lo, float hi, float *dgamma, float *dbeta) {                            \
-    int64_t r = c < TILE ? TILE / c : 1, w = r * c;                                                        \
+    int64_t r = c < TILE ? TILE / c : 1, w = r * c, total = m * c;                                         \
     float *scale = malloc((size_t)(6 * w) * sizeof(float)), *shift = scale + w, *mu = shift + w;           \
     float *is = mu + w, *a = is + w, *b = a + w;                                                           \
+    Constants k = {NULL, scale, shift, mu, is, a, b, lo, hi};                                              \
     for (int64_t j = 0; j < c; j++) {                                                                      \
         scale[j] = weight[j] * invstd[j];                                                                  \
         shift[j] = bias[j] - mean[j] * scale[j];                                                           \
@@ -150,81 +239,29 @@ void bn_act_backward_##SUFFIX(const T *dy, const T *x, T *dx, int64_t m, int64_t
     }                                                                                                      \
     tile(scale, c, r, scale); tile(shift, c, r, shift); tile(mu, c, r, mu); tile(is, c, r, is);            \
     double *sum_dz = malloc((size_t)(2 * c) * sizeof(double)), *sum_dzx = sum_dz + c;                      \
-    CHANNEL_SUMS(m, c, w, r, sum_dz, sum_dzx, SUM_G_WIDE, SUM_G_TAIL)                                      \
-    for (int64_t j = 0; j < c; j++) { dbeta[j] = (float)sum_dz[j]; dgamma[j] = (float)sum_dzx[j]; }        \
+    channel_sums_##SUFFIX(1, &k, x, dy, m, c, r, sum_dz, sum_dzx);                                         \
+    for (int64_t j = 0; j < c; j++) {                                                                      \
+        sum_dzx[j] *= invstd[j];                                                                           \
+        dbeta[j] = (float)sum_dz[j];                                                                       \
+        dgamma[j] = (float)sum_dzx[j];                                                                     \
+    }        \
     if (dx) {                                                                                              \
         for (int64_t j = 0; j < c; j++) {                                                                  \
-            float k = scale[j];                                                                            \
-            a[j] = training ? (float)(-k * invstd[j] * sum_dzx[j] / m) : 0.f;                              \
-            b[j] = training ? (float)(-k * sum_dz[j] / m) - a[j] * mean[j] : 0.f;                          \
+            a[j] = training ? (float)(-scale[j] * invstd[j] * sum_dzx[j] / m) : 0.f;                       \
+            b[j] = training ? (float)(-scale[j] * sum_dz[j] / m) - a[j] * mean[j] : 0.f;                   \
         }                                                                                                  \
         tile(a, c, r, a); tile(b, c, r, b);                                                                \
-        int64_t total = m * c;                                                                             \
         _Pragma("omp parallel")                                                                            \
         {                                                                                                  \
             int64_t begin, end;                                                                            \
-            share(m / r, &begin, &end);                                                                    \
-            for (int64_t i = begin; i < end; i++) {                                                        \
-                const T *xr = x + i * w, *gr = dy + i * w;                                                 \
-                T *out = dx + i * w;                                                                       \
-                _Pragma("omp simd")                                                                        \
-                for (int64_t j = 0; j < w; j++) {                                                          \
-                    float v = LOAD(xr, j), z = v * scale[j] + shift[j];                                    \
-                    float g = (z > lo && z < hi) ? LOAD(gr, j) : 0.f;                                      \
-                    STORE(out, j, scale[j] * g + a[j] * v + b[j]);                                         \
-                }                                                                                          \
-            }                                                                                              \
-        }                                                                                                  \
-        for (int64_t i = (m / r) * w; i < total; i++) {                                                   \
-            int64_t j = i % c;                                                                             \
-            float v = LOAD(x, i), z = v * scale[j] + shift[j];                                             \
-            float g = (z > lo && z < hi) ? LOAD(dy, i) : 0.f;                                              \
-            STORE(dx, i, scale[j] * g + a[j] * v + b[j]);                                                  \
+            share((m + r - 1) / r, &begin, &end);                                                          \
+            for (int64_t i = begin; i < end; i++)                                                          \
+                EACH(input, SUFFIX, row_values(i, w, total), &k, x + i * w, dy + i * w, dx + i * w)        \
         }                                                                                                  \
     }                                                                                                      \
     free(sum_dz);                                                                                          \
     free(scale);                                                                                           \
 }
 
-/* The sums' inner loops: x and x*x for the statistics; dz and dz*xhat for the backward pass. */
-#define SUM_X_WIDE(begin, end)                                                                             \
-    for (int64_t i = begin; i < end; i++) {                                                                \
-        const T_ *in = x + i * w;                                                                          \
-        _Pragma("omp simd")                                                                                \
-        for (int64_t j = 0; j < w; j++) { float v = LOAD_(in, j) - pivot[j]; s0[j] += v; s1[j] += v * v; } \
-    }
-#define SUM_X_TAIL(begin, end)                                                                             \
-    for (int64_t i = begin; i < end; i++)                                                                  \
-        for (int64_t j = 0; j < c; j++) {                                                                  \
-            float v = LOAD_(x, i * c + j) - pivot[j];                                                      \
-            s0[j] += v;                                                                                    \
-            s1[j] += v * v;                                                                                \
-        }
-#define SUM_G_WIDE(begin, end)                                                                             \
-    for (int64_t i = begin; i < end; i++) {                                                                \
-        const T_ *xr = x + i * w, *gr = dy + i * w;                                                        \
-        _Pragma("omp simd")                                                                                \
-        for (int64_t j = 0; j < w; j++) {                                                                  \
-            float v = LOAD_(xr, j), z = v * scale[j] + shift[j];                                           \
-            float g = (z > lo && z < hi) ? LOAD_(gr, j) : 0.f;                                            \
-            s0[j] += g;                                                                                    \
-            s1[j] += g * ((v - mu[j]) * is[j]);                                                            \
-        }                                                                                                  \
-    }
-#define SUM_G_TAIL(begin, end)                                                                             \
-    for (int64_t i = begin; i < end; i++)                                                                  \
-        for (int64_t j = 0; j < c; j++) {                                                                  \
-            float v = LOAD_(x, i * c + j), z = v * scale[j] + shift[j];                                    \
-            float g = (z > lo && z < hi) ? LOAD_(dy, i * c + j) : 0.f;                                     \
-            s0[j] += g;                                                                                    \
-            s1[j] += g * ((v - mu[j]) * is[j]);                                                            \
-        }
-
-#define T_ float
-#define LOAD_ load_f32
-DEFINE_KERNELS(f32, float, load_f32, store_f32)
-#undef T_
-#undef LOAD_
-#define T_ uint16_t
-#define LOAD_ load_bf16
-DEFINE_KERNELS(bf16, uint16_t, load_bf16, store_bf16)
+DEFINE_KERNELS(f32, float)
+DEFINE_KERNELS(bf16, uint16_t)

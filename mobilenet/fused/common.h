@@ -1,5 +1,6 @@
-/* What the kernels share: bfloat16 loads and stores (a bfloat16 is the high half of a float, held
- * as uint16_t) and the split of rows between OpenMP threads. */
+/* What the kernels share: vectors of floats with loads and stores of float and bfloat16 values (a
+ * bfloat16 is the high half of a float, held as uint16_t), and the split of rows between OpenMP
+ * threads. */
 #ifndef MOBILENET_FUSED_COMMON_H
 #define MOBILENET_FUSED_COMMON_H
 
@@ -9,21 +10,58 @@
 #include <stdlib.h>
 #include <string.h>
 
-static inline float load_f32(const float *p, int64_t i) { return p[i]; }
-static inline void store_f32(float *p, int64_t i, float v) { p[i] = v; }
-static inline float load_bf16(const uint16_t *p, int64_t i) {
-    uint32_t bits = (uint32_t)p[i] << 16;
-    float v;
-    memcpy(&v, &bits, 4);
-    return v;
+#define INLINE static inline __attribute__((always_inline))
+
+/* Vectors of V floats (explicit, so that the compiler uses the CPU's widest registers whatever its
+   vectoriser decides), their bit patterns, and loads and stores of V values of T at any alignment. */
+#define VECTORS(V)                                                                                         \
+typedef float f##V __attribute__((vector_size(4 * V)));                                                    \
+typedef float f##V##u __attribute__((vector_size(4 * V), aligned(4)));                                     \
+typedef uint32_t u##V __attribute__((vector_size(4 * V)));                                                 \
+typedef uint16_t h##V##u __attribute__((vector_size(2 * V), aligned(2)));                                  \
+INLINE f##V load##V##_f32(const float *p) { return *(const f##V##u *)p; }                                  \
+INLINE void store##V##_f32(float *p, f##V v) { *(f##V##u *)p = v; }                                        \
+INLINE f##V load##V##_bf16(const uint16_t *p) {                                                            \
+    return (f##V)(__builtin_convertvector(*(const h##V##u *)p, u##V) << 16);                               \
+}                                                                                                          \
+INLINE void store##V##_bf16(uint16_t *p, f##V v) { /* round to nearest even, as PyTorch does; NaN stays NaN */ \
+    u##V bits = (u##V)v, nan = -((bits & 0x7fffffffu) > 0x7f800000u);                                       \
+    u##V rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;                                            \
+    *(h##V##u *)p = __builtin_convertvector((rounded & ~nan) | (((bits >> 16) | 0x40u) & nan), h##V##u);    \
+}                                                                                                          \
+/* where mask (all bits set or none per lane): v, else 0 */                                               \
+INLINE f##V keep##V(f##V v, u##V mask) { return (f##V)((u##V)v & mask); }                                  \
+/* clamp(z, lo, hi); NaN stays NaN, as torch.clamp */                                                      \
+INLINE f##V clamp##V(f##V z, float lo, float hi) {                                                         \
+    f##V l = (f##V){0} + lo, h = (f##V){0} + hi;                                                           \
+    u##V below = (u##V)(z < l), above = (u##V)(z > h);                                                     \
+    return (f##V)(((u##V)z & ~(below | above)) | ((u##V)l & below) | ((u##V)h & above));                   \
 }
-static inline void store_bf16(uint16_t *p, int64_t i, float v) {
-    uint32_t bits;
-    memcpy(&bits, &v, 4);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) { p[i] = (uint16_t)((bits >> 16) | 0x40); return; } /* NaN */
-    bits += 0x7fffu + ((bits >> 16) & 1u); /* round to nearest even, as PyTorch does */
-    p[i] = (uint16_t)(bits >> 16);
+VECTORS(16)
+VECTORS(8)
+VECTORS(1)
+
+/* Where the CPU has them, single instructions for two of the above: AVX-512 BF16's conversion (round to
+   nearest even, NaN stays NaN; it also flushes values below 2^-126 to zero, where the portable version
+   keeps bfloat16's subnormals) and AVX-512's min and max (clamp keeps a NaN z: max returns its second
+   operand when either is NaN). */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define clamp16 clamp16_avx512
+INLINE f16 clamp16_avx512(f16 z, float lo, float hi) {
+    return (f16)_mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), (__m512)z));
 }
+#if defined(__AVX512BF16__)
+#define store16_bf16 store16_bf16_avx512
+INLINE void store16_bf16_avx512(uint16_t *p, f16 v) {
+    _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh((__m512)v));
+}
+#endif
+#endif
+
+/* One value at p[i]. */
+INLINE float load_f32(const float *p, int64_t i) { return load1_f32(p + i)[0]; }
+INLINE float load_bf16(const uint16_t *p, int64_t i) { return load1_bf16(p + i)[0]; }
 
 /* Items [begin, end) of this thread's share of n. */
 static inline void share(int64_t n, int64_t *begin, int64_t *end) {

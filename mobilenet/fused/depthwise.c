@@ -18,27 +18,6 @@
 
 #define MAX_TAPS 64 /* kernels up to 8x8 (the caller falls back to PyTorch beyond) */
 #define FOLD 8      /* output rows the weight gradient sums in float before adding into double */
-#define INLINE static inline __attribute__((always_inline))
-
-/* Vectors of V floats, and loads and stores of V values of T at any alignment. */
-#define VECTORS(V)                                                                                         \
-typedef float f##V __attribute__((vector_size(4 * V)));                                                    \
-typedef float f##V##u __attribute__((vector_size(4 * V), aligned(4)));                                     \
-typedef uint32_t u##V __attribute__((vector_size(4 * V)));                                                 \
-typedef uint16_t h##V##u __attribute__((vector_size(2 * V), aligned(2)));                                  \
-INLINE f##V load##V##_f32(const float *p) { return *(const f##V##u *)p; }                                  \
-INLINE void store##V##_f32(float *p, f##V v) { *(f##V##u *)p = v; }                                        \
-INLINE f##V load##V##_bf16(const uint16_t *p) {                                                            \
-    return (f##V)(__builtin_convertvector(*(const h##V##u *)p, u##V) << 16);                               \
-}                                                                                                          \
-INLINE void store##V##_bf16(uint16_t *p, f##V v) { /* round to nearest even; NaN stays NaN */              \
-    u##V bits = (u##V)v, nan = -((bits & 0x7fffffffu) > 0x7f800000u);                                       \
-    u##V rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;                                            \
-    *(h##V##u *)p = __builtin_convertvector((rounded & ~nan) | (((bits >> 16) | 0x40u) & nan), h##V##u);    \
-}
-VECTORS(16)
-VECTORS(8)
-VECTORS(1)
 
 /* dx of channels [k, k+V) of input row i: each pixel j gathers, from the spread dy rows (below) of the
    taps a that reach row i, the pixels j + kw-1-e times tap (a, e)'s weight. */
