@@ -173,7 +173,7 @@ def test_with_batch_statistics_fused_steps_are_as_exact_as_plain_ones(model):
 
 
 DEPTHWISE = {  # (n, channels, height, width, kernel, stride, padding): channel blocks of 16, 8 and single ones
-    "s1": (2, 16, 9, 7, 3, 1, 1), "s2": (3, 24, 8, 8, 3, 2, 1), "s2-odd": (2, 29, 7, 9, 3, 2, 1),
+    "s1": (2, 16, 9, 7, 3, 1, 1), "s1-blocks": (2, 29, 7, 9, 3, 1, 1), "s2": (3, 24, 8, 8, 3, 2, 1), "s2-odd": (2, 29, 7, 9, 3, 2, 1),
     "s2-no-pad": (2, 8, 10, 10, 3, 2, 0), "5x5": (1, 40, 12, 11, 5, 2, 2), "no-pad": (2, 16, 6, 6, 3, 1, 0),
     "s3": (1, 5, 5, 5, 3, 3, 1), "1x1-image": (4, 48, 1, 1, 3, 1, 1)}
 

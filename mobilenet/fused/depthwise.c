@@ -43,12 +43,30 @@ INLINE void weight_row##V##_##SUFFIX(const T *g, float *const *xp, float *s, int
                                      int64_t ow, int64_t kh, int64_t kw, int64_t sw) {                      \
     f##V acc[MAX_TAPS];                                                                                    \
     for (int64_t t = 0; t < kh * kw; t++) acc[t] = (f##V){0};                                              \
-    for (int64_t q = 0; q < ow; q++) {                                                                     \
-        f##V dy = load##V##_##SUFFIX(g + q * c + k);                                                       \
-        for (int64_t a = 0; a < kh; a++)                                                                   \
-            for (int64_t e = 0; e < kw; e++)                                                               \
-                acc[a * kw + e] += dy * load##V##_f32(xp[a] + (q * sw + e) * c + k);                       \
-    }                                                                                                      \
+    if (kh == 3 && kw == 3 && sw == 1) { /* a window of three pixels slides along each row: one load each */ \
+        f##V x0[3], x1[3];                                                                                 \
+        for (int64_t a = 0; a < 3; a++) {                                                                  \
+            x0[a] = load##V##_f32(xp[a] + k);                                                              \
+            x1[a] = load##V##_f32(xp[a] + c + k);                                                          \
+        }                                                                                                  \
+        for (int64_t q = 0; q < ow; q++) {                                                                 \
+            f##V dy = load##V##_##SUFFIX(g + q * c + k);                                                   \
+            for (int64_t a = 0; a < 3; a++) {                                                              \
+                f##V x2 = load##V##_f32(xp[a] + (q + 2) * c + k);                                          \
+                acc[a * 3] += dy * x0[a];                                                                  \
+                acc[a * 3 + 1] += dy * x1[a];                                                              \
+                acc[a * 3 + 2] += dy * x2;                                                                 \
+                x0[a] = x1[a];                                                                             \
+                x1[a] = x2;                                                                                \
+            }                                                                                              \
+        }                                                                                                  \
+    } else                                                                                                 \
+        for (int64_t q = 0; q < ow; q++) {                                                                 \
+            f##V dy = load##V##_##SUFFIX(g + q * c + k);                                                   \
+            for (int64_t a = 0; a < kh; a++)                                                               \
+                for (int64_t e = 0; e < kw; e++)                                                           \
+                    acc[a * kw + e] += dy * load##V##_f32(xp[a] + (q * sw + e) * c + k);                   \
+        }                                                                                                  \
     for (int64_t t = 0; t < kh * kw; t++) store##V##_f32(s + t * c + k, load##V##_f32(s + t * c + k) + acc[t]); \
 }
 
@@ -131,8 +149,12 @@ void dw_backward_input_##SUFFIX(const T *dy, const float *w, T *dx, int64_t n, i
                 tap_rows[n_rows++] = a;                                                                    \
             }                                                                                              \
             T *out = dx + row * wd * c;                                                                    \
-            if (kw == 3)                                                                                   \
-                BLOCKS(input_row, SUFFIX, rows, tap_rows, n_rows, w, out, k, wd, c, 3)                     \
+            if (kw == 3 && n_rows == 3) /* constants: the taps' weights stay in registers */            \
+                BLOCKS(input_row, SUFFIX, rows, tap_rows, 3, w, out, k, wd, c, 3)                          \
+            else if (kw == 3 && n_rows == 2)                                                               \
+                BLOCKS(input_row, SUFFIX, rows, tap_rows, 2, w, out, k, wd, c, 3)                          \
+            else if (kw == 3 && n_rows == 1)                                                               \
+                BLOCKS(input_row, SUFFIX, rows, tap_rows, 1, w, out, k, wd, c, 3)                          \
             else                                                                                           \
                 BLOCKS(input_row, SUFFIX, rows, tap_rows, n_rows, w, out, k, wd, c, kw)                    \
         }                                                                                                  \
