@@ -27,13 +27,30 @@ INLINE void input_row##V##_##SUFFIX(float *const *rows, const int64_t *tap_rows,
     f##V weights[MAX_TAPS];                                                                                \
     for (int64_t r = 0; r < n_rows; r++)                                                                   \
         for (int64_t e = 0; e < kw; e++) weights[r * kw + e] = load##V##_f32(w + (tap_rows[r] * kw + e) * c + k); \
-    for (int64_t j = 0; j < wd; j++) {                                                                     \
-        f##V acc = {0};                                                                                    \
-        for (int64_t r = 0; r < n_rows; r++)                                                               \
-            for (int64_t e = 0; e < kw; e++)                                                               \
-                acc += load##V##_f32(rows[r] + (j + kw - 1 - e) * c + k) * weights[r * kw + e];            \
-        store##V##_##SUFFIX(out + j * c + k, acc);                                                         \
-    }                                                                                                      \
+    if (kw == 3) { /* a window of three pixels slides along each row: one load each */                   \
+        f##V p0[MAX_TAPS], p1[MAX_TAPS];                                                                   \
+        for (int64_t r = 0; r < n_rows; r++) {                                                             \
+            p0[r] = load##V##_f32(rows[r] + k);                                                            \
+            p1[r] = load##V##_f32(rows[r] + c + k);                                                        \
+        }                                                                                                  \
+        for (int64_t j = 0; j < wd; j++) {                                                                 \
+            f##V acc = {0};                                                                                \
+            for (int64_t r = 0; r < n_rows; r++) {                                                         \
+                f##V p2 = load##V##_f32(rows[r] + (j + 2) * c + k);                                        \
+                acc += p2 * weights[r * 3] + p1[r] * weights[r * 3 + 1] + p0[r] * weights[r * 3 + 2];      \
+                p0[r] = p1[r];                                                                             \
+                p1[r] = p2;                                                                                \
+            }                                                                                              \
+            store##V##_##SUFFIX(out + j * c + k, acc);                                                     \
+        }                                                                                                  \
+    } else                                                                                                 \
+        for (int64_t j = 0; j < wd; j++) {                                                                 \
+            f##V acc = {0};                                                                                \
+            for (int64_t r = 0; r < n_rows; r++)                                                           \
+                for (int64_t e = 0; e < kw; e++)                                                           \
+                    acc += load##V##_f32(rows[r] + (j + kw - 1 - e) * c + k) * weights[r * kw + e];        \
+            store##V##_##SUFFIX(out + j * c + k, acc);                                                     \
+        }                                                                                                  \
 }
 
 /* The weight gradient of channels [k, k+V) from one output row g, added into s (taps x c): the padded
