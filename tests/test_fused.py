@@ -180,10 +180,10 @@ DEPTHWISE = {  # (n, channels, height, width, kernel, stride, padding): channel 
 
 @pytest.mark.parametrize("case", DEPTHWISE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-def test_depthwise_gradients_equal_pytorchs_in_float64(case, dtype):
-    """Both gradients of the depthwise kernel against PyTorch's convolution in float64 on the same
-    (rounded) inputs: fp32 within 1e-6; bf16 input gradients within one bf16 rounding (they are stored
-    in bf16), weight gradients (fp32) within 1e-6 of the float64 sums."""
+def test_depthwise_forward_and_gradients_equal_pytorchs_in_float64(case, dtype):
+    """The depthwise kernel's output and both gradients against PyTorch's convolution in float64 on the
+    same (rounded) inputs: fp32 within 1e-6; bf16 outputs and input gradients within one bf16 rounding
+    (they are stored in bf16), weight gradients (fp32) within 1e-6 of the float64 sums."""
     n, c, h, w, k, stride, pad = DEPTHWISE[case]
     torch.manual_seed(0)
     conv = fuse_depthwise_one(nn.Conv2d(c, c, k, stride, pad, groups=c, bias=False))
@@ -197,6 +197,8 @@ def test_depthwise_gradients_equal_pytorchs_in_float64(case, dtype):
     x64 = x.detach().double().requires_grad_()
     y64 = nn.functional.conv2d(x64, weight.requires_grad_(), None, stride, pad, 1, c)
     y64.backward(grad.double())
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert relative(y, y64) < (1e-6 if dtype == torch.float32 else 2 ** -8)
     assert x.grad.dtype == dtype and x.grad.is_contiguous(memory_format=torch.channels_last)
     assert conv.weight.grad.dtype == torch.float32
     assert relative(x.grad, x64.grad) < (1e-6 if dtype == torch.float32 else 2 ** -8)

@@ -1,5 +1,5 @@
 """The CPU training step's own kernels: BatchNorm fused with its activation, and the depthwise
-convolution's backward pass.
+convolution.
 
 A MobileNet's training step spends most of its time outside the pointwise convolutions: PyTorch runs
 BatchNorm and the ReLU as separate memory-bound passes over every activation (statistics,
@@ -7,7 +7,8 @@ normalise, activation; then the activation's backward and BatchNorm's two backwa
 `BatchNormAct2d` does the same mathematics in four passes, with a small C kernel (`bn_act.c`).
 The depthwise convolutions are few FLOPs over large activations, and oneDNN's backward pass for them
 is slow on some CPUs and dtypes (bfloat16 with stride 2 on a Xeon with AMX runs about 30x slower
-than fp32); `DepthwiseConv2d` keeps oneDNN's forward and computes both gradients with `depthwise.c`.
+than fp32); `DepthwiseConv2d` computes the forward pass and both gradients with `depthwise.c`
+(whose forward pass also beat oneDNN's on the demo model's layers, which pay a fixed cost per call).
 Both kernels are OpenMP C for channels-last float32 and bfloat16 activations, compiled for this CPU
 on first use and cached. Anywhere else (CUDA, NCHW, other dtypes, no C compiler) the modules run
 PyTorch's own operators, so they are always correct and only sometimes faster.
@@ -112,8 +113,8 @@ def _load() -> ctypes.CDLL | None:
         getattr(library, f"bn_act_backward_{suffix}").argtypes = [
             pointer, pointer, pointer, size, size, pointer, pointer, pointer, pointer, flag, number, number,
             pointer, pointer]
-        for gradient in ("input", "weight"):
-            getattr(library, f"dw_backward_{gradient}_{suffix}").argtypes = [pointer] * 3 + [size] * 12
+        for pass_ in ("forward", "backward_input", "backward_weight"):
+            getattr(library, f"dw_{pass_}_{suffix}").argtypes = [pointer] * 3 + [size] * 12
     _library = library
     return library
 
@@ -204,42 +205,49 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
 
 class _DepthwiseFunction(torch.autograd.Function):
-    """A depthwise convolution (no bias), oneDNN's forward, `depthwise.c`'s backward; x channels-last,
-    float32 or bfloat16, the weight cast to x's dtype for the forward and its gradient returned in
-    the weight's own dtype (not rounded to bfloat16 first, as autocast's cast would)."""
+    """A depthwise convolution (no bias) with `depthwise.c`'s forward and backward passes; x
+    channels-last, float32 or bfloat16, the weight rounded to x's dtype as autocast would (so the
+    product is the one bf16 autocast computes) and its gradient returned in the weight's own dtype (not
+    rounded to bfloat16 first, as autocast's cast would)."""
 
     @staticmethod
     def forward(ctx, x, weight, stride, padding):
-        used = weight.to(x.dtype)
-        ctx.save_for_backward(x, used)
-        ctx.stride, ctx.padding, ctx.weight_dtype = stride, padding, weight.dtype
-        return nn.functional.conv2d(x, used, None, stride, padding, 1, x.shape[1])
+        (n, c, h, w), (kh, kw) = x.shape, weight.shape[2:]
+        oh, ow = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+        taps = weight.to(x.dtype).float().reshape(c, kh * kw).t().contiguous()  # tap-major, as the kernel reads it
+        y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
+        shape = (n, h, w, c, oh, ow, kh, kw, *stride, *padding)
+        getattr(_library, f"dw_forward_{SUFFIX[x.dtype]}")(_ptr(x), _ptr(taps), _ptr(y), *shape)
+        ctx.save_for_backward(x, taps)
+        ctx.shape, ctx.weight_dtype = shape, weight.dtype
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, used = ctx.saved_tensors
-        (n, c, h, w), (oh, ow), (kh, kw) = x.shape, dy.shape[2:], used.shape[2:]
+        x, taps = ctx.saved_tensors
+        n, h, w, c, oh, ow, kh, kw = ctx.shape[:8]
         dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last)
-        taps = used.float().reshape(c, kh * kw).t().contiguous()  # tap-major, as the kernel reads it
-        shape = (n, h, w, c, oh, ow, kh, kw, *ctx.stride, *ctx.padding)
         dx = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x, memory_format=torch.channels_last)
-            getattr(_library, f"dw_backward_input_{SUFFIX[x.dtype]}")(_ptr(dy), _ptr(taps), _ptr(dx), *shape)
+            getattr(_library, f"dw_backward_input_{SUFFIX[x.dtype]}")(_ptr(dy), _ptr(taps), _ptr(dx), *ctx.shape)
         dtaps = torch.empty(kh * kw, c)
-        getattr(_library, f"dw_backward_weight_{SUFFIX[x.dtype]}")(_ptr(dy), _ptr(x), _ptr(dtaps), *shape)
+        getattr(_library, f"dw_backward_weight_{SUFFIX[x.dtype]}")(_ptr(dy), _ptr(x), _ptr(dtaps), *ctx.shape)
         return dx, dtaps.t().reshape(c, 1, kh, kw).to(ctx.weight_dtype), None, None
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """A depthwise nn.Conv2d (groups = in = out channels, no bias) whose gradients, on the CPU for
-    channels-last float32 or bfloat16 input (bfloat16 also under autocast), come from `depthwise.c`;
+    """A depthwise nn.Conv2d (groups = in = out channels, no bias) computed, while training on the CPU
+    with channels-last float32 or bfloat16 input (bfloat16 also under autocast), by `depthwise.c`;
     otherwise it is nn.Conv2d. Parameters and their names are nn.Conv2d's."""
 
     def _fast(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
-        # what the kernel needs of the module itself was checked once, when it was swapped in (_is_depthwise)
+        # what the kernel needs of the module itself was checked once, when it was swapped in (_is_depthwise);
+        # an image smaller than the kernel with its padding goes to PyTorch, which says so
         return (torch.is_grad_enabled() and x.dim() == 4 and dtype in SUFFIX and x.shape[1] == self.groups
-                and x.numel() > 0 and x.is_contiguous(memory_format=torch.channels_last) and _load() is not None)
+                and x.numel() > 0 and x.is_contiguous(memory_format=torch.channels_last)
+                and all(x.shape[2 + i] + 2 * self.padding[i] >= self.kernel_size[i] for i in (0, 1))
+                and _load() is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":

@@ -5,7 +5,7 @@ import sys
 from mobilenet.fused import available, build, unavailable_reason
 
 if available():
-    print(f"training kernels (fused BatchNorm, depthwise backward): {build()}")
+    print(f"training kernels (fused BatchNorm, depthwise convolution): {build()}")
 else:
     print(f"training kernels not built ({unavailable_reason()}): training uses PyTorch's own operators")
 sys.exit(0)  # not having them is not an installation failure

@@ -7,7 +7,8 @@
  * written out (and, for the input gradient of a strided layer, zeros between the pixels: it is then a
  * stride-1 convolution with the kernel flipped), each kept per thread while neighbouring rows need it,
  * so the inner loops have no edge cases and no conversions. The channels go in vectors of 16, then 8,
- * then 1, with the taps' weights and the sums in registers.
+ * then 1, with the taps' weights and the sums in registers; along a row, 3-wide kernels keep a window
+ * of three pixels in registers, so each pixel is loaded once.
  *
  * Layouts: x and dx N x H x W x C, dy N x OH x OW x C (channels-last), the weight and its gradient
  * KH x KW x C (tap-major, fp32). Output pixel (o, q) sees input pixel (o*sh - ph + a, q*sw - pw + e)
@@ -87,6 +88,39 @@ INLINE void weight_row##V##_##SUFFIX(const T *g, float *const *xp, float *s, int
     for (int64_t t = 0; t < kh * kw; t++) store##V##_f32(s + t * c + k, load##V##_f32(s + t * c + k) + acc[t]); \
 }
 
+/* Output row of channels [k, k+V) (the forward pass): pixel q sums, over taps (a, e), the padded input     \
+   rows' pixel q*sw + e (xp[a], below) times the tap's weight. */                                          \
+#define FORWARD_ROW(V, SUFFIX, T)                                                                          \
+INLINE void forward_row##V##_##SUFFIX(float *const *xp, const float *w, T *out, int64_t k, int64_t c,       \
+                                      int64_t ow, int64_t kh, int64_t kw, int64_t sw) {                     \
+    f##V weights[MAX_TAPS];                                                                                \
+    for (int64_t t = 0; t < kh * kw; t++) weights[t] = load##V##_f32(w + t * c + k);                       \
+    if (kh == 3 && kw == 3 && sw == 1) { /* a window of three pixels slides along each row */              \
+        f##V p0[3], p1[3];                                                                                 \
+        for (int64_t a = 0; a < 3; a++) {                                                                  \
+            p0[a] = load##V##_f32(xp[a] + k);                                                              \
+            p1[a] = load##V##_f32(xp[a] + c + k);                                                          \
+        }                                                                                                  \
+        for (int64_t q = 0; q < ow; q++) {                                                                 \
+            f##V acc = {0};                                                                                \
+            for (int64_t a = 0; a < 3; a++) {                                                              \
+                f##V p2 = load##V##_f32(xp[a] + (q + 2) * c + k);                                          \
+                acc += p0[a] * weights[a * 3] + p1[a] * weights[a * 3 + 1] + p2 * weights[a * 3 + 2];      \
+                p0[a] = p1[a];                                                                             \
+                p1[a] = p2;                                                                                \
+            }                                                                                              \
+            store##V##_##SUFFIX(out + q * c + k, acc);                                                     \
+        }                                                                                                  \
+    } else                                                                                                 \
+        for (int64_t q = 0; q < ow; q++) {                                                                 \
+            f##V acc = {0};                                                                                \
+            for (int64_t a = 0; a < kh; a++)                                                               \
+                for (int64_t e = 0; e < kw; e++)                                                           \
+                    acc += load##V##_f32(xp[a] + (q * sw + e) * c + k) * weights[a * kw + e];              \
+            store##V##_##SUFFIX(out + q * c + k, acc);                                                     \
+        }                                                                                                  \
+}
+
 /* Channel blocks of 16, 8 and 1. */
 #define BLOCKS(FN, SUFFIX, ...)                                                                            \
     {                                                                                                      \
@@ -118,6 +152,7 @@ static void rows_free(Rows *rows) { free(rows->data); free(rows->tags); }
 #define DEFINE_DEPTHWISE(SUFFIX, T)                                                                        \
 INPUT_ROW(16, SUFFIX, T) INPUT_ROW(8, SUFFIX, T) INPUT_ROW(1, SUFFIX, T)                                   \
 WEIGHT_ROW(16, SUFFIX, T) WEIGHT_ROW(8, SUFFIX, T) WEIGHT_ROW(1, SUFFIX, T)                                \
+FORWARD_ROW(16, SUFFIX, T) FORWARD_ROW(8, SUFFIX, T) FORWARD_ROW(1, SUFFIX, T)                             \
                                                                                                            \
 /* Row `id` (width pixels of c channels) of `src`, spread into the thread's cache. */                     \
 static const float *spread_##SUFFIX(Rows *rows, const T *src, int64_t id, int64_t width, int64_t offset,     \
@@ -144,6 +179,35 @@ static const float *spread_##SUFFIX(Rows *rows, const T *src, int64_t id, int64_
     }                                                                                                      \
     rows->tags[slot] = id;                                                                                 \
     return out;                                                                                            \
+}                                                                                                          \
+                                                                                                           \
+/* The forward pass: each output row from the kh padded input rows it sees, kept per thread while the   \
+   next output rows need them. */                                                                          \
+void dw_forward_##SUFFIX(const T *x, const float *w, T *y, int64_t n, int64_t h, int64_t wd, int64_t c,       \
+                         int64_t oh, int64_t ow, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,  \
+                         int64_t pw) {                                                                     \
+    _Pragma("omp parallel")                                                                                \
+    {                                                                                                      \
+        Rows cache = rows_new(kh, (ow - 1) * sw + kw, c);                                                  \
+        float *xp[MAX_TAPS];                                                                               \
+        int64_t begin, end;                                                                                \
+        share(n * oh, &begin, &end);                                                                       \
+        for (int64_t row = begin; row < end; row++) {                                                      \
+            int64_t b = row / oh, o = row % oh;                                                            \
+            for (int64_t a = 0; a < kh; a++) {                                                             \
+                int64_t i = o * sh - ph + a;                                                               \
+                xp[a] = i < 0 || i >= h ? cache.zeros : (float *)spread_##SUFFIX(&cache, x, b * h + i, wd, pw, 1); \
+            }                                                                                              \
+            T *out = y + row * ow * c;                                                                     \
+            if (kh == 3 && kw == 3 && sw == 1)                                                             \
+                BLOCKS(forward_row, SUFFIX, xp, w, out, k, c, ow, 3, 3, 1)                                 \
+            else if (kh == 3 && kw == 3 && sw == 2)                                                        \
+                BLOCKS(forward_row, SUFFIX, xp, w, out, k, c, ow, 3, 3, 2)                                 \
+            else                                                                                           \
+                BLOCKS(forward_row, SUFFIX, xp, w, out, k, c, ow, kh, kw, sw)                              \
+        }                                                                                                  \
+        rows_free(&cache);                                                                                 \
+    }                                                                                                      \
 }                                                                                                          \
                                                                                                            \
 /* The input gradient, as a convolution over dy with zeros between its pixels (stride > 1) and the        \
