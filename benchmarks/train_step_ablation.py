@@ -34,7 +34,7 @@ STEPS = [
     ("+ channels_last", True, (), False, False),
     ("(channels_last + bf16 autocast, PyTorch only)", True, (), True, False),
     ("+ fused BatchNorm + activation", True, ALL[:1], False, False),
-    ("+ depthwise backward kernel", True, ALL[:2], False, False),
+    ("+ depthwise convolution kernel", True, ALL[:2], False, False),
     ("+ 1x1 convolutions as mm", True, ALL, False, False),
     ("+ bf16 autocast", True, ALL, True, False),
     ("+ fused SGD update", True, ALL, True, True),
