@@ -20,37 +20,39 @@
 #define MAX_TAPS 64 /* kernels up to 8x8 (the caller falls back to PyTorch beyond) */
 #define FOLD 8      /* output rows the weight gradient sums in float before adding into double */
 
-/* dx of channels [k, k+V) of input row i: each pixel j gathers, from the spread dy rows (below) of the
-   taps a that reach row i, the pixels j + kw-1-e times tap (a, e)'s weight. */
-#define INPUT_ROW(V, SUFFIX, T)                                                                            \
-INLINE void input_row##V##_##SUFFIX(float *const *rows, const int64_t *tap_rows, int64_t n_rows,           \
-                                    const float *w, T *out, int64_t k, int64_t wd, int64_t c, int64_t kw) { \
+/* Channels [k, k+V) of one row of a convolution over rows of padded pixels: pixel q sums, over the rows
+   r and the taps e, rows[r]'s pixel q*sw + e times taps[r]'s weight e (at taps[r] + e*c). The forward
+   pass is this over the padded input rows; the input gradient, over the spread dy rows (below) with
+   each kernel row reversed. */
+#define CONV_ROW(V, SUFFIX, T)                                                                             \
+INLINE void conv_row##V##_##SUFFIX(float *const *rows, const float *const *taps, int64_t n_rows, T *out,     \
+                                   int64_t k, int64_t c, int64_t ow, int64_t kw, int64_t sw) {              \
     f##V weights[MAX_TAPS];                                                                                \
     for (int64_t r = 0; r < n_rows; r++)                                                                   \
-        for (int64_t e = 0; e < kw; e++) weights[r * kw + e] = load##V##_f32(w + (tap_rows[r] * kw + e) * c + k); \
-    if (kw == 3) { /* a window of three pixels slides along each row: one load each */                   \
+        for (int64_t e = 0; e < kw; e++) weights[r * kw + e] = load##V##_f32(taps[r] + e * c + k);         \
+    if (kw == 3 && sw == 1) { /* a window of three pixels slides along each row: one load each */        \
         f##V p0[MAX_TAPS], p1[MAX_TAPS];                                                                   \
         for (int64_t r = 0; r < n_rows; r++) {                                                             \
             p0[r] = load##V##_f32(rows[r] + k);                                                            \
             p1[r] = load##V##_f32(rows[r] + c + k);                                                        \
         }                                                                                                  \
-        for (int64_t j = 0; j < wd; j++) {                                                                 \
+        for (int64_t q = 0; q < ow; q++) {                                                                 \
             f##V acc = {0};                                                                                \
             for (int64_t r = 0; r < n_rows; r++) {                                                         \
-                f##V p2 = load##V##_f32(rows[r] + (j + 2) * c + k);                                        \
-                acc += p2 * weights[r * 3] + p1[r] * weights[r * 3 + 1] + p0[r] * weights[r * 3 + 2];      \
+                f##V p2 = load##V##_f32(rows[r] + (q + 2) * c + k);                                        \
+                acc += p0[r] * weights[r * 3] + p1[r] * weights[r * 3 + 1] + p2 * weights[r * 3 + 2];      \
                 p0[r] = p1[r];                                                                             \
                 p1[r] = p2;                                                                                \
             }                                                                                              \
-            store##V##_##SUFFIX(out + j * c + k, acc);                                                     \
+            store##V##_##SUFFIX(out + q * c + k, acc);                                                     \
         }                                                                                                  \
     } else                                                                                                 \
-        for (int64_t j = 0; j < wd; j++) {                                                                 \
+        for (int64_t q = 0; q < ow; q++) {                                                                 \
             f##V acc = {0};                                                                                \
             for (int64_t r = 0; r < n_rows; r++)                                                           \
                 for (int64_t e = 0; e < kw; e++)                                                           \
-                    acc += load##V##_f32(rows[r] + (j + kw - 1 - e) * c + k) * weights[r * kw + e];        \
-            store##V##_##SUFFIX(out + j * c + k, acc);                                                     \
+                    acc += load##V##_f32(rows[r] + (q * sw + e) * c + k) * weights[r * kw + e];            \
+            store##V##_##SUFFIX(out + q * c + k, acc);                                                     \
         }                                                                                                  \
 }
 
@@ -88,39 +90,6 @@ INLINE void weight_row##V##_##SUFFIX(const T *g, float *const *xp, float *s, int
     for (int64_t t = 0; t < kh * kw; t++) store##V##_f32(s + t * c + k, load##V##_f32(s + t * c + k) + acc[t]); \
 }
 
-/* Output row of channels [k, k+V) (the forward pass): pixel q sums, over taps (a, e), the padded input     \
-   rows' pixel q*sw + e (xp[a], below) times the tap's weight. */                                          \
-#define FORWARD_ROW(V, SUFFIX, T)                                                                          \
-INLINE void forward_row##V##_##SUFFIX(float *const *xp, const float *w, T *out, int64_t k, int64_t c,       \
-                                      int64_t ow, int64_t kh, int64_t kw, int64_t sw) {                     \
-    f##V weights[MAX_TAPS];                                                                                \
-    for (int64_t t = 0; t < kh * kw; t++) weights[t] = load##V##_f32(w + t * c + k);                       \
-    if (kh == 3 && kw == 3 && sw == 1) { /* a window of three pixels slides along each row */              \
-        f##V p0[3], p1[3];                                                                                 \
-        for (int64_t a = 0; a < 3; a++) {                                                                  \
-            p0[a] = load##V##_f32(xp[a] + k);                                                              \
-            p1[a] = load##V##_f32(xp[a] + c + k);                                                          \
-        }                                                                                                  \
-        for (int64_t q = 0; q < ow; q++) {                                                                 \
-            f##V acc = {0};                                                                                \
-            for (int64_t a = 0; a < 3; a++) {                                                              \
-                f##V p2 = load##V##_f32(xp[a] + (q + 2) * c + k);                                          \
-                acc += p0[a] * weights[a * 3] + p1[a] * weights[a * 3 + 1] + p2 * weights[a * 3 + 2];      \
-                p0[a] = p1[a];                                                                             \
-                p1[a] = p2;                                                                                \
-            }                                                                                              \
-            store##V##_##SUFFIX(out + q * c + k, acc);                                                     \
-        }                                                                                                  \
-    } else                                                                                                 \
-        for (int64_t q = 0; q < ow; q++) {                                                                 \
-            f##V acc = {0};                                                                                \
-            for (int64_t a = 0; a < kh; a++)                                                               \
-                for (int64_t e = 0; e < kw; e++)                                                           \
-                    acc += load##V##_f32(xp[a] + (q * sw + e) * c + k) * weights[a * kw + e];              \
-            store##V##_##SUFFIX(out + q * c + k, acc);                                                     \
-        }                                                                                                  \
-}
-
 /* Channel blocks of 16, 8 and 1. */
 #define BLOCKS(FN, SUFFIX, ...)                                                                            \
     {                                                                                                      \
@@ -129,6 +98,20 @@ INLINE void forward_row##V##_##SUFFIX(float *const *xp, const float *w, T *out, 
         for (; k + 8 <= c; k += 8) FN##8_##SUFFIX(__VA_ARGS__);                                            \
         for (; k < c; k++) FN##1_##SUFFIX(__VA_ARGS__);                                                    \
     }
+
+/* conv_row over the channel blocks, with the common shapes as constants (the taps' weights then stay in
+   registers): 3-wide kernels over 1, 2 or 3 rows at stride 1, and 3 rows at stride 2. */
+#define CONV_ROWS(SUFFIX, rows, taps, n_rows, out, c, ow, kw, sw)                                         \
+    if ((kw) == 3 && (sw) == 1 && (n_rows) == 3)                                                           \
+        BLOCKS(conv_row, SUFFIX, rows, taps, 3, out, k, c, ow, 3, 1)                                       \
+    else if ((kw) == 3 && (sw) == 1 && (n_rows) == 2)                                                      \
+        BLOCKS(conv_row, SUFFIX, rows, taps, 2, out, k, c, ow, 3, 1)                                       \
+    else if ((kw) == 3 && (sw) == 1 && (n_rows) == 1)                                                      \
+        BLOCKS(conv_row, SUFFIX, rows, taps, 1, out, k, c, ow, 3, 1)                                       \
+    else if ((kw) == 3 && (sw) == 2 && (n_rows) == 3)                                                      \
+        BLOCKS(conv_row, SUFFIX, rows, taps, 3, out, k, c, ow, 3, 2)                                       \
+    else                                                                                                   \
+        BLOCKS(conv_row, SUFFIX, rows, taps, n_rows, out, k, c, ow, kw, sw)
 
 /* Rows of an activation as floats, each spread into a zeroed row of `length` pixels: pixel p at
    offset + p*step (pixels that fall outside are dropped). A thread keeps the last `slots` rows it
@@ -150,9 +133,8 @@ static Rows rows_new(int64_t slots, int64_t length, int64_t c) {
 static void rows_free(Rows *rows) { free(rows->data); free(rows->tags); }
 
 #define DEFINE_DEPTHWISE(SUFFIX, T)                                                                        \
-INPUT_ROW(16, SUFFIX, T) INPUT_ROW(8, SUFFIX, T) INPUT_ROW(1, SUFFIX, T)                                   \
+CONV_ROW(16, SUFFIX, T) CONV_ROW(8, SUFFIX, T) CONV_ROW(1, SUFFIX, T)                                      \
 WEIGHT_ROW(16, SUFFIX, T) WEIGHT_ROW(8, SUFFIX, T) WEIGHT_ROW(1, SUFFIX, T)                                \
-FORWARD_ROW(16, SUFFIX, T) FORWARD_ROW(8, SUFFIX, T) FORWARD_ROW(1, SUFFIX, T)                             \
                                                                                                            \
 /* Row `id` (width pixels of c channels) of `src`, spread into the thread's cache. */                     \
 static const float *spread_##SUFFIX(Rows *rows, const T *src, int64_t id, int64_t width, int64_t offset,     \
@@ -190,6 +172,8 @@ void dw_forward_##SUFFIX(const T *x, const float *w, T *y, int64_t n, int64_t h,
     {                                                                                                      \
         Rows cache = rows_new(kh, (ow - 1) * sw + kw, c);                                                  \
         float *xp[MAX_TAPS];                                                                               \
+        const float *taps[MAX_TAPS];                                                                       \
+        for (int64_t a = 0; a < kh; a++) taps[a] = w + a * kw * c;                                         \
         int64_t begin, end;                                                                                \
         share(n * oh, &begin, &end);                                                                       \
         for (int64_t row = begin; row < end; row++) {                                                      \
@@ -199,12 +183,7 @@ void dw_forward_##SUFFIX(const T *x, const float *w, T *y, int64_t n, int64_t h,
                 xp[a] = i < 0 || i >= h ? cache.zeros : (float *)spread_##SUFFIX(&cache, x, b * h + i, wd, pw, 1); \
             }                                                                                              \
             T *out = y + row * ow * c;                                                                     \
-            if (kh == 3 && kw == 3 && sw == 1)                                                             \
-                BLOCKS(forward_row, SUFFIX, xp, w, out, k, c, ow, 3, 3, 1)                                 \
-            else if (kh == 3 && kw == 3 && sw == 2)                                                        \
-                BLOCKS(forward_row, SUFFIX, xp, w, out, k, c, ow, 3, 3, 2)                                 \
-            else                                                                                           \
-                BLOCKS(forward_row, SUFFIX, xp, w, out, k, c, ow, kh, kw, sw)                              \
+            CONV_ROWS(SUFFIX, xp, taps, kh, out, c, ow, kw, sw)                                            \
         }                                                                                                  \
         rows_free(&cache);                                                                                 \
     }                                                                                                      \
@@ -215,32 +194,31 @@ void dw_forward_##SUFFIX(const T *x, const float *w, T *y, int64_t n, int64_t h,
 void dw_backward_input_##SUFFIX(const T *dy, const float *w, T *dx, int64_t n, int64_t h, int64_t wd,         \
                                 int64_t c, int64_t oh, int64_t ow, int64_t kh, int64_t kw, int64_t sh,       \
                                 int64_t sw, int64_t ph, int64_t pw) {                                        \
+    float *reversed = malloc((size_t)(kh * kw * c) * sizeof(float)); /* each kernel row back to front */  \
+    for (int64_t a = 0; a < kh; a++)                                                                       \
+        for (int64_t e = 0; e < kw; e++)                                                                   \
+            memcpy(reversed + (a * kw + e) * c, w + (a * kw + kw - 1 - e) * c, (size_t)c * sizeof(float));  \
     _Pragma("omp parallel")                                                                                \
     {                                                                                                      \
         Rows cache = rows_new(kh, wd + kw - 1, c);                                                         \
         int64_t begin, end;                                                                                \
         share(n * h, &begin, &end);                                                                        \
         for (int64_t row = begin; row < end; row++) {                                                      \
-            int64_t b = row / h, i = row % h, tap_rows[MAX_TAPS], n_rows = 0;                              \
+            int64_t b = row / h, i = row % h, n_rows = 0;                                                  \
             float *rows[MAX_TAPS];                                                                         \
+            const float *taps[MAX_TAPS];                                                                   \
             for (int64_t a = 0; a < kh; a++) {                                                             \
                 int64_t t = i + ph - a;                                                                    \
                 if (t < 0 || t % sh || t / sh >= oh) continue;                                             \
                 rows[n_rows] = (float *)spread_##SUFFIX(&cache, dy, b * oh + t / sh, ow, kw - 1 - pw, sw);  \
-                tap_rows[n_rows++] = a;                                                                    \
+                taps[n_rows++] = reversed + a * kw * c;                                                    \
             }                                                                                              \
             T *out = dx + row * wd * c;                                                                    \
-            if (kw == 3 && n_rows == 3) /* constants: the taps' weights stay in registers */            \
-                BLOCKS(input_row, SUFFIX, rows, tap_rows, 3, w, out, k, wd, c, 3)                          \
-            else if (kw == 3 && n_rows == 2)                                                               \
-                BLOCKS(input_row, SUFFIX, rows, tap_rows, 2, w, out, k, wd, c, 3)                          \
-            else if (kw == 3 && n_rows == 1)                                                               \
-                BLOCKS(input_row, SUFFIX, rows, tap_rows, 1, w, out, k, wd, c, 3)                          \
-            else                                                                                           \
-                BLOCKS(input_row, SUFFIX, rows, tap_rows, n_rows, w, out, k, wd, c, kw)                    \
+            CONV_ROWS(SUFFIX, rows, taps, n_rows, out, c, wd, kw, 1)                                       \
         }                                                                                                  \
         rows_free(&cache);                                                                                 \
     }                                                                                                      \
+    free(reversed);                                                                                        \
 }                                                                                                          \
                                                                                                            \
 /* The weight gradient: each thread sums FOLD output rows at a time in float, then into double; the       \
