@@ -163,6 +163,15 @@ static const float *spread_##SUFFIX(Rows *rows, const T *src, int64_t id, int64_
     return out;                                                                                            \
 }                                                                                                          \
                                                                                                            \
+/* The kh padded input rows (zeros above and below the image) that output row o of image b sees, into xp. */ \
+static void seen_rows_##SUFFIX(Rows *cache, const T *x, int64_t b, int64_t o, int64_t h, int64_t wd, int64_t kh, \
+                               int64_t sh, int64_t ph, int64_t pw, float **xp) {                            \
+    for (int64_t a = 0; a < kh; a++) {                                                                     \
+        int64_t i = o * sh - ph + a;                                                                       \
+        xp[a] = i < 0 || i >= h ? cache->zeros : (float *)spread_##SUFFIX(cache, x, b * h + i, wd, pw, 1);  \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
 /* The forward pass: each output row from the kh padded input rows it sees, kept per thread while the   \
    next output rows need them. */                                                                          \
 void dw_forward_##SUFFIX(const T *x, const float *w, T *y, int64_t n, int64_t h, int64_t wd, int64_t c,       \
@@ -178,10 +187,7 @@ void dw_forward_##SUFFIX(const T *x, const float *w, T *y, int64_t n, int64_t h,
         share(n * oh, &begin, &end);                                                                       \
         for (int64_t row = begin; row < end; row++) {                                                      \
             int64_t b = row / oh, o = row % oh;                                                            \
-            for (int64_t a = 0; a < kh; a++) {                                                             \
-                int64_t i = o * sh - ph + a;                                                               \
-                xp[a] = i < 0 || i >= h ? cache.zeros : (float *)spread_##SUFFIX(&cache, x, b * h + i, wd, pw, 1); \
-            }                                                                                              \
+            seen_rows_##SUFFIX(&cache, x, b, o, h, wd, kh, sh, ph, pw, xp);                                \
             T *out = y + row * ow * c;                                                                     \
             CONV_ROWS(SUFFIX, xp, taps, kh, out, c, ow, kw, sw)                                            \
         }                                                                                                  \
@@ -238,10 +244,7 @@ void dw_backward_weight_##SUFFIX(const T *dy, const T *x, float *dw, int64_t n, 
         share(n * oh, &begin, &end);                                                                       \
         for (int64_t row = begin; row < end; row++) {                                                      \
             int64_t b = row / oh, o = row % oh;                                                            \
-            for (int64_t a = 0; a < kh; a++) {                                                             \
-                int64_t i = o * sh - ph + a;                                                               \
-                xp[a] = i < 0 || i >= h ? cache.zeros : (float *)spread_##SUFFIX(&cache, x, b * h + i, wd, pw, 1); \
-            }                                                                                              \
+            seen_rows_##SUFFIX(&cache, x, b, o, h, wd, kh, sh, ph, pw, xp);                                \
             if ((row - begin) % FOLD == 0) memset(s, 0, (size_t)taps * sizeof(float));                     \
             const T *g = dy + row * ow * c;                                                                \
             if (kh == 3 && kw == 3 && sw == 1)                                                             \
