@@ -39,15 +39,15 @@ INLINE void add1_f64(double *d, f1 s) { d[0] += s[0]; }
 
 /* The per-channel constants of a pass, each tiled to a wide row. */
 typedef struct {
-    const float *pivot, *scale, *shift, *mean, *invstd, *a, *b;
+    const float *pivot, *scale, *shift, *mean, *a, *b;
     float lo, hi;
 } Constants;
 
-/* What each pass does to values [j, j+V) of a wide row. */
+/* What each pass does to values [j, j+V) of the wide rows. */
 #define ROW_OPS(V, SUFFIX, T)                                                                              \
-/* The sums of a pass over rows [i0, i1) of the wide rows (stride w) in values [j, j+V), added in   \
-   float and then into d0, d1 (double): the statistics' (x - pivot and its square) or the backward's    \
-   (dz and dz * (x - mean); the caller multiplies the latter by invstd). */                               \
+/* The sums of a pass over wide rows [i0, i1) (stride w), column by column with the sums in registers,   \
+   added in float and then into d0, d1 (double): the statistics' (x - pivot and its square) or the      \
+   backward's (dz and dz * (x - mean); the caller multiplies the latter by invstd). */                    \
 INLINE void sums##V##_##SUFFIX(int64_t j, int grads, const Constants *k, const T *x, const T *dy, int64_t i0,  \
                                int64_t i1, int64_t w, double *d0, double *d1) {                             \
     f##V s0 = {0}, s1 = {0};                                                                               \
@@ -106,40 +106,6 @@ static inline int64_t row_values(int64_t i, int64_t w, int64_t total) {
 #define DEFINE_KERNELS(SUFFIX, T)                                                                          \
 ROW_OPS(16, SUFFIX, T)                                                                                     \
 ROW_OPS(1, SUFFIX, T)                                                                                      \
-/* sums16 on four neighbouring vectors at once: four independent chains of additions hide their latency */ \
-INLINE void sums64_##SUFFIX(int64_t j, int grads, const Constants *k, const T *x, const T *dy, int64_t i0,  \
-                            int64_t i1, int64_t w, double *d0, double *d1) {                               \
-    f16 s0[4] = {{0}}, s1[4] = {{0}}, l = (f16){0} + k->lo, h = (f16){0} + k->hi;                          \
-    if (grads) {                                                                                           \
-        f16 scale[4], shift[4], mean[4];                                                                   \
-        for (int q = 0; q < 4; q++) {                                                                      \
-            scale[q] = load16_f32(k->scale + j + 16 * q);                                                  \
-            shift[q] = load16_f32(k->shift + j + 16 * q);                                                  \
-            mean[q] = load16_f32(k->mean + j + 16 * q);                                                    \
-        }                                                                                                  \
-        for (int64_t i = i0; i < i1; i++)                                                                  \
-            for (int q = 0; q < 4; q++) {                                                                  \
-                f16 v = load16_##SUFFIX(x + i * w + j + 16 * q), z = v * scale[q] + shift[q];              \
-                f16 g = keep16(load16_##SUFFIX(dy + i * w + j + 16 * q), (u16)(z > l) & (u16)(z < h));     \
-                s0[q] += g;                                                                                \
-                s1[q] += g * (v - mean[q]);                                                                \
-            }                                                                                              \
-    } else {                                                                                               \
-        f16 pivot[4];                                                                                      \
-        for (int q = 0; q < 4; q++) pivot[q] = load16_f32(k->pivot + j + 16 * q);                          \
-        for (int64_t i = i0; i < i1; i++)                                                                  \
-            for (int q = 0; q < 4; q++) {                                                                  \
-                f16 v = load16_##SUFFIX(x + i * w + j + 16 * q) - pivot[q];                                \
-                s0[q] += v;                                                                                \
-                s1[q] += v * v;                                                                            \
-            }                                                                                              \
-    }                                                                                                      \
-    for (int q = 0; q < 4; q++) {                                                                          \
-        add16_f64(d0 + j + 16 * q, s0[q]);                                                                 \
-        add16_f64(d1 + j + 16 * q, s1[q]);                                                                 \
-    }                                                                                                      \
-}                                                                                                          \
-                                                                                                           \
 /* Channel sums of two quantities (see sums16) over all m rows, into out0 and out1 (c each): per     \
    thread, columns of BLOCK wide rows at a time in float, then in double. */                               \
 static void channel_sums_##SUFFIX(int grads, const Constants *k, const T *x, const T *dy, int64_t m,        \
@@ -156,10 +122,7 @@ static void channel_sums_##SUFFIX(int grads, const Constants *k, const T *x, con
             int64_t stop = block + BLOCK < end ? block + BLOCK : end;                                      \
             int64_t n = row_values(stop - 1, w, total); /* fewer only in the last wide row */              \
             if (n < w) stop--;                                                                             \
-            int64_t j = 0;                                                                                 \
-            for (; j + 64 <= w; j += 64) sums64_##SUFFIX(j, grads, k, x, dy, block, stop, w, d0, d1);       \
-            for (; j + 16 <= w; j += 16) sums16_##SUFFIX(j, grads, k, x, dy, block, stop, w, d0, d1);       \
-            for (; j < w; j++) sums1_##SUFFIX(j, grads, k, x, dy, block, stop, w, d0, d1);                  \
+            EACH(sums, SUFFIX, w, grads, k, x, dy, block, stop, w, d0, d1)                                 \
             if (n < w) EACH(sums, SUFFIX, n, grads, k, x, dy, stop, stop + 1, w, d0, d1)                   \
         }                                                                                                  \
     }                                                                                                      \
@@ -180,7 +143,7 @@ void bn_act_forward_##SUFFIX(const T *x, T *y, int64_t m, int64_t c, const float
                              float eps, float lo, float hi, float *mean, float *invstd) {                   \
     int64_t r = c < TILE ? TILE / c : 1, w = r * c, total = m * c;                                         \
     float *pivot = malloc((size_t)(3 * w) * sizeof(float)), *scale = pivot + w, *shift = scale + w;        \
-    Constants k = {pivot, scale, shift, NULL, NULL, NULL, NULL, lo, hi};                                    \
+    Constants k = {pivot, scale, shift, NULL, NULL, NULL, lo, hi};                                    \
     if (training) {                                                                                        \
         /* sums of x - pivot, pivot = the first row: the variance as E[d^2] - E[d]^2 does not cancel          \
            catastrophically when the mean is large against the spread (a shifted-data variance) */         \
@@ -228,16 +191,15 @@ void bn_act_backward_##SUFFIX(const T *dy, const T *x, T *dx, int64_t m, int64_t
                               const float *bias, const float *mean, const float *invstd, int training,      \
                               float lo, float hi, float *dgamma, float *dbeta) {                            \
     int64_t r = c < TILE ? TILE / c : 1, w = r * c, total = m * c;                                         \
-    float *scale = malloc((size_t)(6 * w) * sizeof(float)), *shift = scale + w, *mu = shift + w;           \
-    float *is = mu + w, *a = is + w, *b = a + w;                                                           \
-    Constants k = {NULL, scale, shift, mu, is, a, b, lo, hi};                                              \
+    float *scale = malloc((size_t)(5 * w) * sizeof(float)), *shift = scale + w, *mu = shift + w;           \
+    float *a = mu + w, *b = a + w;                                                                         \
+    Constants k = {NULL, scale, shift, mu, a, b, lo, hi};                                                  \
     for (int64_t j = 0; j < c; j++) {                                                                      \
         scale[j] = weight[j] * invstd[j];                                                                  \
         shift[j] = bias[j] - mean[j] * scale[j];                                                           \
         mu[j] = mean[j];                                                                                   \
-        is[j] = invstd[j];                                                                                 \
     }                                                                                                      \
-    tile(scale, c, r, scale); tile(shift, c, r, shift); tile(mu, c, r, mu); tile(is, c, r, is);            \
+    tile(scale, c, r, scale); tile(shift, c, r, shift); tile(mu, c, r, mu);                                \
     double *sum_dz = malloc((size_t)(2 * c) * sizeof(double)), *sum_dzx = sum_dz + c;                      \
     channel_sums_##SUFFIX(1, &k, x, dy, m, c, r, sum_dz, sum_dzx);                                         \
     for (int64_t j = 0; j < c; j++) {                                                                      \
