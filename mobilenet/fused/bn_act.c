@@ -23,6 +23,15 @@
 #define TILE 256   /* values per wide row: R = max(1, TILE / C) rows */
 #define BLOCK 16   /* wide rows summed in float before folding into double */
 
+/* The affine map BatchNorm applies per channel: x * scale + shift. */
+static void scale_shift(int64_t c, const float *weight, const float *bias, const float *mean, const float *invstd,
+                        float *scale, float *shift) {
+    for (int64_t j = 0; j < c; j++) {
+        scale[j] = weight[j] * invstd[j];
+        shift[j] = bias[j] - mean[j] * scale[j];
+    }
+}
+
 /* `v` (c values) repeated r times into `out` (r*c). */
 static void tile(const float *v, int64_t c, int64_t r, float *out) {
     for (int64_t i = 0; i < r; i++) memcpy(out + i * c, v, (size_t)c * sizeof(float));
@@ -43,6 +52,15 @@ typedef struct {
     float lo, hi;
 } Constants;
 
+/* dz: dy where the clamp passed the gradient (lo < z < hi, z = v * scale + shift), else 0. */
+#define PASSED(V)                                                                                          \
+INLINE f##V passed##V(f##V v, f##V dy, f##V scale, f##V shift, f##V lo, f##V hi) {                         \
+    f##V z = v * scale + shift;                                                                            \
+    return keep##V(dy, (u##V)(z > lo) & (u##V)(z < hi));                                                  \
+}
+PASSED(16)
+PASSED(1)
+
 /* What each pass does to values [j, j+V) of the wide rows. */
 #define ROW_OPS(V, SUFFIX, T)                                                                              \
 /* The sums of a pass over wide rows [i0, i1) (stride w), column by column with the sums in registers,   \
@@ -55,8 +73,8 @@ INLINE void sums##V##_##SUFFIX(int64_t j, int grads, const Constants *k, const T
         f##V scale = load##V##_f32(k->scale + j), shift = load##V##_f32(k->shift + j);                     \
         f##V mean = load##V##_f32(k->mean + j), l = (f##V){0} + k->lo, h = (f##V){0} + k->hi;              \
         for (int64_t i = i0; i < i1; i++) {                                                                \
-            f##V v = load##V##_##SUFFIX(x + i * w + j), z = v * scale + shift;                             \
-            f##V g = keep##V(load##V##_##SUFFIX(dy + i * w + j), (u##V)(z > l) & (u##V)(z < h));          \
+            f##V v = load##V##_##SUFFIX(x + i * w + j);                                                    \
+            f##V g = passed##V(v, load##V##_##SUFFIX(dy + i * w + j), scale, shift, l, h);                 \
             s0 += g;                                                                                       \
             s1 += g * (v - mean);                                                                          \
         }                                                                                                  \
@@ -76,18 +94,12 @@ INLINE void apply##V##_##SUFFIX(int64_t j, const Constants *k, const T *x, T *y)
     f##V z = load##V##_##SUFFIX(x + j) * load##V##_f32(k->scale + j) + load##V##_f32(k->shift + j);        \
     store##V##_##SUFFIX(y + j, clamp##V(z, k->lo, k->hi));                                                 \
 }                                                                                                          \
-/* dz: dy where the clamp passed the gradient (lo < z < hi), else 0 */                                     \
-INLINE f##V dz##V##_##SUFFIX(int64_t j, const Constants *k, const T *x, const T *dy, f##V *v) {            \
-    *v = load##V##_##SUFFIX(x + j);                                                                        \
-    f##V z = *v * load##V##_f32(k->scale + j) + load##V##_f32(k->shift + j);                               \
-    f##V l = (f##V){0} + k->lo, h = (f##V){0} + k->hi;                                                     \
-    return keep##V(load##V##_##SUFFIX(dy + j), (u##V)(z > l) & (u##V)(z < h));                             \
-}                                                                                                          \
 /* dx = scale * dz + a * x + b */                                                                          \
 INLINE void input##V##_##SUFFIX(int64_t j, const Constants *k, const T *x, const T *dy, T *dx) {           \
-    f##V v, g = dz##V##_##SUFFIX(j, k, x, dy, &v);                                                         \
-    store##V##_##SUFFIX(dx + j, load##V##_f32(k->scale + j) * g + load##V##_f32(k->a + j) * v              \
-                                + load##V##_f32(k->b + j));                                                \
+    f##V v = load##V##_##SUFFIX(x + j), scale = load##V##_f32(k->scale + j);                               \
+    f##V g = passed##V(v, load##V##_##SUFFIX(dy + j), scale, load##V##_f32(k->shift + j),                  \
+                       (f##V){0} + k->lo, (f##V){0} + k->hi);                                              \
+    store##V##_##SUFFIX(dx + j, scale * g + load##V##_f32(k->a + j) * v + load##V##_f32(k->b + j));        \
 }
 
 /* FN over the n values of a wide row: vectors of 16, then one at a time. */
@@ -170,7 +182,7 @@ void bn_act_forward_##SUFFIX(const T *x, T *y, int64_t m, int64_t c, const float
             invstd[j] = (float)(1.0 / sqrt((double)running_var[j] + eps));                                 \
         }                                                                                                  \
     }                                                                                                      \
-    for (int64_t j = 0; j < c; j++) { scale[j] = weight[j] * invstd[j]; shift[j] = bias[j] - mean[j] * scale[j]; } \
+    scale_shift(c, weight, bias, mean, invstd, scale, shift);                                              \
     tile(scale, c, r, scale);                                                                              \
     tile(shift, c, r, shift);                                                                              \
     _Pragma("omp parallel")                                                                                \
@@ -194,11 +206,8 @@ void bn_act_backward_##SUFFIX(const T *dy, const T *x, T *dx, int64_t m, int64_t
     float *scale = malloc((size_t)(5 * w) * sizeof(float)), *shift = scale + w, *mu = shift + w;           \
     float *a = mu + w, *b = a + w;                                                                         \
     Constants k = {NULL, scale, shift, mu, a, b, lo, hi};                                                  \
-    for (int64_t j = 0; j < c; j++) {                                                                      \
-        scale[j] = weight[j] * invstd[j];                                                                  \
-        shift[j] = bias[j] - mean[j] * scale[j];                                                           \
-        mu[j] = mean[j];                                                                                   \
-    }                                                                                                      \
+    scale_shift(c, weight, bias, mean, invstd, scale, shift);                                              \
+    memcpy(mu, mean, (size_t)c * sizeof(float));                                                           \
     tile(scale, c, r, scale); tile(shift, c, r, shift); tile(mu, c, r, mu);                                \
     double *sum_dz = malloc((size_t)(2 * c) * sizeof(double)), *sum_dzx = sum_dz + c;                      \
     channel_sums_##SUFFIX(1, &k, x, dy, m, c, r, sum_dz, sum_dzx);                                         \
