@@ -118,16 +118,28 @@ def flat(tensors) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_with_fixed_statistics_fused_steps_equal_plain_ones(model):
-    """BatchNorm in eval mode (--freeze-bn, fine-tuning): three SGD steps of the fused model give the
-    plain model's gradients and updated weights, every tensor within relative 1e-5."""
-    plain, fast, _ = three_models(model, "eval")
-    for _ in sgd_steps((plain, fast), 3):
-        for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
-            assert (b.grad - a.grad).norm() <= 1e-5 * a.grad.norm(), name
-    assert plain.state_dict().keys() == fast.state_dict().keys()
-    for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values()):
-        assert (b.double() - a.double()).norm() <= 1e-5 * a.double().norm(), name
+def test_with_fixed_statistics_fused_steps_are_as_exact_as_plain_ones(model):
+    """BatchNorm in eval mode (--freeze-bn, fine-tuning). The oracle is the same step in float64, not the
+    plain fp32 step: at initialisation the gradients vanish towards the input (norms of 1e-8), and a
+    pre-activation that is within rounding of zero passes the ReLU in one fp32 sum and not in another,
+    so any two fp32 implementations disagree on a few tensors (measured on an AVX2 EPYC, V2: the plain
+    step's worst tensor 1.1e-3 from float64, the fused step's 3.4e-3, each through one such element;
+    the whole gradient 1.8e-7 and 1.5e-7). After each of three steps: the whole gradient as close to
+    float64 as the plain step's (with 1e-5 of slack), every tensor within 1e-2 of it (a wrong kernel
+    or a dropped activation is off by order 1), and the same of the weights after the steps."""
+    plain, fast, exact = three_models(model, "eval")
+    for _ in sgd_steps((plain, fast, exact), 3):
+        truth = flat(p.grad for p in exact.parameters())
+        error = {name: (flat(p.grad for p in net.parameters()) - truth).norm() / truth.norm()
+                 for name, net in (("plain", plain), ("fused", fast))}
+        assert error["fused"] <= 1.5 * error["plain"] + 1e-5, error
+        for (name, a), b in zip(exact.named_parameters(), fast.parameters()):
+            assert (b.grad.double() - a.grad).norm() <= 1e-2 * a.grad.norm(), name
+    assert plain.state_dict().keys() == fast.state_dict().keys() == exact.state_dict().keys()
+    truth = flat(exact.state_dict().values())
+    assert (flat(fast.state_dict().values()) - truth).norm() <= 1e-5 * truth.norm()
+    for (name, a), b in zip(exact.state_dict().items(), fast.state_dict().values()):  # biases start at 0: as their gradients
+        assert (b.double() - a.double()).norm() <= 1e-2 * a.double().norm(), name
 
 
 @pytest.mark.parametrize("model", MODELS)
