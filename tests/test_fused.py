@@ -2,6 +2,8 @@
 activation, the depthwise backward pass against the convolution's gradients in float64."""
 
 import copy
+import os
+import platform
 import subprocess
 import sys
 
@@ -305,3 +307,28 @@ def test_the_kernel_is_built_once_per_cpu_and_source(tmp_path, monkeypatch):
     assert path.parent == tmp_path / "kernels" and path.suffix == ".so"
     stamp = path.stat().st_mtime_ns
     assert fused.build() == path and path.stat().st_mtime_ns == stamp  # cached, not rebuilt
+
+
+# The code paths of other CPU classes (common.h's WIDE: AVX-512, AVX2 + FMA, plain vectors), as gcc's
+# -march for each, and what a CPU needs to run that build.
+CPU_CLASSES = {"x86-64-v3": ("avx2",), "x86-64": ()}
+
+
+@pytest.mark.parametrize("march", CPU_CLASSES)
+def test_the_builds_for_other_cpu_classes_pass_the_kernel_tests_too(march):
+    """This file's tests against the kernels compiled for another CPU class (the native build is the rest
+    of this run), so that an AVX-512 machine's CI also checks what an AVX2-only CPU runs, and the other
+    way round where the machine runs both."""
+    from mobilenet.bench.machine import cpu_flags
+
+    if os.environ.get(fused.TARGET_VARIABLE):
+        pytest.skip(f"this run is the {fused.target()} build")
+    if platform.machine() not in ("x86_64", "AMD64") or not set(CPU_CLASSES[march]) <= set(cpu_flags()):
+        pytest.skip(f"this CPU does not run {march} code")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                             "not built_once and not without_a_compiler and not other_cpu_classes"],
+                            env={**os.environ, fused.TARGET_VARIABLE: march}, capture_output=True, text=True,
+                            timeout=600)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0 and " passed" in summary and "skipped" not in summary, \
+        result.stdout[-3000:] + result.stderr[-2000:]

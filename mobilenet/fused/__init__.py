@@ -37,7 +37,11 @@ from torch import nn
 
 SOURCES = [Path(__file__).with_name(name) for name in ("bn_act.c", "depthwise.c")]
 HEADERS = [Path(__file__).with_name("common.h")]
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]  # and -march (`target()`)
+# The CPU the kernels are compiled for: this one by default. Another gcc -march value builds the code
+# path of that CPU class, so tests can check it on any machine that runs it: `x86-64-v3` (AVX2 and FMA,
+# no AVX-512), `x86-64` (the portable vector code, no AVX at all).
+TARGET_VARIABLE = "MOBILENET_FUSED_MARCH"
 MAX_TAPS = 64  # depthwise.c's largest kernel (8x8)
 # The activations a BatchNormAct2d can fuse, as the clamp [lo, hi] they are.
 CLAMPS: dict[type[nn.Module], tuple[float, float]] = {nn.ReLU: (0.0, float("inf")), nn.ReLU6: (0.0, 6.0),
@@ -59,13 +63,22 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
+def target() -> str:
+    """gcc's -march for the kernels: $MOBILENET_FUSED_MARCH, else `native` (this CPU)."""
+    return os.environ.get(TARGET_VARIABLE) or "native"
+
+
+def _flags() -> list[str]:
+    return [*FLAGS, f"-march={target()}"]
+
+
 def _library_path(compiler: str) -> Path:
     """The compiled kernel's path, keyed by everything it depends on: the source, the compiler and
     its flags, and this CPU (-march=native)."""
     from mobilenet.bench.machine import cpu_flags, cpu_name
 
     texts = [path.read_text() for path in SOURCES + HEADERS]
-    key = "\n".join([*texts, compiler, " ".join(FLAGS), cpu_name(), " ".join(cpu_flags())])
+    key = "\n".join([*texts, compiler, " ".join(_flags()), cpu_name(), " ".join(cpu_flags())])
     return kernel_folder() / f"kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
@@ -81,7 +94,7 @@ def build() -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
         built = Path(folder) / path.name
-        result = subprocess.run([compiler, *FLAGS, "-o", str(built), *map(str, SOURCES)], capture_output=True,
+        result = subprocess.run([compiler, *_flags(), "-o", str(built), *map(str, SOURCES)], capture_output=True,
                                 text=True)
         if result.returncode != 0:
             message = (result.stderr.strip().splitlines() or ["failed"])[-1]

@@ -4,8 +4,8 @@
  * so every kernel walks rows with per-channel constants in vectors along C. Rows are taken R at a
  * time as one wide row of W = R*C values with the constants tiled R times, so that layers with few
  * channels (C = 8 or 16) still run long vector loops instead of paying the loop overhead per row;
- * the last wide row may be shorter (M % R rows). The loops run in explicit vectors of 16 floats, then
- * one value at a time for what is left of a wide row.
+ * the last wide row may be shorter (M % R rows). The loops run in explicit vectors of WIDE floats (one
+ * register: 16 with AVX-512, 8 with AVX2, 4 otherwise), then one value at a time for what is left of a wide row.
  *
  * PyTorch runs BatchNorm and the activation as separate passes over memory (statistics, normalise,
  * activation; activation backward, two BatchNorm backward passes). Here the forward is two passes
@@ -38,11 +38,15 @@ static void tile(const float *v, int64_t c, int64_t r, float *out) {
 }
 
 /* d[0, V) += s, in double. */
+typedef double d4 __attribute__((vector_size(32)));
+typedef double d4u __attribute__((vector_size(32), aligned(8)));
 typedef double d8 __attribute__((vector_size(64)));
 typedef double d8u __attribute__((vector_size(64), aligned(8)));
+INLINE void add4_f64(double *d, f4 s) { *(d4u *)d += __builtin_convertvector(s, d4); }
+INLINE void add8_f64(double *d, f8 s) { *(d8u *)d += __builtin_convertvector(s, d8); }
 INLINE void add16_f64(double *d, f16 s) {
-    *(d8u *)d += __builtin_convertvector(__builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7), d8);
-    *(d8u *)(d + 8) += __builtin_convertvector(__builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15), d8);
+    add8_f64(d, __builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7));
+    add8_f64(d + 8, __builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15));
 }
 INLINE void add1_f64(double *d, f1 s) { d[0] += s[0]; }
 
@@ -59,6 +63,8 @@ INLINE f##V passed##V(f##V v, f##V dy, f##V scale, f##V shift, f##V lo, f##V hi)
     return keep##V(dy, (u##V)(z > lo) & (u##V)(z < hi));                                                  \
 }
 PASSED(16)
+PASSED(8)
+PASSED(4)
 PASSED(1)
 
 /* What each pass does to values [j, j+V) of the wide rows. */
@@ -102,11 +108,13 @@ INLINE void input##V##_##SUFFIX(int64_t j, const Constants *k, const T *x, const
     store##V##_##SUFFIX(dx + j, scale * g + load##V##_f32(k->a + j) * v + load##V##_f32(k->b + j));        \
 }
 
-/* FN over the n values of a wide row: vectors of 16, then one at a time. */
+/* FN over the n values of a wide row: vectors of WIDE (common.h), then one at a time. */
 #define EACH(FN, SUFFIX, n, ...)                                                                           \
     {                                                                                                      \
         int64_t j_ = 0;                                                                                    \
-        for (; j_ + 16 <= (n); j_ += 16) FN##16_##SUFFIX(j_, __VA_ARGS__);                                 \
+        if (WIDE == 16) for (; j_ + 16 <= (n); j_ += 16) FN##16_##SUFFIX(j_, __VA_ARGS__);                 \
+        if (WIDE == 8) for (; j_ + 8 <= (n); j_ += 8) FN##8_##SUFFIX(j_, __VA_ARGS__);                     \
+        if (WIDE == 4) for (; j_ + 4 <= (n); j_ += 4) FN##4_##SUFFIX(j_, __VA_ARGS__);                     \
         for (; j_ < (n); j_++) FN##1_##SUFFIX(j_, __VA_ARGS__);                                            \
     }
 
@@ -117,6 +125,8 @@ static inline int64_t row_values(int64_t i, int64_t w, int64_t total) {
 
 #define DEFINE_KERNELS(SUFFIX, T)                                                                          \
 ROW_OPS(16, SUFFIX, T)                                                                                     \
+ROW_OPS(8, SUFFIX, T)                                                                                      \
+ROW_OPS(4, SUFFIX, T)                                                                                      \
 ROW_OPS(1, SUFFIX, T)                                                                                      \
 /* Channel sums of two quantities (see sums16) over all m rows, into out0 and out1 (c each): per     \
    thread, columns of BLOCK wide rows at a time in float, then in double. */                               \

@@ -39,14 +39,35 @@ INLINE f##V clamp##V(f##V z, float lo, float hi) {                              
 }
 VECTORS(16)
 VECTORS(8)
+VECTORS(4)
 VECTORS(1)
+
+/* The widest vector the CPU holds in one register, in floats: the kernels' main loops run vectors of
+   WIDE floats. Wider vectors than the registers cost twice the registers, and the loops that keep
+   taps, windows and sums in registers spill to the stack (on AVX2 vectors of 16 floats ran slower than
+   PyTorch's own loops). */
+#if defined(__AVX512F__)
+#define WIDE 16
+#elif defined(__AVX__)
+#define WIDE 8
+#else
+#define WIDE 4 /* SSE, NEON */
+#endif
+#define CAT_(a, b, c) a##b##c
+#define CAT(a, b, c) CAT_(a, b, c) /* CAT(load, WIDE, _f32): load8_f32 where WIDE is 8 */
 
 /* Where the CPU has them, single instructions for two of the above: AVX-512 BF16's conversion (round to
    nearest even, NaN stays NaN; it also flushes values below 2^-126 to zero, where the portable version
-   keeps bfloat16's subnormals) and AVX-512's min and max (clamp keeps a NaN z: max returns its second
-   operand when either is NaN). */
-#if defined(__AVX512F__)
+   keeps bfloat16's subnormals) and AVX's and AVX-512's min and max (clamp keeps a NaN z: max returns its
+   second operand when either is NaN). */
+#if defined(__AVX__)
 #include <immintrin.h>
+#define clamp8 clamp8_avx
+INLINE f8 clamp8_avx(f8 z, float lo, float hi) {
+    return (f8)_mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), (__m256)z));
+}
+#endif
+#if defined(__AVX512F__)
 #define clamp16 clamp16_avx512
 INLINE f16 clamp16_avx512(f16 z, float lo, float hi) {
     return (f16)_mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), (__m512)z));

@@ -6,8 +6,8 @@
  * a row of pixels at a time. The rows it reads are first spread into float rows with the zero padding
  * written out (and, for the input gradient of a strided layer, zeros between the pixels: it is then a
  * stride-1 convolution with the kernel flipped), each kept per thread while neighbouring rows need it,
- * so the inner loops have no edge cases and no conversions. The channels go in vectors of 16, then 8,
- * then 1, with the taps' weights and the sums in registers; along a row, 3-wide kernels keep a window
+ * so the inner loops have no edge cases and no conversions. The channels go in vectors of WIDE (one
+ * register, common.h), then narrower ones, with the taps' weights and the sums in registers; along a row, 3-wide kernels keep a window
  * of three pixels in registers, so each pixel is loaded once.
  *
  * Layouts: x and dx N x H x W x C, dy N x OH x OW x C (channels-last), the weight and its gradient
@@ -90,12 +90,13 @@ INLINE void weight_row##V##_##SUFFIX(const T *g, float *const *xp, float *s, int
     for (int64_t t = 0; t < kh * kw; t++) store##V##_f32(s + t * c + k, load##V##_f32(s + t * c + k) + acc[t]); \
 }
 
-/* Channel blocks of 16, 8 and 1. */
+/* Channel blocks of WIDE (common.h: one register), then of 8 and 4 where narrower, then 1. */
 #define BLOCKS(FN, SUFFIX, ...)                                                                            \
     {                                                                                                      \
         int64_t k = 0;                                                                                     \
-        for (; k + 16 <= c; k += 16) FN##16_##SUFFIX(__VA_ARGS__);                                         \
-        for (; k + 8 <= c; k += 8) FN##8_##SUFFIX(__VA_ARGS__);                                            \
+        if (WIDE >= 16) for (; k + 16 <= c; k += 16) FN##16_##SUFFIX(__VA_ARGS__);                         \
+        if (WIDE >= 8) for (; k + 8 <= c; k += 8) FN##8_##SUFFIX(__VA_ARGS__);                             \
+        for (; k + 4 <= c; k += 4) FN##4_##SUFFIX(__VA_ARGS__);                                            \
         for (; k < c; k++) FN##1_##SUFFIX(__VA_ARGS__);                                                    \
     }
 
@@ -133,8 +134,8 @@ static Rows rows_new(int64_t slots, int64_t length, int64_t c) {
 static void rows_free(Rows *rows) { free(rows->data); free(rows->tags); }
 
 #define DEFINE_DEPTHWISE(SUFFIX, T)                                                                        \
-CONV_ROW(16, SUFFIX, T) CONV_ROW(8, SUFFIX, T) CONV_ROW(1, SUFFIX, T)                                      \
-WEIGHT_ROW(16, SUFFIX, T) WEIGHT_ROW(8, SUFFIX, T) WEIGHT_ROW(1, SUFFIX, T)                                \
+CONV_ROW(16, SUFFIX, T) CONV_ROW(8, SUFFIX, T) CONV_ROW(4, SUFFIX, T) CONV_ROW(1, SUFFIX, T)              \
+WEIGHT_ROW(16, SUFFIX, T) WEIGHT_ROW(8, SUFFIX, T) WEIGHT_ROW(4, SUFFIX, T) WEIGHT_ROW(1, SUFFIX, T)       \
                                                                                                            \
 /* Row `id` (width pixels of c channels) of `src`, spread into the thread's cache. */                     \
 static const float *spread_##SUFFIX(Rows *rows, const T *src, int64_t id, int64_t width, int64_t offset,     \
@@ -156,7 +157,7 @@ static const float *spread_##SUFFIX(Rows *rows, const T *src, int64_t id, int64_
         float *to = out + at * c;                                                                          \
         const T *from = in + p * c;                                                                        \
         int64_t k = 0;                                                                                     \
-        for (; k + 16 <= c; k += 16) store16_f32(to + k, load16_##SUFFIX(from + k));                       \
+        for (; k + WIDE <= c; k += WIDE) CAT(store, WIDE, _f32)(to + k, CAT(load, WIDE, _##SUFFIX)(from + k));\
         for (; k < c; k++) to[k] = load_##SUFFIX(from, k);                                                 \
     }                                                                                                      \
     rows->tags[slot] = id;                                                                                 \
