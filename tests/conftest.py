@@ -15,6 +15,11 @@ import torch
 
 torch.set_num_threads(2)
 
+# The training step's probes (mobilenet.train.amp) cost seconds to minutes per model and batch shape, and
+# only tests/test_amp.py is about them: every other training takes the step with all of our kernels in
+# fp32 (those the machine can build), the same on every CPU. Subprocesses inherit it.
+os.environ.setdefault("MOBILENET_STEP", "fp32:bn_act,depthwise,pointwise")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def data_root(tmp_path_factory):

@@ -15,6 +15,12 @@ from mobilenet.train import amp, train
 KERNEL_OF = {BatchNormAct2d: "bn_act", DepthwiseConv2d: "depthwise", PointwiseConv2d: "pointwise"}
 
 
+@pytest.fixture(autouse=True)
+def probed(monkeypatch):
+    """These tests are about the probes: the step the other tests force (conftest.py) is not forced here."""
+    monkeypatch.delenv(amp.FORCE_VARIABLE, raising=False)
+
+
 def batch(n=8, side=16):
     g = torch.Generator().manual_seed(1)
     images = torch.randn(n, 3, side, side, generator=g).contiguous(memory_format=torch.channels_last)
@@ -32,7 +38,7 @@ class FakeMachine:
     def __init__(self, gains: dict[tuple[str, bool], float], bf16_gain: float):
         self.gains, self.bf16_gain, self.calls = gains, bf16_gain, []
 
-    def __call__(self, baseline, candidate, images, labels, criterion, bf16=(False, False)):
+    def __call__(self, baseline, candidate, images, labels, criterion, bf16=(False, False), steps=amp.STEPS):
         if bf16[0] != bf16[1]:
             self.calls.append(("bf16", tuple(sorted(kernels_in(candidate)))))
             return self.bf16_gain
@@ -67,14 +73,49 @@ def test_each_precision_keeps_the_kernels_that_pay_then_bf16_against_fp32(machin
     model, criterion = create_model("mobilenet_v1", width_mult=0.25, num_classes=3), nn.CrossEntropyLoss()
     choice = amp.choose_step("auto", True, model, *batch(), criterion, cache=tmp_path / "c.json")
     # fp32 drops the depthwise kernel (0.95x); bf16 keeps all three; then bf16's best beats fp32's best
+    everything = ("bn_act", "depthwise", "pointwise")
     assert machine.calls == [("bn_act", False), ("depthwise", False), ("pointwise", False),
-                             ("bn_act", True), ("depthwise", True), ("pointwise", True),
-                             ("bf16", ("bn_act", "depthwise", "pointwise"))]
+                             ("bf16", everything),  # at a glance: fp32's best against bf16 with every kernel
+                             ("bn_act", True), ("depthwise", True), ("pointwise", True), ("bf16", everything)]
     assert choice.bf16 and choice.kernels == ("bn_act", "depthwise", "pointwise") and choice.speedup == 1.8
     assert choice.probes["fp32 +depthwise"] == 0.95 and "1.80x" in choice.why
     machine.bf16_gain = 1.02  # below MIN_GAIN: fp32, with fp32's own kernels
     slower = amp.choose_step("auto", True, model, *batch(), criterion, cache=tmp_path / "other.json")
     assert not slower.bf16 and slower.kernels == ("bn_act", "pointwise")
+
+
+def test_a_precision_the_cpu_emulates_is_not_probed_kernel_by_kernel(machine, tmp_path):
+    """bf16 emulated (AVX2: one step about 0.1x as fast as fp32's): after fp32's probes, one bf16 step
+    settles it; the first run says what each probe measures as it goes."""
+    machine.bf16_gain = 0.3
+    told = []
+    model = create_model("mobilenet_v1", width_mult=0.25, num_classes=3)
+    choice = amp.choose_step("auto", True, model, *batch(), nn.CrossEntropyLoss(), cache=tmp_path / "c.json",
+                             report=told.append)
+    assert machine.calls == [("bn_act", False), ("depthwise", False), ("pointwise", False),
+                             ("bf16", ("bn_act", "depthwise", "pointwise"))]
+    assert not choice.bf16 and choice.kernels == ("bn_act", "pointwise") and "not probed further" in choice.why
+    assert told == ["1 of 8: fp32 +bn_act", "2 of 8: fp32 +depthwise", "3 of 8: fp32 +pointwise",
+                    "4 of 8: bf16 at a glance"]
+    machine.bf16_gain, told[:] = 1.8, []  # natively: the whole count
+    amp.choose_step("auto", True, model, *batch(n=4), nn.CrossEntropyLoss(), cache=tmp_path / "c.json",
+                    report=told.append)
+    assert told[4:] == ["5 of 8: bf16 +bn_act", "6 of 8: bf16 +depthwise", "7 of 8: bf16 +pointwise",
+                        "8 of 8: fp32 against bf16"]
+
+
+def test_a_forced_step_is_not_probed_and_asked_settings_still_win(machine, monkeypatch, tmp_path):
+    model, criterion = create_model("mobilenet_v1", width_mult=0.25, num_classes=3), nn.CrossEntropyLoss()
+    monkeypatch.setenv(amp.FORCE_VARIABLE, "bf16:depthwise,pointwise")
+    forced = amp.choose_step("auto", True, model, *batch(), criterion, cache=tmp_path / "c.json")
+    assert forced.bf16 and forced.kernels == ("depthwise", "pointwise") and "MOBILENET_STEP" in forced.why
+    assert not amp.choose_step("off", True, model, *batch(), criterion).bf16  # --amp off
+    assert amp.choose_step("auto", False, model, *batch(), criterion).kernels == ()  # --no-fused-bn
+    assert machine.calls == [] and not (tmp_path / "c.json").exists()
+    for wrong in ("fp16", "fp32:bn_act,winograd"):
+        monkeypatch.setenv(amp.FORCE_VARIABLE, wrong)
+        with pytest.raises(ValueError, match="MOBILENET_STEP"):
+            amp.choose_step("auto", True, model, *batch(), criterion)
 
 
 def test_decisions_are_cached_per_batch_shape_and_setting(machine, tmp_path):
@@ -83,7 +124,7 @@ def test_decisions_are_cached_per_batch_shape_and_setting(machine, tmp_path):
     first = amp.choose_step("auto", True, model, *batch(), criterion, cache=cache)
     machine.bf16_gain = 0.5  # the machine changed its mind, but the cache holds the decision
     assert amp.choose_step("auto", True, model, *batch(), criterion, cache=cache) == first
-    assert len(machine.calls) == 7
+    assert len(machine.calls) == 8
     assert not amp.choose_step("auto", True, model, *batch(n=4), criterion, cache=cache).bf16  # probed anew
     off = amp.choose_step("off", True, model, *batch(), criterion, cache=cache)  # fp32's kernels only
     assert not off.bf16 and off.kernels == ("bn_act", "pointwise") and machine.calls[-1] == ("pointwise", False)

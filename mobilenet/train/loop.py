@@ -143,8 +143,10 @@ class Run:
         else:
             from mobilenet.data.load import default_root
 
+            report = (lambda what: print(f"probing the training step (once per machine, model and batch): {what}",
+                                         flush=True)) if self.is_main and self.progress else None
             choice = choose_step(config.amp, fused, self.model, *self._probe_batch(), self.criterion,
-                                 cache=default_root() / AMP_CACHE)
+                                 cache=default_root() / AMP_CACHE, report=report)
             if self.dist.enabled:  # every process must compute alike: a choice only if every one made it
                 names = list(KERNELS)
                 votes = self.dist.all_reduce(torch.tensor([float(choice.bf16)] + [float(k in choice.kernels)
