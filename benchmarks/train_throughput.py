@@ -3,7 +3,9 @@
 For each model of `MODELS` (the demo's V1 0.5 small-input, the seed's CIFAR model: V1 1.0 with
 ImageNet strides, and V2 1.0 small-input; all 10 classes at 32x32) and each batch size:
 * a plain eager NCHW loop, what a tutorial writes: tensors already in memory, no augmentation (so it
-  does strictly less work than our trainer);
+  does strictly less work than our trainer), in a fresh process of its own with the allocator's
+  defaults (our trainer sets the process's allocator, `mobilenet.train.memory`, which would otherwise
+  speed up the plain loops run after it);
 * our trainer: `mobilenet train`'s own epoch loop on the digits, loader, augmentation and
   bookkeeping included, with its defaults (channels_last, `--amp auto`), or a variant;
 * the compute-bound limit: 3 x the forward FLOPs of an image (forward, and backward's two products)
@@ -18,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +58,14 @@ def plain_loop(model_name: str, width: float, small_input: bool, batch: int, ste
     for i in range(steps):
         step(i)
     return steps * batch / (time.perf_counter() - start)
+
+
+def plain_loop_alone(model_name: str, width: float, small_input: bool, batch: int, steps: int) -> float:
+    """`plain_loop` in a new Python process, as a user's script would run it."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from train_throughput import plain_loop; "
+            f"print(plain_loop({model_name!r}, {width!r}, {small_input!r}, {batch!r}, {steps!r}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def our_trainer(model_name: str, width: float, small_input: bool, batch: int, **options) -> float:
@@ -98,7 +110,7 @@ def main() -> None:
             runs: dict[str, list[float]] = {"plain eager NCHW": [], **{f"ours ({v})": [] for v in variants}}
             steps = max(3, 1437 // batch)  # about one digits epoch
             for _ in range(args.repeats):
-                runs["plain eager NCHW"].append(plain_loop(name, width, small_input, batch, steps))
+                runs["plain eager NCHW"].append(plain_loop_alone(name, width, small_input, batch, steps))
                 probe.time(2)
                 for v in variants:
                     runs[f"ours ({v})"].append(our_trainer(name, width, small_input, batch, **VARIANTS[v]))

@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -218,3 +220,28 @@ def test_the_fused_optimizer_steps_like_pytorchs_reference_sgd():
             optimizer.step()
     for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_training_keeps_freed_memory_so_each_step_does_not_fault_it_in_again():
+    """Each step allocates its activations afresh; with glibc's defaults blocks of a few MB go back to
+    the kernel when freed and are faulted in again page by page on the next step (measured on an AVX2
+    EPYC: 4,500-5,900 page faults per step of this model by default, 0-150 kept)."""
+    script = (
+        "import resource, sys, torch\n"
+        "from mobilenet import create_model\n"
+        "from mobilenet.train.memory import keep_freed_memory\n"
+        "if sys.argv[1] == 'kept': assert keep_freed_memory()\n"
+        "model = create_model('mobilenet_v1', width_mult=0.25, num_classes=10, small_input=True)\n"
+        "images = torch.randn(16, 3, 32, 32)\n"
+        "def step():\n"
+        "    model.zero_grad(set_to_none=True)\n"
+        "    model(images).sum().backward()\n"
+        "step(); step()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(5): step()\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)\n")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's allocator")
+    faults = {how: float(subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True,
+                                        check=True).stdout.split()[-1]) for how in ("default", "kept")}
+    assert 10 * faults["kept"] < faults["default"] and faults["default"] > 1000, faults

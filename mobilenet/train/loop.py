@@ -37,6 +37,7 @@ from mobilenet.train.amp import CACHE_FILE as AMP_CACHE
 from mobilenet.train.amp import StepChoice, choose_step
 from mobilenet.train.config import TrainConfig
 from mobilenet.train.distributed import Distributed, from_environment
+from mobilenet.train.memory import keep_freed_memory
 from mobilenet.train.optim import build_optimizer, learning_rate
 from mobilenet.train.rundir import BEST, CONFIG, CURVES, LAST, METRICS, STATE, RunFolder, TrainingError
 
@@ -83,6 +84,8 @@ class Run:
         self.config = config
         self.dist = dist or Distributed()
         self.device = self.dist.device
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults for each step's fresh activations (mobilenet.train.memory)
         self.is_main = self.dist.is_main
         self.progress = progress and self.is_main
         self.folder = RunFolder(config.out)
@@ -380,21 +383,22 @@ class Run:
         loss_sum, correct, seen = self.dist.all_reduce(sums).tolist()
         return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
                 "images_per_s": seen / elapsed, "epoch_time_s": elapsed, "lr": lr,
-                **self._share_of_bound(seen / elapsed)}
+                **self._share_of_bound(seen / elapsed, elapsed)}
 
-    def _share_of_bound(self, images_per_s: float) -> dict:
+    def _share_of_bound(self, images_per_s: float, epoch_s: float) -> dict:
         """On the CPU: the compute-bound limit of this training step (3 x the forward FLOPs at the fp32
-        matrix peak: the best of two products timed after each epoch of this invocation, each process
-        on its own cores) and the share of it the epoch reached."""
+        matrix peak: the best product this process has timed, two more after each epoch, each process
+        on its own cores; after an epoch shorter than 50 products, as in tests, only if none was timed
+        yet) and the share of it the epoch reached."""
         if self.device.type != "cpu":
             return {}
-        if not hasattr(self, "_probe"):
-            from mobilenet.bench.machine import MatmulProbe, forward_flops
+        from mobilenet.bench.machine import forward_flops, matmul_probe
 
-            self._probe = MatmulProbe()
+        if not hasattr(self, "_forward_flops"):
             self._forward_flops = forward_flops(self.model, 1, self.train_set.resolution)
-        probe = self._probe
-        probe.time(2)
+        probe = matmul_probe()
+        if probe.best_s == float("inf") or epoch_s > 50 * probe.best_s:
+            probe.time(2)
         bound = probe.gflops * 1e9 / (3 * self._forward_flops) * self.dist.world_size
         return {"matmul_gflops": probe.gflops, "bound_images_per_s": bound, "of_bound": images_per_s / bound}
 
