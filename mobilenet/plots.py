@@ -18,10 +18,11 @@ def readable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _save(fig, path: str | os.PathLike) -> None:
-    """Write the figure atomically: a reader never sees half a PNG."""
+def _save(fig, path: str | os.PathLike, tight: bool = True) -> None:
+    """Write the figure atomically: a reader never sees half a PNG. `tight` crops it to what is drawn,
+    which draws it twice; a figure with fixed margins of its own can skip that."""
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight" if tight else None, format="png")
     plt.close(fig)
 
 
@@ -40,7 +41,9 @@ def plot_curves(metrics: list[dict], path: str | os.PathLike, title: str = "") -
         ax.legend()
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    # fixed margins, not a tight crop: drawn once, in half the time, as it is again after every epoch
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.84, wspace=0.22)
+    _save(fig, path, tight=False)
 
 
 def plot_accuracy_over_time(runs: dict[str, list[dict]], path: str | os.PathLike, title: str = "",

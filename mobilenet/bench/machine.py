@@ -5,6 +5,8 @@ beside the backends, and a model's compute-bound limit at that throughput."""
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import os
 import platform
 import time
@@ -87,9 +89,27 @@ class MatmulProbe:
         return 2 * self.size**3 / self.best_s / 1e9
 
 
+@functools.cache
+def matmul_probe() -> MatmulProbe:
+    """This process's MatmulProbe, shared by every run in it: its best product is the machine's, whichever
+    run timed it, and its matrices are made (and the first product paid) once."""
+    return MatmulProbe()
+
+
+_FLOPS: dict[tuple, int] = {}  # forward_flops of our models by (config, batch, resolution), this process's
+
+
 def forward_flops(model: nn.Module, batch: int, resolution: int) -> int:
     """Floating-point operations (2 per mult-add) of one forward pass, counted on a meta-device copy
-    so that nothing is computed."""
+    so that nothing is computed; once per process for each configuration of our models (their
+    `config` rebuilds them)."""
+    key = (json.dumps(model.config.to_dict(), sort_keys=True), batch, resolution)
+    if key not in _FLOPS:
+        _FLOPS[key] = _counted_flops(model, batch, resolution)
+    return _FLOPS[key]
+
+
+def _counted_flops(model: nn.Module, batch: int, resolution: int) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     shadow = copy.deepcopy(model).to("meta").eval()  # eval: a batch of one is fine for BatchNorm
