@@ -112,9 +112,7 @@ INLINE void input##V##_##SUFFIX(int64_t j, const Constants *k, const T *x, const
 #define EACH(FN, SUFFIX, n, ...)                                                                           \
     {                                                                                                      \
         int64_t j_ = 0;                                                                                    \
-        if (WIDE == 16) for (; j_ + 16 <= (n); j_ += 16) FN##16_##SUFFIX(j_, __VA_ARGS__);                 \
-        if (WIDE == 8) for (; j_ + 8 <= (n); j_ += 8) FN##8_##SUFFIX(j_, __VA_ARGS__);                     \
-        if (WIDE == 4) for (; j_ + 4 <= (n); j_ += 4) FN##4_##SUFFIX(j_, __VA_ARGS__);                     \
+        for (; j_ + WIDE <= (n); j_ += WIDE) CAT(FN, WIDE, _##SUFFIX)(j_, __VA_ARGS__);                    \
         for (; j_ < (n); j_++) FN##1_##SUFFIX(j_, __VA_ARGS__);                                            \
     }
 
