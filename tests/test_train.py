@@ -224,15 +224,15 @@ def test_the_fused_optimizer_steps_like_pytorchs_reference_sgd():
 
 def test_training_keeps_freed_memory_so_each_step_does_not_fault_it_in_again():
     """Each step allocates its activations afresh; with glibc's defaults blocks of a few MB go back to
-    the kernel when freed and are faulted in again page by page on the next step (measured on an AVX2
-    EPYC: 4,500-5,900 page faults per step of this model by default, 0-150 kept)."""
+    the kernel when freed and are faulted in again page by page on the next step (the demo's model and
+    batch; benchmarks/allocator.py measures the whole training step)."""
     script = (
         "import resource, sys, torch\n"
         "from mobilenet import create_model\n"
         "from mobilenet.train.memory import keep_freed_memory\n"
         "if sys.argv[1] == 'kept': assert keep_freed_memory()\n"
-        "model = create_model('mobilenet_v1', width_mult=0.25, num_classes=10, small_input=True)\n"
-        "images = torch.randn(16, 3, 32, 32)\n"
+        "model = create_model('mobilenet_v1', width_mult=0.5, num_classes=10, small_input=True)\n"
+        "images = torch.randn(32, 3, 32, 32)\n"
         "def step():\n"
         "    model.zero_grad(set_to_none=True)\n"
         "    model(images).sum().backward()\n"
@@ -244,4 +244,4 @@ def test_training_keeps_freed_memory_so_each_step_does_not_fault_it_in_again():
         pytest.skip("glibc's allocator")
     faults = {how: float(subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True,
                                         check=True).stdout.split()[-1]) for how in ("default", "kept")}
-    assert 10 * faults["kept"] < faults["default"] and faults["default"] > 1000, faults
+    assert 5 * faults["kept"] < faults["default"] and faults["default"] > 5000, faults
