@@ -15,14 +15,17 @@ from mobilenet.checks import comma_list, some, whole_number
 from mobilenet.optional import MissingPackage
 from mobilenet.bench.latency import AGREEMENT_IMAGES
 from mobilenet.bench.latency import BACKENDS as BENCH_BACKENDS
-from mobilenet.export import FORMATS
+from mobilenet.export import FORMATS, SUFFIXES
+from mobilenet.export.guard import MIN_AGREEMENT, check_min_agreement
 from mobilenet.export.runtime import RUNTIMES
 from mobilenet.models.layers import check_num_classes, check_width
 
 EXIT_USAGE = 2
 RUNTIME_HELP = ("auto (default): the fastest measured here among those installed (fp32 ones checked "
-                "against PyTorch; bf16 and INT8 ones at >= 99%% top-1 agreement on the model's own data), "
-                "decided once and cached; onnxruntime; openvino (fp32); pytorch")
+                "against PyTorch; bf16 and INT8 ones only if their top-1 agreement with fp32 on the model's own "
+                "data passes --min-agreement), decided once and cached; onnxruntime; openvino (fp32); pytorch")
+AGREEMENT_HELP = (f"the share of the model's test images on which a bf16 or INT8 model must give fp32's top-1 class "
+                  f"(default {MIN_AGREEMENT:g}; the same guard in export, eval, predict and bench)")
 PRECISION_HELP = ("with --backend auto: any (default) lets bf16 and INT8 compete where they agree with fp32; "
                   "fp32 measures the fp32 runtimes only (the checkpoint's own accuracy, to the 1e-4 check)")
 
@@ -67,6 +70,7 @@ def _backends(text: str) -> list[str]:
 
 
 width_arg = _argtype(check_width, float)
+agreement_arg = _argtype(check_min_agreement, float)
 classes_arg = _argtype(check_num_classes, int)
 resolution_arg = _positive_int("resolution")
 
@@ -177,13 +181,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.split, classes=args.classes, resolution=meta.resolution, root=args.data_root,
                            channels=meta.config.in_chans)
     _checkpoint_and_data_classes(meta, dataset, args.checkpoint)
+    if not len(dataset):
+        raise ValueError(f"the {args.split} split of {args.data} holds no images: nothing to evaluate")
     extra = {}
     if runtime == "auto" and args.precision == "any":  # the model's own data: bf16/INT8 may compete, judged on it
         extra = _own_images(meta, dataset, args.checkpoint, args.data, args.classes, args.data_root, args.batch_size)
     elif runtime == "auto":
         extra = {"model_id": _file_id(args.checkpoint), "batch": args.batch_size}
     said: list[str] = []  # what `auto` chose and why: reported with the results
-    fast, runtime = runtime_model(model, meta.resolution, runtime, say=said.append, **extra)
+    fast, runtime = runtime_model(model, meta.resolution, runtime, say=said.append, min_agreement=args.min_agreement,
+                                  **extra)
     loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers,
                          channels_last=runtime == "pytorch", mean=meta.mean, std=meta.std)
     result = evaluate(fast, loader, len(meta.classes), progress=not args.json)
@@ -229,12 +236,16 @@ def _own_images(meta, dataset, checkpoint: str, data: str, classes, root, batch:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from mobilenet.checkpoint import load_checkpoint
+    from mobilenet.data.memory import CHANNELS
     from mobilenet.evaluate import predict_files
     from mobilenet.export import resolve_runtime, runtime_model
     from mobilenet.plots import readable
 
     runtime = resolve_runtime(args.backend)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
+    if meta.config.in_chans not in CHANNELS:
+        raise ValueError(f"{args.checkpoint} takes images of {meta.config.in_chans} channels; predict reads image "
+                         "files as RGB (3 channels) or grey (1)")
     extra = {}
     if runtime == "auto" and args.precision == "any" and meta.data:  # its data is known: bf16/INT8 may compete
         try:
@@ -249,7 +260,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             extra = {"model_id": _file_id(args.checkpoint)}  # fp32 candidates only
     elif runtime == "auto":
         extra = {"model_id": _file_id(args.checkpoint)}
-    fast, _ = runtime_model(model, meta.resolution, runtime, say=None if args.json else print, **extra)
+    fast, _ = runtime_model(model, meta.resolution, runtime, say=None if args.json else print,
+                            min_agreement=args.min_agreement, **extra)
     results = predict_files(fast, args.images, meta.resolution, meta.mean, meta.std, meta.classes,
                             args.top_k, crop_fraction=meta.crop_fraction)
     failed = [item for item in results if "error" in item]
@@ -287,14 +299,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     report = export_checkpoint(args.checkpoint, args.output, args.format, int8=args.int8,
                                calibration_data=args.calibration_data, data_root=args.data_root,
-                               calibration_images=args.calibration_images, batch=args.batch_size)
+                               calibration_images=args.calibration_images, batch=args.batch_size,
+                               min_agreement=args.min_agreement, force=args.force)
     if args.json:
         print(json.dumps(report))
         return 0
+    format = report["format"]
     beside = {"openvino": f" and its weights {os.path.splitext(args.output)[0]}.bin",
-              "executorch": f" and its metadata {args.output}.json"}.get(args.format, "")
+              "executorch": f" and its metadata {args.output}.json"}.get(format, "")
     fixed = f", batch fixed at {report['batch']}" if "batch" in report else ""
-    print(f"wrote {args.output}{beside} ({report['bytes'] / 1e6:.2f} MB, {args.format}{', int8' if args.int8 else ''}"
+    print(f"wrote {args.output}{beside} ({report['bytes'] / 1e6:.2f} MB, {format}{', int8' if args.int8 else ''}"
           f"{fixed})")
     if "validated" in report:  # Core ML: no runtime on this system
         print(report["validated"])
@@ -320,6 +334,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.sweep:
         if args.width is not None or args.resolution is not None:
             raise ValueError("--sweep measures the paper's grid of widths and resolutions: drop --width and --resolution")
+        if bench.is_checkpoint(args.model):
+            raise ValueError(f"the sweep builds the grid's models by name; {args.model} is a checkpoint")
+        bench.sweep_outputs(args.output, args.model, args.batch)  # checked before the minutes of measuring
         result = bench.sweep(args.model, progress=progress, **options)
         paths = bench.write_sweep(result, args.output)
         print(json.dumps({**result, "files": [str(p) for p in paths]}) if args.json else
@@ -330,7 +347,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     model, resolution = bench.build(args.model, width=args.width)
     resolution = check_model_resolution(args.resolution or resolution or 224, model)
     data_images = bench.checkpoint_images(args.model, resolution) if bench.is_checkpoint(args.model) else None
-    report = bench.measure(model, resolution=resolution, progress=progress, data_images=data_images, **options)
+    report = bench.measure(model, resolution=resolution, progress=progress, data_images=data_images,
+                           min_agreement=args.min_agreement, **options)
     print(json.dumps(report) if args.json else bench.format_report(report))
     return 0
 
@@ -376,6 +394,7 @@ def build_parser() -> Parser:
     p.add_argument("--plot", default=None, help="confusion-matrix PNG (default: beside the checkpoint)")
     p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--precision", default="any", choices=["any", "fp32"], help=PRECISION_HELP)
+    p.add_argument("--min-agreement", type=agreement_arg, default=None, help=AGREEMENT_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_eval)
 
@@ -385,6 +404,7 @@ def build_parser() -> Parser:
     p.add_argument("--top-k", type=_positive_int("--top-k"), default=5)
     p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--precision", default="any", choices=["any", "fp32"], help=PRECISION_HELP)
+    p.add_argument("--min-agreement", type=agreement_arg, default=None, help=AGREEMENT_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(run=cmd_predict)
 
@@ -400,10 +420,12 @@ def build_parser() -> Parser:
     p = sub.add_parser("export", help="write a checkpoint for a server (ONNX, OpenVINO, torch.export) or a phone "
                                       "(ExecuTorch, LiteRT, Core ML), fp32 or INT8, checked")
     p.add_argument("checkpoint")
-    p.add_argument("--format", choices=FORMATS, default="onnx",
-                   help="onnx (default), pt2 (torch.export), openvino (IR: --output NAME.xml, weights in NAME.bin), "
-                        "executorch (NAME.pte, metadata in NAME.pte.json), tflite (LiteRT) or coreml (.mlpackage)")
-    p.add_argument("--output", required=True, help="the file to write (replaced only once it has been checked)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="what --output's suffix names (" + ", ".join(f"{s}: {f}" for f, s in SUFFIXES.items())
+                        + "); if given, it must agree. openvino writes NAME.xml and its weights NAME.bin, executorch "
+                          "NAME.pte and its metadata NAME.pte.json")
+    p.add_argument("--output", required=True, help="the file to write (replaced only once it has been checked; "
+                                                   "its suffix decides the format)")
     p.add_argument("--int8", action="store_true", help="quantize to INT8, calibrated on real images (not pt2; Core "
                                                        "ML: int8 weights)")
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=1,
@@ -414,6 +436,8 @@ def build_parser() -> Parser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--calibration-images", type=_positive_int("--calibration-images"), default=256,
                    help="training images to calibrate INT8 on (default 256)")
+    p.add_argument("--min-agreement", type=agreement_arg, default=None, help=AGREEMENT_HELP)
+    p.add_argument("--force", action="store_true", help="write an INT8 file below --min-agreement anyway, with a warning")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_export)
 
@@ -432,6 +456,7 @@ def build_parser() -> Parser:
     p.add_argument("--sweep", action="store_true",
                    help="the paper's 16 models (width 1, 0.75, 0.5, 0.25 x resolution 224, 192, 160, 128)")
     p.add_argument("--output", default=".", help="folder for the sweep's JSON, table and plot (default: here)")
+    p.add_argument("--min-agreement", type=agreement_arg, default=None, help=AGREEMENT_HELP + "; the auto row")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_bench)
     return parser
@@ -448,6 +473,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mobilenet.files import Terminated, clean_up_on_termination
+
+    clean_up_on_termination()
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
@@ -457,10 +485,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mobilenet.plots import readable
 
         print(f"mobilenet: error: {readable(_one_line(error))}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("mobilenet: interrupted; a training run keeps its last finished epoch (continue with --resume)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(f"mobilenet: {'stopped by ' + str(interrupt) if isinstance(interrupt, Terminated) else 'interrupted'}; "
+              "a training run keeps its last finished epoch (continue with --resume)", file=sys.stderr)
+        return 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
     return EXIT_USAGE
 
 

@@ -95,7 +95,8 @@ def predict_files(model: nn.Module, paths: list[str | os.PathLike], resolution: 
         try:
             image = eval_transform(to_mode(decode_image(path), len(mean)), resolution, crop_fraction)
         except ValueError as error:  # one unreadable file does not hide the others' answers
-            results.append({"image": str(path), "error": str(error)})
+            message = str(error) if str(path) in str(error) else f"image {path}: {error}"
+            results.append({"image": str(path), "error": message})
             continue
         x = normalize(image.unsqueeze(0))
         probs = model(x).softmax(1)[0]

@@ -146,6 +146,22 @@ def test_sweep_writes_table_and_plot(tmp_path):
         assert image.format == "PNG" and image.width > 300
 
 
+@pytest.mark.parametrize("case", ["missing folder", "a file", "a folder in the way"])
+def test_sweep_outputs_are_checked_before_measuring(cli, tmp_path, monkeypatch, case):
+    """`bench --sweep --output DIR` once measured for a minute, then failed on a missing DIR."""
+    monkeypatch.setattr(bench, "sweep", lambda *args, **kwargs: pytest.fail("measured before checking its output"))
+    output = tmp_path / "nope"
+    if case == "a file":
+        output.write_text("mine")
+    elif case == "a folder in the way":
+        output.mkdir()
+        (output / "latency_sweep_mobilenet_v1_batch1.json").mkdir()
+    out = cli("bench", "mobilenet_v1", "--sweep", "--output", str(output))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert ("is a folder" if case == "a folder in the way" else "does not exist") in lines[0], lines[0]
+
+
 @pytest.mark.skipif(not all(map(bench.available, ("onnx", "onnxruntime", "onnxscript", "openvino"))),
                     reason="the peers need onnxscript and openvino (installed by make install)")
 def test_peer_rows_and_the_auto_row():
@@ -175,7 +191,7 @@ def test_auto_row_of_a_checkpoint_judges_reduced_precisions_on_its_data(cli, tmp
     says what was chosen and, for a reduced precision, its agreement (>= 99%) with fp32."""
     from runs import tiny
 
-    from mobilenet.export import choose
+    from mobilenet.export import choose, guard
     from mobilenet.train import train
 
     train(tiny(tmp_path / "run"))  # its checkpoint records its data: three digit classes
@@ -186,4 +202,4 @@ def test_auto_row_of_a_checkpoint_judges_reduced_precisions_on_its_data(cli, tmp
     names = [c.name for c in choose.candidates(True, choose._bf16())]
     assert row["backend"] == "auto" and row["chosen"] in names and any(n.endswith("int8") for n in names)
     assert ("agreement" in row) == (row["chosen"].endswith(("int8", "bf16")))
-    assert row.get("agreement", 1.0) >= choose.MIN_AGREEMENT
+    assert row.get("agreement", 1.0) >= guard.MIN_AGREEMENT

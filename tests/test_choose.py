@@ -1,7 +1,8 @@
 """`auto` chooses by measuring: the fastest candidate that passes its check wins, reduced
-precisions only with the model's own images and at 99% agreement, and the decision is cached
-per model, CPU and versions."""
+precisions only with the model's own images and when they pass the one accuracy guard, and the
+decision is cached per model, CPU and versions, and used only if it is well formed and still passes."""
 
+import json
 import time
 
 import pytest
@@ -86,6 +87,69 @@ def test_a_decision_is_cached_per_model_cpu_and_versions(fake, tmp_path, monkeyp
     built.clear()
     choose.choose(model, 16, 1, model_id="abc", cache=cache)
     assert len(built) == 3
+
+
+def test_the_guard_threshold_is_the_callers(fake):
+    """--min-agreement moves the one threshold: a candidate agreeing on 35 of 40 images is refused at
+    the default (99%) and kept at 85%."""
+    model, plans, built = fake
+    plans.update({"pytorch": (40, False), "onnxruntime": (40, False), "openvino": (40, False),
+                  "onnxruntime-int8": (2, False), "openvino-bf16": (40, False), "openvino-int8": (40, False)})
+    images = torch.randn(40, 3, 16, 16)
+    real_build = choose.build
+
+    def build(candidate, *args):  # the int8 candidate flips the top-1 of the last 5 images
+        runner = real_build(candidate, *args)
+        if candidate.name != "onnxruntime-int8":
+            return runner
+        return Fake(2, lambda x: torch.cat([model(x[:35]), model(x[35:]).flip(1) + 1]))
+
+    choose.build = build
+    _, strict = choose.choose(model, 16, 1, images=images)
+    _, lenient = choose.choose(model, 16, 1, images=images, min_agreement=0.85)
+    assert strict.agreement["onnxruntime-int8"] == pytest.approx(35 / 40)
+    assert "below the 99.00% required" in strict.refused["onnxruntime-int8"] and strict.chosen != "onnxruntime-int8"
+    assert lenient.chosen == "onnxruntime-int8", lenient
+
+
+@pytest.mark.parametrize("entry,why", [
+    ("a string", "malformed"), (["a", "list"], "malformed"), (None, "malformed"),
+    ({"chosen": "onnxruntime", "median_ms": {}, "agreement": {}, "refused": {}, "speed": 1}, "malformed"),
+    ({"chosen": "onnxruntime", "median_ms": {"onnxruntime": "fast"}, "agreement": {}, "refused": {}}, "malformed"),
+    ({"chosen": "tensorrt", "median_ms": {"tensorrt": 1.0}, "agreement": {}, "refused": {}}, "not a candidate"),
+    ({"chosen": "onnxruntime-int8", "median_ms": {"onnxruntime-int8": 1.0}, "agreement": {"onnxruntime-int8": 0.9625},
+      "refused": {}}, "does not pass the guard"),
+    ({"chosen": "onnxruntime-int8", "median_ms": {"onnxruntime-int8": 1.0}, "agreement": {}, "refused": {}},
+     "does not pass the guard"),
+])
+def test_a_cached_decision_is_used_only_if_well_formed_and_still_passing(fake, tmp_path, entry, why):
+    """A decision cache is ours to rebuild: an entry of the wrong type or shape, naming an unknown
+    candidate or a reduced-precision choice below the guard is measured again with one line, never
+    a traceback and never used as it is."""
+    model, plans, built = fake
+    plans.update({"pytorch": (40, False), "onnxruntime": (2, False), "openvino": (40, False),
+                  "onnxruntime-int8": (40, False), "openvino-bf16": (40, False), "openvino-int8": (40, False)})
+    images = torch.randn(8, 3, 16, 16)
+    cache, said = tmp_path / "choices.json", []
+    choose.choose(model, 16, 1, images=images, model_id="m", cache=cache)
+    (key,) = json.loads(cache.read_text())
+    cache.write_text(json.dumps({key: entry}))
+    built.clear()
+    _, decision = choose.choose(model, 16, 1, images=images, model_id="m", cache=cache, say=said.append)
+    assert not decision.cached and len(built) == 6 and decision.chosen == "onnxruntime"
+    assert len(said) == 1 and why in said[0] and str(cache) in said[0], said
+    assert choose.choose(model, 16, 1, images=images, model_id="m", cache=cache)[1].cached  # rewritten whole
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "null", "{not json", ""])
+def test_a_decision_cache_that_is_not_an_object_is_measured_again(fake, tmp_path, content):
+    model, plans, built = fake
+    plans.update({"pytorch": (40, False), "onnxruntime": (2, False), "openvino": (40, False)})
+    cache, said = tmp_path / "choices.json", []
+    cache.write_text(content)
+    _, decision = choose.choose(model, 16, 1, model_id="m", cache=cache, say=said.append)
+    assert decision.chosen == "onnxruntime" and len(said) == 1 and "ignoring it" in said[0], said
+    assert isinstance(json.loads(cache.read_text()), dict)
 
 
 def test_auto_for_real_checks_and_times_what_is_installed():

@@ -325,3 +325,75 @@ def test_folder_links_are_followed_once(capsys, tmp_path):
                          "--resolution", "32", "--batch-size", "4", "--epochs", "1", "--workers", "0", "--no-progress")
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["test_images"] == 8
+
+
+# --- images read as they are meant, and nothing that would block or blow up ---------------------
+
+def test_photos_are_read_upright(capsys, run, tmp_path):
+    """A phone stores a portrait photo sideways with EXIF Orientation 6: it is read as shown, the
+    answer the same as for the upright file (once every such file was classified sideways)."""
+    from mobilenet.data import decode_image, load_dataset
+
+    image = load_dataset("digits", "test", classes=["0", "1", "2"]).images[5].permute(1, 2, 0).numpy()
+    upright = Image.fromarray(np.ascontiguousarray(image))
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif)
+    assert np.array_equal(np.asarray(decode_image(tmp_path / "sideways.png")), np.asarray(upright))
+    code, out, err = cli(capsys, "predict", run / "last.safetensors", tmp_path / "upright.png",
+                         tmp_path / "sideways.png", "--backend", "pytorch", "--json")
+    first, second = json.loads(out)
+    assert code == 0 and first["predictions"] == second["predictions"], err
+
+
+def test_a_strip_image_is_refused_before_it_is_resized(capsys, run, tmp_path):
+    """2,000,000 x 1 pixels is a 2 KB PNG under Pillow's bomb limit, but scaled to the model's short
+    side it would be billions of pixels (3.6 GB once): refused in one line, the other files answered."""
+    import resource
+
+    Image.new("RGB", (2_000_000, 1)).save(tmp_path / "strip.png")
+    Image.new("RGB", (20, 20)).save(tmp_path / "fine.png")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, out, err = cli(capsys, "predict", run / "last.safetensors", tmp_path / "strip.png", tmp_path / "fine.png",
+                         "--backend", "pytorch")
+    assert code == 2 and "fine.png:" in out and len(err.strip().splitlines()) == 1, err
+    assert "strip.png" in err and "would be resized to" in err and "MAX_IMAGE_PIXELS" in err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # kB: no giant buffer
+
+
+def test_a_named_pipe_is_refused_not_read(capsys, run, tmp_path):
+    """predict of a FIFO, or a folder holding one, once blocked for ever: refused before it is opened."""
+    import signal
+
+    from mobilenet.data import load_dataset
+
+    os.mkfifo(tmp_path / "pipe.png")
+    signal.alarm(60)  # a regression fails the test instead of hanging the run
+    try:
+        refused(capsys, "pipe.png is a named pipe, not a regular file", "predict", run / "last.safetensors",
+                tmp_path / "pipe.png", "--backend", "pytorch")
+        folder = tmp_path / "folder"
+        for split in ("train", "val"):
+            (folder / split / "a").mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(folder / split / "a" / "0.png")
+        os.mkfifo(folder / "val" / "a" / "1.png")
+        dataset = load_dataset(folder, "val", resolution=8)
+        with pytest.raises(ValueError, match="1.png is a named pipe, not a regular file"):
+            [dataset[i] for i in range(len(dataset))]
+    finally:
+        signal.alarm(0)
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_predict_with_a_checkpoint_of_other_channels_is_one_line(capsys, tmp_path, channels):
+    from mobilenet import create_model
+    from mobilenet.checkpoint import ModelMeta, save_checkpoint
+
+    model = create_model("mobilenet_v1", width_mult=0.25, num_classes=3, small_input=True, in_chans=channels)
+    meta = ModelMeta(config=model.config, classes=["a", "b", "c"], resolution=32, mean=(0.5,) * channels,
+                     std=(0.25,) * channels)
+    save_checkpoint(tmp_path / "m.safetensors", model, meta)
+    Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+    refused(capsys, f"takes images of {channels} channels; predict reads image files as RGB (3 channels) or grey (1)",
+            "predict", tmp_path / "m.safetensors", tmp_path / "photo.png")

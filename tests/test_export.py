@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,7 +223,8 @@ def test_int8_export_reports_agreement_and_accuracy(digits_checkpoint, tmp_path)
     path, model = digits_checkpoint
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     export_checkpoint(path, fp32, "onnx", calibration_data="digits")
-    report = export_checkpoint(path, int8, "onnx", int8=True, calibration_data="digits", calibration_images=128)
+    report = export_checkpoint(path, int8, "onnx", int8=True, calibration_data="digits", calibration_images=128,
+                               min_agreement=0)  # the figures, whatever the guard makes of them (tested below)
     assert int8.stat().st_size < 0.5 * fp32.stat().st_size
     assert report["images"] == 360 and report["calibration_images"] == 128
     assert all(0 <= report[key] <= 1 for key in ("agreement", "fp32_top1", "int8_top1"))
@@ -288,7 +290,7 @@ def test_export_errors(cli, digits_checkpoint, tmp_path, case, message):
         "output is a folder": [checkpoint, "--output", tmp_path],
         "not a checkpoint": [__file__, "--output", target],
         "unknown format": [checkpoint, "--format", "caffe2", "--output", target],
-        "int8 of pt2": [checkpoint, "--format", "pt2", "--int8", "--output", target],
+        "int8 of pt2": [checkpoint, "--int8", "--output", tmp_path / "m.pt2"],
         "int8 without data": [checkpoint, "--int8", "--output", target],
     }[case]
     before = sorted(tmp_path.rglob("*"))
@@ -348,3 +350,112 @@ def test_phone_export_arguments_are_checked_first(cli, digits_checkpoint, tmp_pa
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --- outputs that match their names -------------------------------------------------------------
+
+def test_the_outputs_suffix_decides_the_format(cli, digits_checkpoint, tmp_path):
+    """No --format: .xml is an OpenVINO IR (with its .bin), .onnx ONNX, in any case; a --format that
+    contradicts the suffix, or a suffix that names no format, is refused and the IR of that name kept."""
+    pytest.importorskip("openvino")
+    checkpoint, _ = digits_checkpoint
+    assert cli("export", str(checkpoint), "--output", str(tmp_path / "m.xml")).returncode == 0
+    assert (tmp_path / "m.xml").read_bytes().startswith(b"<?xml") and (tmp_path / "m.bin").stat().st_size > 100_000
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for args, message in [(["--format", "onnx", "--output", "m.xml"], "--format onnx writes a .onnx file, but the "
+                                                                          "output m.xml says openvino"),
+                          (["--output", "m.model"], "cannot tell the format from the name m.model")]:
+        out = cli("export", str(checkpoint), *args, cwd=tmp_path)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert cli("export", str(checkpoint), "--output", "M.ONNX", cwd=tmp_path).returncode == 0
+    assert cli("export", str(checkpoint), "--output", "M.XML", cwd=tmp_path).returncode == 0
+    onnx.checker.check_model(str(tmp_path / "M.ONNX"))
+    assert (tmp_path / "M.XML").read_bytes().startswith(b"<?xml") and (tmp_path / "M.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["M.ONNX", "M.XML", "M.bin", "m.bin", "m.xml"]
+
+
+@pytest.mark.parametrize("kind", ["symbolic link", "named pipe", "device"])
+def test_an_output_that_is_not_a_regular_file_is_refused(cli, digits_checkpoint, tmp_path, kind):
+    """A link, a FIFO or a device node is never replaced by a regular file (nor opened: a FIFO would block)."""
+    from mobilenet.files import check_output_path
+
+    checkpoint, _ = digits_checkpoint
+    victim = tmp_path / "victim.onnx"
+    victim.write_bytes(b"keep me")
+    target = tmp_path / "m.onnx"
+    if kind == "symbolic link":
+        target.symlink_to(victim)
+    elif kind == "named pipe":
+        os.mkfifo(target)
+    else:  # a device node cannot be made without privileges; /dev/null is one
+        with pytest.raises(ValueError, match="/dev/null is a device, not a regular file"):
+            check_output_path("/dev/null")
+        return
+    out = cli("export", str(checkpoint), "--output", str(target), timeout=60)
+    assert out.returncode == 2 and f"is a {kind}, not a regular file" in out.stderr, out.stderr
+    assert victim.read_bytes() == b"keep me" and (target.is_symlink() if kind == "symbolic link" else
+                                                  not target.is_file())
+
+
+def test_an_ir_is_replaced_as_a_pair_or_not_at_all(digits_checkpoint, tmp_path, monkeypatch):
+    """The .bin and .xml of an IR are renamed together: if the second rename fails (a crash between
+    the two), the first is undone, so the old pair stays whole, and no temporary file is left."""
+    pytest.importorskip("openvino")
+    import mobilenet.files as files
+
+    checkpoint, model = digits_checkpoint
+    xml = tmp_path / "m.xml"
+    export_checkpoint(checkpoint, xml)
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    from mobilenet.checkpoint import load_checkpoint
+
+    changed, meta = load_checkpoint(checkpoint, with_meta=True)
+    with torch.no_grad():  # another model, so that both new files differ from the old ones
+        changed.classifier.bias.add_(1.0)
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(other, changed, meta)
+    old[other.name] = other.read_bytes()
+    real, calls = os.replace, []
+
+    def replace(src, dst):  # os.replace everywhere (files.os is the os module)
+        calls.append(Path(dst).name)
+        if Path(dst) == xml:
+            raise OSError("killed between the renames")
+        return real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    with pytest.raises(OSError, match="killed between"):
+        export_checkpoint(other, xml)
+    monkeypatch.undo()
+    assert calls[-3:] == ["m.bin", "m.xml", "m.bin"]  # the .bin replaced, the .xml failed, the .bin restored
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old  # the old pair, whole; nothing else
+    export_checkpoint(other, xml)
+    new = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert new["m.xml"] != old["m.xml"] and new["m.bin"] != old["m.bin"]
+
+
+def test_one_accuracy_guard_for_int8_exports(cli, digits_checkpoint, tmp_path, monkeypatch):
+    """An INT8 file below the guard's top-1 agreement is not written (the figure and the threshold in
+    one line); --min-agreement moves the threshold; --force writes it with a warning that names the figure."""
+    import mobilenet.export.int8 as int8
+    from mobilenet.export.guard import MIN_AGREEMENT
+
+    checkpoint, _ = digits_checkpoint
+    real = int8.compare
+    monkeypatch.setattr(int8, "compare", lambda *args: (0.9625, *real(*args)[1:]))
+    target = tmp_path / "q.onnx"
+    args = [str(checkpoint), "--int8", "--calibration-data", "digits", "--calibration-images", "32",
+            "--output", str(target)]
+    out = cli("export", *args)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and not target.exists(), out.stderr
+    assert "top-1 agreement with fp32 96.25%" in lines[0] and f"{100 * MIN_AGREEMENT:.2f}% required" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+    assert cli("export", *args, "--min-agreement", "0.96").returncode == 0 and target.exists()
+    target.unlink()
+    out = cli("export", *args, "--force")
+    assert out.returncode == 0 and target.exists() and "warning" in out.stderr and "96.25%" in out.stderr
+    out = cli("export", *args, "--min-agreement", "98")
+    assert out.returncode == 2 and "a fraction from 0 to 1" in out.stderr

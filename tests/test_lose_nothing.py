@@ -6,9 +6,11 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,30 @@ def test_a_relative_data_folder_is_recorded_absolute(tmp_path, monkeypatch):
     assert tiny("run").with_absolute_paths().data == "digits"
 
 
+def test_a_run_records_its_data_and_a_resume_on_other_data_is_refused(tmp_path, monkeypatch):
+    """A named dataset read from the default root records that root (absolute) and a fingerprint of
+    its files: a resume under another $MOBILENET_DATA reads the run's own data, and a resume after
+    those files changed (re-extracted from another archive) is refused in one line."""
+    from test_mnist import write_idx_set
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    write_idx_set(first / "fashion-mnist", seed=0)
+    write_idx_set(other / "fashion-mnist", seed=1)
+    monkeypatch.setenv("MOBILENET_DATA", str(first))
+    out = tmp_path / "run"
+    config = tiny(out, data="fashion-mnist", classes=None, resolution=None, epochs=3, batch_size=40)
+    train(config, stop_after=1, progress=False)
+    assert json.loads((out / "config.json").read_text())["data_root"] == str(first)
+    monkeypatch.setenv("MOBILENET_DATA", str(other))
+    train(tiny(out), resume=True, stop_after=1, progress=False)  # the run's own root, not $MOBILENET_DATA
+    assert len(metrics(out)) == 2
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    write_idx_set(first / "fashion-mnist", seed=2)  # the same names and sizes, other pixels
+    with pytest.raises(TrainingError, match="is not what .* trained on .*resuming would mix two datasets"):
+        train(tiny(out), resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_one_writer_per_run_folder(tmp_path, cli):
     """The lock is held by this process (a second one, the CLI, is refused and names our pid);
     it is free again the moment the holder closes it (the kernel frees it on any exit)."""
@@ -244,3 +270,35 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_epoch(tmp_path, cli):
     assert len(metrics(out)) == 1
     train(TrainConfig(out=str(out)), resume=True, progress=False)
     assert len(metrics(out)) == 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_stopped_export_leaves_no_temporary_files_for_long(tmp_path, signum):
+    """SIGTERM cleans up like Ctrl-C (exit 143, no `.NAME.tmp-*` file, no `mobilenet-*` folder);
+    what SIGKILL leaves behind is removed by the next command that writes there."""
+    pytest.importorskip("openvino")
+    out = tmp_path / "run"
+    train(tiny(out, epochs=1), progress=False)
+    temporary, target = tmp_path / "tmp", tmp_path / "exports"
+    temporary.mkdir()
+    target.mkdir()
+    env = {**os.environ, "TMPDIR": str(temporary)}
+    command = [sys.executable, "-m", "mobilenet", "export", str(out / "last.safetensors")]
+    job = subprocess.Popen([*command, "--output", str(target / "m.xml")], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    for _ in range(600):  # until it is at work: its temporary files and folder exist
+        if list(target.iterdir()) and list(temporary.iterdir()) or job.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert job.poll() is None, job.communicate()
+    job.send_signal(signum)
+    _, err = job.communicate(timeout=60)
+    left = list(target.iterdir()) + list(temporary.iterdir())
+    if signum == signal.SIGTERM:
+        assert job.returncode == 143 and "stopped by SIGTERM" in err and left == [], (job.returncode, err, left)
+        return
+    assert job.returncode == -signal.SIGKILL and left  # killed: its temporaries are still there
+    done = subprocess.run([*command, "--output", str(target / "n.xml")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["n.bin", "n.xml"] and list(temporary.iterdir()) == []

@@ -113,8 +113,8 @@ def test_export_to_openvino_ir_round_trip(digits_checkpoint, cli, tmp_path):  # 
 def test_openvino_int8_ir_reports_agreement(digits_checkpoint, cli, tmp_path):  # noqa: F811
     checkpoint, _ = digits_checkpoint
     result = cli("export", checkpoint, "--format", "openvino", "--int8", "--output", tmp_path / "q.xml",
-                 "--calibration-data", "digits", "--calibration-images", "128", "--json")
-    assert result.returncode == 0, result.stderr
+                 "--calibration-data", "digits", "--calibration-images", "128", "--min-agreement", "0.95", "--json")
+    assert result.returncode == 0, result.stderr  # this 3-epoch model keeps ~97% (the guard's default is 99%)
     report = json.loads(result.stdout)
     assert report["images"] == 360 and report["agreement"] >= 0.95
     assert abs(report["int8_top1"] - report["fp32_top1"]) <= 0.03

@@ -12,11 +12,11 @@ from mobilenet.bench.latency import (
     BACKENDS, Timing, build, calibration_images, checkpoint_images, is_checkpoint, measure, parse_backends, settle,
 )
 from mobilenet.bench.report import format_report, sweep_table
-from mobilenet.bench.sweep import SWEEP_RESOLUTIONS, SWEEP_WIDTHS, sweep, write_sweep
+from mobilenet.bench.sweep import SWEEP_RESOLUTIONS, SWEEP_WIDTHS, sweep, sweep_outputs, write_sweep
 from mobilenet.optional import available
 
 __all__ = [
     "BACKENDS", "MatmulProbe", "SWEEP_RESOLUTIONS", "SWEEP_WIDTHS", "Timing", "available", "build",
     "calibration_images", "checkpoint_images", "compute_bound", "cpu_flags", "cpu_name", "environment",
-    "format_report", "forward_flops", "is_checkpoint", "measure", "parse_backends", "settle", "sweep", "sweep_table", "write_sweep",
+    "format_report", "forward_flops", "is_checkpoint", "measure", "parse_backends", "settle", "sweep", "sweep_outputs", "sweep_table", "write_sweep",
 ]

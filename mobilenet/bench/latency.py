@@ -143,14 +143,16 @@ def calibration_images(resolution: int, count: int = INT8_CALIBRATION_IMAGES, ch
 
 
 def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str, threads: int,
-            data_images: torch.Tensor | None = None, notes: dict | None = None) -> Callable[[], torch.Tensor | np.ndarray]:
+            data_images: torch.Tensor | None = None, notes: dict | None = None,
+            min_agreement: float | None = None) -> Callable[[], torch.Tensor | np.ndarray]:
     """A function that runs one forward pass of `backend` on `images` (fixed, prepared outside the
     timing: a loader can produce channels_last or numpy batches directly). `notes[backend]` is
     given `auto`'s Decision."""
     if backend == "auto":
         from mobilenet.export.choose import choose
 
-        chosen, decision = choose(model, int(images.shape[-1]), len(images), images=data_images, threads=threads)
+        chosen, decision = choose(model, int(images.shape[-1]), len(images), images=data_images, threads=threads,
+                                  min_agreement=min_agreement)
         if notes is not None:
             notes[backend] = decision
         return lambda: chosen(images)
@@ -251,11 +253,12 @@ def _as_tensor(output) -> torch.Tensor:
 @torch.inference_mode()
 def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends: Sequence[str] | str | None = None,
             threads: int | None = None, iterations: int = 30, warmup: int = 5,
-            progress: Callable[[str], None] | None = None, data_images: torch.Tensor | None = None) -> dict:
+            progress: Callable[[str], None] | None = None, data_images: torch.Tensor | None = None,
+            min_agreement: float | None = None) -> dict:
     """Latency of `model` on each backend at `batch` x 3 x `resolution`^2, in one interleaved run.
 
     `data_images` (normalised images of the model's own data, e.g. a checkpoint's test images) let
-    the `auto` row consider bf16 and INT8.
+    the `auto` row consider bf16 and INT8, judged by the guard (`min_agreement`, `mobilenet.export.guard`).
 
     Backends whose packages are missing, or that fail to build (e.g. no C++ compiler for
     `compile`), are listed under `skipped` with the reason, never raised. Returns a JSON-ready dict
@@ -287,7 +290,7 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
                     continue
                 start = time.perf_counter()
                 try:
-                    runner = prepare(name, model, images, workdir, threads, data_images, notes)
+                    runner = prepare(name, model, images, workdir, threads, data_images, notes, min_agreement)
                     output = _as_tensor(runner())
                     for _ in range(warmup):
                         runner()

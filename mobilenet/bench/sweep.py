@@ -44,18 +44,25 @@ def sweep(model: str = "mobilenet_v1", *, widths: Sequence[float] = SWEEP_WIDTHS
             "environment": environment(options.get("threads") or torch.get_num_threads())}
 
 
-def write_sweep(result: dict, folder: str | os.PathLike) -> list[Path]:
-    """Write the sweep's JSON, markdown table and PNG plot into `folder`; returns their paths."""
-    from mobilenet.plots import plot_sweep
+def sweep_outputs(folder: str | os.PathLike, model: str, batch: int) -> list[Path]:
+    """The JSON, table and plot a sweep writes into `folder`, each checked (the folder exists and is
+    writable, no path is a folder or a special file): called before the minutes of measuring."""
+    from mobilenet.files import check_output_path
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder {folder} does not exist")
-    stem = folder / f"latency_sweep_{result['model']}_batch{result['batch']}"
-    paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")]
-    paths[0].write_text(json.dumps(result, indent=2) + "\n")
-    paths[1].write_text(sweep_table(result) + "\n")
+    stem = folder / f"latency_sweep_{Path(model).name}_batch{batch}"
+    return [check_output_path(stem.with_suffix(suffix)) for suffix in (".json", ".md", ".png")]
+
+
+def write_sweep(result: dict, folder: str | os.PathLike) -> list[Path]:
+    """Write the sweep's JSON, markdown table and PNG plot into `folder`, each atomically; returns their paths."""
+    from mobilenet.files import write_text
+    from mobilenet.plots import plot_sweep
+
+    paths = sweep_outputs(folder, result["model"], result["batch"])
+    write_text(paths[0], json.dumps(result, indent=2) + "\n")
+    write_text(paths[1], sweep_table(result) + "\n")
     plot_sweep(result, paths[2])
     return paths
-
-

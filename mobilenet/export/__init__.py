@@ -25,14 +25,17 @@ from mobilenet.checks import some, whole_number
 from mobilenet.data.loader import Normalize
 from mobilenet.files import atomic_output, check_output_path
 from mobilenet.optional import MissingPackage, available, require
+from mobilenet.export.guard import MIN_AGREEMENT, check_min_agreement
 from mobilenet.export.fold import fold_batchnorm, fold_conv_bn, inference_model
 from mobilenet.export.int8 import Int8Report, export_int8, quantize
 from mobilenet.export.onnx import CheckResult, export_onnx, read_metadata, session
+from mobilenet.export import phone
 from mobilenet.export.phone import PHONE_FORMATS, read_phone_metadata
 from mobilenet.export.pt2 import export_pt2, load_pt2
 from mobilenet.export.runtime import RUNTIMES, OnnxRuntimeModel, resolve_runtime, runtime_model
 
 FORMATS = ("onnx", "pt2", "openvino", *PHONE_FORMATS)  # openvino: IR, an .xml and its .bin
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml", **phone.SUFFIXES}  # each format's file name ends so
 CALIBRATION_IMAGES = 256
 CHECK_IMAGES = 8
 
@@ -79,12 +82,36 @@ def _load_split(source: DataSource, split: str, meta):
     return dataset
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str = "onnx", *,
+def output_format(output: str | os.PathLike, format: str | None = None) -> str:
+    """The format of an export to `output`: the one its suffix names (`SUFFIXES`, any case), which a
+    given `format` must not contradict; ValueError otherwise, so that no file's name says one format
+    while its bytes are another."""
+    suffix = Path(output).suffix.lower()
+    if Path(output).is_dir() and suffix != SUFFIXES["coreml"]:
+        raise IsADirectoryError(f"output {output} is a folder; give a file name")
+    named = next((name for name, ending in SUFFIXES.items() if ending == suffix), None)
+    endings = ", ".join(f"{ending} ({name})" for name, ending in SUFFIXES.items())
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if format is None and named is None:
+        raise ValueError(f"cannot tell the format from the name {output}: end it in one of {endings}")
+    if format is not None and named != format:
+        said = f"says {named}" if named else "names no format"
+        raise ValueError(f"--format {format} writes a {SUFFIXES[format]} file, but the output {output} {said}: "
+                         f"give --output NAME{SUFFIXES[format]}" + (" or drop --format" if named else ""))
+    return named
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str | None = None, *,
                       int8: bool = False, calibration_data: str | None = None, data_root: str | None = None,
-                      calibration_images: int = CALIBRATION_IMAGES, batch: int = 1) -> dict:
+                      calibration_images: int = CALIBRATION_IMAGES, batch: int = 1,
+                      min_agreement: float | None = None, force: bool = False) -> dict:
     """Export a checkpoint to `output` as ONNX or OpenVINO IR (either `int8=True`: quantized), a pt2
     program, or for a phone (`PHONE_FORMATS`: ExecuTorch .pte, LiteRT .tflite, Core ML .mlpackage,
-    fixed at `batch` images per call; `mobilenet.export.phone`).
+    fixed at `batch` images per call; `mobilenet.export.phone`). The format is the one `output`'s
+    suffix names (`output_format`); `format`, if given, must agree.
+
+    An INT8 file must pass the accuracy guard (`mobilenet.export.guard`: `min_agreement`, `force`).
 
     The check runs on real test images of `calibration_data`, or of the data the checkpoint's
     metadata names (a training run records it), and on random inputs if neither is found; INT8 needs real
@@ -94,8 +121,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     from mobilenet.data import make_loader
     from mobilenet.files import refuse_overwrite
 
-    if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    refuse_overwrite(output, {"checkpoint": checkpoint, "calibration data": calibration_data})
+    refuse_replacing_ours(output)  # these two first: the most important thing to say of a wrong --output
+    format = output_format(output, format)
+    check_min_agreement(min_agreement)
     if int8 and format == "pt2":
         raise ValueError("INT8 quantization is for onnx, openvino, executorch, tflite or coreml, not pt2")
     whole_number(calibration_images, "calibration_images")
@@ -116,8 +145,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     for path in outputs:
         if format != "coreml":
             check_output_path(path)
-        elif not Path(path).parent.is_dir():  # a Core ML package is a folder, replaced whole
-            raise FileNotFoundError(f"output folder {Path(path).parent} does not exist")
+        else:  # a Core ML package is a folder, replaced whole
+            if Path(path).is_symlink():
+                raise ValueError(f"output {path} is a symbolic link, not a folder of ours; give another path")
+            if not Path(path).parent.is_dir():
+                raise FileNotFoundError(f"output folder {Path(path).parent} does not exist")
         refuse_overwrite(path, {"checkpoint": checkpoint, "calibration data": calibration_data})
         refuse_replacing_ours(path)
     if format == "onnx":
@@ -151,7 +183,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
             loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)
             report["calibration_images"] = len(calibration)
         report.update(export_phone(format, model, output, check, meta=meta, describe=describe, batch=batch, int8=int8,
-                                   calibration=calibration, test_loader=loader), batch=batch)
+                                   calibration=calibration, test_loader=loader, min_agreement=min_agreement,
+                                   force=force), batch=batch)
     elif int8:
         calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta)
         loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)
@@ -159,9 +192,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
             from mobilenet.export.openvino import export_openvino
 
             result = export_openvino(model, output, check, meta=meta, describe=describe, calibration=calibration,
-                                     test_loader=loader)
+                                     test_loader=loader, min_agreement=min_agreement, force=force)
         else:
-            result = export_int8(model, output, calibration, loader, check, meta=meta, describe=describe)
+            result = export_int8(model, output, calibration, loader, check, meta=meta, describe=describe,
+                                 min_agreement=min_agreement, force=force)
         report.update(result.to_dict(), calibration_images=len(calibration))
     elif format == "openvino":
         from mobilenet.export.openvino import export_openvino
@@ -182,9 +216,9 @@ def file_bytes(path: str | os.PathLike) -> int:
 
 
 __all__ = [
-    "CALIBRATION_IMAGES", "CheckResult", "DataSource", "FORMATS", "Int8Report", "MissingPackage", "OnnxRuntimeModel",
-    "PHONE_FORMATS", "RUNTIMES", "atomic_output", "available", "export_checkpoint", "export_int8", "export_onnx",
-    "export_pt2", "fold_batchnorm", "fold_conv_bn", "inference_model", "load_pt2", "quantize", "read_metadata",
+    "CALIBRATION_IMAGES", "CheckResult", "DataSource", "FORMATS", "Int8Report", "MIN_AGREEMENT", "MissingPackage",
+    "OnnxRuntimeModel", "PHONE_FORMATS", "RUNTIMES", "SUFFIXES", "atomic_output", "available", "export_checkpoint", "export_int8", "export_onnx",
+    "export_pt2", "fold_batchnorm", "fold_conv_bn", "inference_model", "load_pt2", "output_format", "quantize", "read_metadata",
     "read_phone_metadata", "require",
     "resolve_runtime", "runtime_model", "sample_images", "session", "training_data",
 ]

@@ -8,11 +8,13 @@ must earn its place first:
 * fp32 candidates must compute what PyTorch computes: logits within `FP32_TOLERANCE` (1e-4);
 * bf16 and INT8 candidates change the arithmetic, so they are considered only when the call brings
   images of the model's own data (labelled or for calibration), and kept only if their top-1 agrees
-  with fp32 PyTorch on at least `MIN_AGREEMENT` (99%) of those images.
+  with fp32 PyTorch as the one guard of reduced precision requires (`mobilenet.export.guard`).
 
-The decision is cached per (model, CPU, runtime versions, batch, resolution, candidates) in
+The decision is cached per (model, CPU, runtime versions, batch, resolution, candidates, threshold) in
 `<data root>/runtime-choices.json`, so the second call does not measure again; anything in the key
-that changes (a retrained checkpoint, another CPU, an upgraded runtime) measures afresh.
+that changes (a retrained checkpoint, another CPU, an upgraded runtime) measures afresh. A cached
+decision is used only if it is well formed and its choice still passes the guard; otherwise it is
+measured again, with a line saying why.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,10 +31,10 @@ import torch
 from torch import nn
 
 from mobilenet.export.fold import inference_model
-from mobilenet.files import read_cache, update_cache
+from mobilenet.export.guard import check_min_agreement, describe_shortfall, passes
+from mobilenet.files import read_cache, temporary_folder, update_cache
 from mobilenet.optional import available
 
-MIN_AGREEMENT = 0.99
 ROUNDS = 3  # interleaved rounds of timed calls
 CALLS = 2  # timed calls per candidate and round
 CACHE_FILE = "runtime-choices.json"
@@ -132,13 +133,40 @@ def time_candidates(runners: dict[str, Callable[[], object]]) -> dict[str, float
     return {name: 1000 * statistics.median(values) for name, values in seconds.items()}
 
 
-def cache_key(model_id: str, batch: int, resolution: int, names: list[str]) -> str:
-    """What a decision depends on: the model, this CPU, the runtimes' versions and the call's shape."""
+def cache_key(model_id: str, batch: int, resolution: int, names: list[str], min_agreement: float) -> str:
+    """What a decision depends on: the model, this CPU, the runtimes' versions, the call's shape and
+    the agreement required."""
     from mobilenet.bench.machine import cpu_flags, cpu_name
 
     versions = {name: _version(name) for name in ("torch", "onnxruntime", "openvino")}
-    text = json.dumps([model_id, cpu_name(), sorted(cpu_flags()), versions, batch, resolution, sorted(names)])
+    text = json.dumps([model_id, cpu_name(), sorted(cpu_flags()), versions, batch, resolution, sorted(names),
+                       min_agreement])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _table(value, kind) -> bool:
+    """Whether `value` is a JSON object of names to values of `kind` (numbers, not booleans)."""
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, kind) and not isinstance(v, bool)
+                                           for k, v in value.items())
+
+
+def stored_decision(stored, names: list[str], min_agreement: float) -> tuple[Decision | None, str | None]:
+    """A cached decision if it is well formed, names a candidate of this call and still passes the
+    guard; else None and why it was not used."""
+    if not isinstance(stored, dict) or set(stored) != {"chosen", "median_ms", "agreement", "refused"} or not (
+            isinstance(stored["chosen"], str) and _table(stored["median_ms"], (int, float))
+            and _table(stored["agreement"], (int, float)) and _table(stored["refused"], str)):
+        return None, "the cached decision is malformed"
+    decision = Decision(**stored, cached=True)
+    if decision.chosen not in names or decision.chosen not in decision.median_ms:
+        return None, f"the cached choice {decision.chosen!r} is not a candidate here"
+    if "-" in decision.chosen:  # bf16 or INT8: its agreement must pass the guard of today
+        agreement = decision.agreement.get(decision.chosen)
+        if agreement is None or not passes(agreement, min_agreement):
+            figure = "none recorded" if agreement is None else f"{100 * agreement:.2f}%"
+            return None, (f"the cached choice {decision.chosen} does not pass the guard (top-1 agreement "
+                          f"{figure}, {100 * min_agreement:.2f}% required)")
+    return decision, None
 
 
 def _version(package: str) -> str | None:
@@ -152,26 +180,31 @@ def _version(package: str) -> str | None:
 
 def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tensor | None = None,
            calibration: torch.Tensor | None = None, model_id: str | None = None, cache: Path | None = None,
-           threads: int | None = None) -> tuple[nn.Module, Decision]:
+           threads: int | None = None, min_agreement: float | None = None,
+           say=None) -> tuple[nn.Module, Decision]:
     """The fastest verified candidate for `model` at `batch` x C x `resolution`^2, and the decision.
 
     `images` (normalised, of the model's own data) allow bf16 and INT8 candidates, judged by their
     top-1 agreement with fp32 on them; `calibration` (training images) calibrates INT8 (default:
     `images`). `model_id` (e.g. the checkpoint file's digest) and `cache` (a JSON file) let a
-    decision made once be reused.
+    decision made once be reused; `min_agreement` is the guard's threshold (default
+    `guard.MIN_AGREEMENT`); `say(line)` hears why a cached decision was not used.
     """
     from mobilenet.export.onnx import FP32_TOLERANCE
 
     model = model.eval()
+    min_agreement = check_min_agreement(min_agreement)
     found = candidates(images is not None, _bf16() if images is not None else False)
     names = [c.name for c in found]
-    key = cache_key(model_id, batch, resolution, names) if model_id and cache else None
-    stored = read_cache(cache).get(key) if key else None
+    key = cache_key(model_id, batch, resolution, names, min_agreement) if model_id and cache else None
+    entries = read_cache(cache, say=say) if key else {}
+    decision, why = stored_decision(entries[key], names, min_agreement) if key in entries else (None, None)
+    if why and say:
+        say(f"note: {why} ({cache}); measuring again")
     by_name = {c.name: c for c in found}
-    with tempfile.TemporaryDirectory(prefix="mobilenet-auto-") as work:
-        if stored and stored.get("chosen") in by_name:
-            decision = Decision(**{**stored, "cached": True})
-            return build(by_name[decision.chosen], model, resolution, Path(work),
+    with temporary_folder("auto") as work:
+        if decision is not None:
+            return build(by_name[decision.chosen], model, resolution, work,
                          calibration if calibration is not None else images, threads), decision
         decision = Decision(chosen="pytorch")
         inputs = torch.randn(batch, model.config.in_chans, resolution, resolution,
@@ -182,7 +215,7 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
         built: dict[str, nn.Module] = {}
         for candidate in found:
             try:
-                runner = build(candidate, model, resolution, Path(work), calibration if calibration is not None
+                runner = build(candidate, model, resolution, work, calibration if calibration is not None
                                else images, threads)
                 with torch.inference_mode():
                     if candidate.precision == "fp32":
@@ -193,9 +226,9 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
                     else:
                         agreement = (runner(images).argmax(1) == reference_top1).float().mean().item()
                         decision.agreement[candidate.name] = agreement
-                        if agreement < MIN_AGREEMENT:
-                            decision.refused[candidate.name] = (f"top-1 agreement with fp32 {100 * agreement:.1f}% < "
-                                                                f"{100 * MIN_AGREEMENT:.0f}%")
+                        if not passes(agreement, min_agreement):
+                            decision.refused[candidate.name] = describe_shortfall(agreement, len(images),
+                                                                                  min_agreement)
                             continue
             except (ValueError, RuntimeError, OSError) as error:  # a runtime that fails to build here
                 decision.refused[candidate.name] = str(error).splitlines()[0][:120]
@@ -209,4 +242,4 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
         return built[decision.chosen], decision
 
 
-__all__ = ["CACHE_FILE", "Candidate", "Decision", "MIN_AGREEMENT", "build", "candidates", "choose", "time_candidates"]
+__all__ = ["CACHE_FILE", "Candidate", "Decision", "build", "candidates", "choose", "time_candidates"]

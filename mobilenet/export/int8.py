@@ -15,7 +15,6 @@ benchmarks/results/latency.md):
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mobilenet.files import atomic_output
+from mobilenet.export.guard import guard
+from mobilenet.files import atomic_output, temporary_folder
 from mobilenet.optional import require
 from mobilenet.export.fold import inference_model
 from mobilenet.export.onnx import INPUT, CheckResult, add_metadata, check_against, metadata, run, session, to_onnx
@@ -76,8 +76,8 @@ def quantize(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibra
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
-    with tempfile.TemporaryDirectory(prefix="mobilenet-int8-") as work:
-        prepared = Path(work) / "prepared.onnx"
+    with temporary_folder("int8") as work:
+        prepared = work / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
         exclude = None
         if not quantize_depthwise:
@@ -114,14 +114,16 @@ def compare(fp32_session, int8_session, loader) -> tuple[float, float, float, in
 
 
 def export_int8(model: nn.Module, path: str | os.PathLike, calibration: torch.Tensor, test_loader,
-                check_images: torch.Tensor, *, meta=None, describe: str = "check inputs") -> Int8Report:
+                check_images: torch.Tensor, *, meta=None, describe: str = "check inputs",
+                min_agreement: float | None = None, force: bool = False) -> Int8Report:
     """Export `model` to ONNX, check it against PyTorch, quantize it with `calibration` images and
     write the INT8 model to `path` atomically, with the same metadata; report how it compares with
-    fp32 on `test_loader`. Raises ValueError (and writes nothing) if the fp32 check fails."""
+    fp32 on `test_loader`. Raises ValueError (and writes nothing) if the fp32 check fails or the
+    top-1 agreement misses the guard (`mobilenet.export.guard`; `force`: written with a warning)."""
     require("onnx", "onnxruntime", purpose="INT8 export")
     resolution = int(check_images.shape[-1])
-    with atomic_output(path) as tmp, tempfile.TemporaryDirectory(prefix="mobilenet-int8-") as work:
-        fp32_path = Path(work) / "fp32.onnx"
+    with atomic_output(path) as tmp, temporary_folder("int8") as work:
+        fp32_path = work / "fp32.onnx"
         to_onnx(inference_model(model, channels_last=False), fp32_path, resolution)
         fp32_session = session(fp32_path)
         fp32_check = check_against(fp32_session, model, check_images, describe)
@@ -132,6 +134,7 @@ def export_int8(model: nn.Module, path: str | os.PathLike, calibration: torch.Te
         int8_session = session(tmp)
         int8_check = check_against(int8_session, model, check_images, describe, tolerance=None)
         agreement, fp32_top1, int8_top1, images = compare(fp32_session, int8_session, test_loader)
+        guard(agreement, images, f"INT8 {Path(path).name}", min_agreement=min_agreement, force=force)
         report = Int8Report(agreement, fp32_top1, int8_top1, images, fp32_check, int8_check.max_abs_diff,
                             fp32_path.stat().st_size, tmp.stat().st_size)
     return report

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,9 @@ from torch import nn
 from mobilenet.export.fold import inference_model
 from mobilenet.export.int8 import Int8Report, compare
 from mobilenet.export.onnx import CheckResult, check_against
-from mobilenet.export.phone import (PhoneSession, check_batch, phone_metadata, quantize_pt2e, quiet,
-                                    refuse_low_agreement)
-from mobilenet.files import atomic_output
+from mobilenet.export.guard import guard
+from mobilenet.export.phone import PhoneSession, check_batch, phone_metadata, quantize_pt2e, quiet
+from mobilenet.files import atomic_output, temporary_folder
 from mobilenet.optional import require
 
 METADATA = "mobilenet"  # the name of our entry in the model's metadata list
@@ -136,17 +135,18 @@ class LiteRTSession(PhoneSession):
 
 def export_tflite(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, *, meta=None,
                   describe: str = "check inputs", batch: int = 1, calibration: torch.Tensor | None = None,
-                  test_loader=None) -> CheckResult | Int8Report:
+                  test_loader=None, min_agreement: float | None = None,
+                  force: bool = False) -> CheckResult | Int8Report:
     """Write `model` as a LiteRT model at `path` (.tflite) with its metadata inside, atomically and
     only if its checks pass: fp32 logits within 1e-4 of PyTorch on `images`; with `calibration`
     (normalised training images) INT8, whose top-1 agreement with fp32 on `test_loader` is
-    reported (Int8Report) and must reach 98%."""
+    reported (Int8Report) and must pass the guard (`mobilenet.export.guard`)."""
     check_batch(batch)
     resolution = int(images.shape[-1])
     props = phone_metadata(meta, model, resolution, batch)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_output(path))
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mobilenet-tflite-")))
+        work = stack.enter_context(temporary_folder("tflite"))
         fp32_path = tmp if calibration is None else work / "fp32.tflite"
         fp32_path.write_bytes(with_metadata(convert(model, batch, resolution), props))
         fp32 = LiteRTSession(fp32_path)
@@ -161,7 +161,7 @@ def export_tflite(model: nn.Module, path: str | os.PathLike, images: torch.Tenso
         int8 = LiteRTSession(tmp)
         int8_check = check_against(int8, model, images, describe, tolerance=None)
         agreement, fp32_top1, int8_top1, count = compare(fp32, int8, test_loader)
-        refuse_low_agreement(agreement, count, path)
+        guard(agreement, count, f"INT8 {Path(path).name}", min_agreement=min_agreement, force=force)
         return Int8Report(agreement, fp32_top1, int8_top1, count, fp32_check, int8_check.max_abs_diff,
                           fp32_path.stat().st_size, tmp.stat().st_size)
 

@@ -21,14 +21,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from mobilenet.files import atomic_output
+from mobilenet.export.guard import guard
+from mobilenet.files import atomic_outputs, temporary_folder
 from mobilenet.optional import require
 
 PRECISIONS = ("f32", "bf16")
@@ -118,13 +118,15 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def export_openvino(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, *, meta=None,
-                    describe: str = "check inputs", calibration: torch.Tensor | None = None, test_loader=None):
+                    describe: str = "check inputs", calibration: torch.Tensor | None = None, test_loader=None,
+                    min_agreement: float | None = None, force: bool = False):
     """Write `model` as OpenVINO IR at `path` (.xml, with its .bin), checked, atomically.
 
     fp32 (no `calibration`): the IR must give PyTorch's logits within 1e-4 on `images`; returns a
     CheckResult. INT8 (`calibration` images given): our INT8 QDQ file (`mobilenet.export.quantize`)
     converted to IR, compared with the fp32 model in OpenVINO over `test_loader`; returns an
-    Int8Report. The .bin is replaced before the .xml, and neither if a check fails.
+    Int8Report, after the guard (`mobilenet.export.guard`). The .xml and .bin are replaced together
+    (`atomic_outputs`), and neither if a check fails.
     """
     require("onnx", "openvino", purpose="OpenVINO IR export")
     from mobilenet.export.fold import inference_model
@@ -135,9 +137,8 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, images: torch.Ten
     props = metadata(meta, model, resolution)
     props["format"] = "mobilenet.openvino/1"
     with contextlib.ExitStack() as stack:
-        tmp_xml = stack.enter_context(atomic_output(xml))  # entered first, so replaced last: the commit point
-        tmp_bin = stack.enter_context(atomic_output(bin_))
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mobilenet-openvino-")))
+        tmp_bin, tmp_xml = stack.enter_context(atomic_outputs(bin_, xml))  # the .xml last: the commit point
+        work = stack.enter_context(temporary_folder("openvino"))
         fp32_onnx = work / "fp32.onnx"
         to_onnx(inference_model(model, channels_last=False), fp32_onnx, resolution)
         if calibration is None:
@@ -154,6 +155,7 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, images: torch.Ten
         int8_session = session(tmp_xml, weights=tmp_bin)
         int8_check = check_against(int8_session, model, images, describe, tolerance=None)
         agreement, fp32_top1, int8_top1, count = compare(fp32_session, int8_session, test_loader)
+        guard(agreement, count, f"INT8 {xml.name}", min_agreement=min_agreement, force=force)
         fp32_bytes = fp32_onnx.stat().st_size
         return Int8Report(agreement, fp32_top1, int8_top1, count, fp32_check, int8_check.max_abs_diff,
                           fp32_bytes, tmp_bin.stat().st_size + tmp_xml.stat().st_size)

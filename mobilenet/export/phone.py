@@ -11,7 +11,7 @@ The checks, where the format's runtime runs here (ExecuTorch's and LiteRT's Pyth
 ML runs only on Apple's systems and is validated structurally):
 * fp32: logits within `FP32_TOLERANCE` (1e-4) of PyTorch on the check images;
 * INT8: top-1 agreement with the fp32 file on the checkpoint's own test images, reported, and
-  refused below `MIN_AGREEMENT` (98%).
+  judged by the one guard of every reduced-precision artefact (`mobilenet.export.guard`).
 
 INT8 is PyTorch's PT2E flow (`quantize_pt2e`) with each runtime's own quantizer: per-channel int8
 weights, int8 activations, calibrated on training images.
@@ -43,7 +43,6 @@ PHONE_FORMATS = ("executorch", "tflite", "coreml")
 SUFFIXES = {"executorch": ".pte", "tflite": ".tflite", "coreml": ".mlpackage"}
 NEEDS = {"executorch": ("executorch",), "tflite": ("litert_torch", "ai_edge_litert"), "coreml": ("coremltools",)}
 RUNTIME = {"executorch": "ExecuTorch's Python runtime (XNNPACK)", "tflite": "LiteRT's interpreter (XNNPACK)"}
-MIN_AGREEMENT = 0.98  # INT8 top-1 agreement with fp32 below which an export is refused
 FORMAT = "mobilenet.phone/1"
 SIDE_FILE = ".json"  # ExecuTorch's metadata: NAME.pte -> NAME.pte.json
 
@@ -131,7 +130,8 @@ def phone_outputs(format: str, output: str | os.PathLike) -> list[Path]:
 
 def export_phone(format: str, model: nn.Module, output: str | os.PathLike, images: torch.Tensor, *, meta=None,
                  describe: str = "check inputs", batch: int = 1, int8: bool = False,
-                 calibration: torch.Tensor | None = None, test_loader=None) -> dict:
+                 calibration: torch.Tensor | None = None, test_loader=None, min_agreement: float | None = None,
+                 force: bool = False) -> dict:
     """Write `model` to `output` in a phone format, checked as this module's docstring says; `int8`:
     quantized (ExecuTorch and LiteRT calibrate on `calibration` images and compare with fp32 on
     `test_loader`; Core ML's int8 weights need neither). Returns a JSON-ready report: `check`
@@ -145,7 +145,7 @@ def export_phone(format: str, model: nn.Module, output: str | os.PathLike, image
     else:
         from mobilenet.export.litert import export_tflite as export
     result = export(model, output, images, meta=meta, describe=describe, batch=batch, calibration=calibration,
-                    test_loader=test_loader)
+                    test_loader=test_loader, min_agreement=min_agreement, force=force)
     report = {"checked_by": RUNTIME[format]}
     if not int8:
         report["check"] = result.to_dict()
@@ -212,14 +212,5 @@ def quantize_pt2e(fused: nn.Module, example: torch.Tensor, quantizer, calibratio
     return convert(prepared)
 
 
-def refuse_low_agreement(agreement: float, images: int, path) -> None:
-    """ValueError (nothing written) for an INT8 file whose top-1 agrees with fp32's on fewer than
-    `MIN_AGREEMENT` of the test images."""
-    if agreement < MIN_AGREEMENT:
-        raise ValueError(f"INT8 {Path(path).name} agrees with fp32 on only {100 * agreement:.2f}% of {images} test "
-                         f"images (needs {100 * MIN_AGREEMENT:.0f}%); nothing written")
-
-
-__all__ = ["FORMAT", "MIN_AGREEMENT", "NEEDS", "PHONE_FORMATS", "PhoneSession", "SUFFIXES", "check_batch",
-           "decode", "export_phone", "phone_metadata", "phone_outputs", "quiet", "quantize_pt2e", "read_phone_metadata",
-           "refuse_low_agreement", "side_file"]
+__all__ = ["FORMAT", "NEEDS", "PHONE_FORMATS", "PhoneSession", "SUFFIXES", "check_batch",
+           "decode", "export_phone", "phone_metadata", "phone_outputs", "quiet", "quantize_pt2e", "read_phone_metadata", "side_file"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,9 @@ from torch import nn
 from mobilenet.export.fold import inference_model
 from mobilenet.export.int8 import Int8Report, compare
 from mobilenet.export.onnx import CheckResult, check_against
-from mobilenet.export.phone import (PhoneSession, check_batch, phone_metadata, quantize_pt2e, quiet,
-                                    refuse_low_agreement, side_file)
-from mobilenet.files import atomic_output
+from mobilenet.export.guard import guard
+from mobilenet.export.phone import PhoneSession, check_batch, phone_metadata, quantize_pt2e, quiet, side_file
+from mobilenet.files import atomic_outputs, temporary_folder
 from mobilenet.optional import require
 
 QUANTIZATION = "int8 PT2E with ExecuTorch's XNNPACKQuantizer: per-channel symmetric int8 weights, int8 activations"
@@ -77,18 +76,18 @@ class PteSession(PhoneSession):
 
 def export_executorch(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, *, meta=None,
                       describe: str = "check inputs", batch: int = 1, calibration: torch.Tensor | None = None,
-                      test_loader=None) -> CheckResult | Int8Report:
+                      test_loader=None, min_agreement: float | None = None,
+                      force: bool = False) -> CheckResult | Int8Report:
     """Write `model` as an ExecuTorch program at `path` (.pte) with its metadata in `path`.json,
-    atomically and only if its checks pass: fp32 logits within 1e-4 of PyTorch on `images`; with
+    both or neither, and only if its checks pass: fp32 logits within 1e-4 of PyTorch on `images`; with
     `calibration` (normalised training images) INT8, whose top-1 agreement with fp32 on
-    `test_loader` is reported (Int8Report) and must reach 98%."""
+    `test_loader` is reported (Int8Report) and must pass the guard (`mobilenet.export.guard`)."""
     check_batch(batch)
     resolution = int(images.shape[-1])
     props = phone_metadata(meta, model, resolution, batch)
     with contextlib.ExitStack() as stack:
-        tmp_pte = stack.enter_context(atomic_output(path))  # entered first, so replaced last: the commit point
-        tmp_side = stack.enter_context(atomic_output(side_file(path)))
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mobilenet-pte-")))
+        tmp_side, tmp_pte = stack.enter_context(atomic_outputs(side_file(path), path))  # the program last
+        work = stack.enter_context(temporary_folder("pte"))
         fp32_path = tmp_pte if calibration is None else work / "fp32.pte"
         fp32_path.write_bytes(lower(model, batch, resolution))
         fp32 = PteSession(fp32_path)
@@ -100,7 +99,7 @@ def export_executorch(model: nn.Module, path: str | os.PathLike, images: torch.T
         int8 = PteSession(tmp_pte)
         int8_check = check_against(int8, model, images, describe, tolerance=None)
         agreement, fp32_top1, int8_top1, count = compare(fp32, int8, test_loader)
-        refuse_low_agreement(agreement, count, path)
+        guard(agreement, count, f"INT8 {Path(path).name}", min_agreement=min_agreement, force=force)
         props["quantization"] = f"{QUANTIZATION}, calibrated on {len(calibration)} images"
         tmp_side.write_text(json.dumps(props, indent=2) + "\n")
         return Int8Report(agreement, fp32_top1, int8_top1, count, fp32_check, int8_check.max_abs_diff,

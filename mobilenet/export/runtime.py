@@ -7,12 +7,10 @@ fp32); `pytorch` is the fused model (`inference_model`).
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import torch
 from torch import nn
 
+from mobilenet.files import temporary_folder
 from mobilenet.optional import require
 from mobilenet.export.fold import inference_model
 
@@ -44,12 +42,12 @@ def resolve_runtime(runtime: str = "auto") -> str:
 
 def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", threads: int | None = None, *,
                   batch: int = 1, images: torch.Tensor | None = None, calibration: torch.Tensor | None = None,
-                  model_id: str | None = None, say=None) -> tuple[nn.Module, str]:
+                  model_id: str | None = None, min_agreement: float | None = None, say=None) -> tuple[nn.Module, str]:
     """`model` in the inference form `runtime` names, checked, and that form's name.
 
     "auto" measures every candidate installed here at `batch` (`mobilenet.export.choose`): fp32
     ones checked against PyTorch, bf16 and INT8 ones only with `images` of the model's own data
-    and at 99% top-1 agreement; the decision is cached under the data root by `model_id`, and
+    and when their top-1 agreement passes the guard (`min_agreement`; `mobilenet.export.guard`); the decision is cached under the data root by `model_id`, and
     `say(line)` is told what was chosen and why. "onnxruntime" and "openvino" export the fused
     model to a temporary ONNX file, open it (OpenVINO at fp32) and check it against `model` on
     random inputs at batch 1 and 2 (logits within `FP32_TOLERANCE`, else ValueError), exactly as
@@ -62,7 +60,8 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", thre
         from mobilenet.export.choose import CACHE_FILE, choose
 
         fast, decision = choose(model, resolution, batch, images=images, calibration=calibration, model_id=model_id,
-                                cache=default_root() / CACHE_FILE, threads=threads)
+                                cache=default_root() / CACHE_FILE, threads=threads, min_agreement=min_agreement,
+                                say=say)
         if say:
             say(decision.describe())
         return fast, decision.chosen
@@ -72,8 +71,8 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", thre
     from mobilenet.export.choose import Candidate, build
     from mobilenet.export.onnx import check_against
 
-    with tempfile.TemporaryDirectory(prefix="mobilenet-runtime-") as work:
-        fast = build(Candidate(runtime), model, resolution, Path(work), None, threads)
+    with temporary_folder("runtime") as work:
+        fast = build(Candidate(runtime), model, resolution, work, None, threads)
     images = torch.randn(CHECK_IMAGES, model.config.in_chans, resolution, resolution,
                          generator=torch.Generator().manual_seed(0))
     check_against(fast.session, model, images, "random inputs")

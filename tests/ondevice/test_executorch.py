@@ -10,7 +10,7 @@ pytest.importorskip("executorch", reason="needs mobilenet[executorch]: `make tes
 from executorch.runtime import Runtime  # noqa: E402
 
 from mobilenet.export import export_checkpoint, read_phone_metadata  # noqa: E402
-from mobilenet.export import phone  # noqa: E402
+from mobilenet.export import guard  # noqa: E402
 
 
 def run_pte(path, images: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ def test_int8_program_agrees_with_fp32_and_reports_it(cli, checkpoint, model_and
     result = cli("export", str(checkpoint), "--format", "executorch", "--int8", "--output", str(out), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["agreement"] >= phone.MIN_AGREEMENT and report["images"] == 360  # the digits test split
+    assert report["agreement"] >= guard.MIN_AGREEMENT and report["images"] == 360  # the digits test split
     assert report["int8_bytes"] < report["fp32_bytes"] / 2
     assert "XNNPACKQuantizer" in read_phone_metadata(out)["quantization"]
     model = model_and_meta[0].eval()
@@ -74,8 +74,8 @@ def test_int8_program_agrees_with_fp32_and_reports_it(cli, checkpoint, model_and
 
 def test_int8_below_the_agreement_floor_is_refused_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
     (tmp_path / "kept.pte").write_bytes(b"old")
-    monkeypatch.setattr(phone, "MIN_AGREEMENT", 1.01)
-    with pytest.raises(ValueError, match="agrees with fp32 on only .* nothing written"):
+    monkeypatch.setattr(guard, "MIN_AGREEMENT", 1.01)
+    with pytest.raises(ValueError, match="top-1 agreement with fp32 .* is below the 101.00% required .* nothing written"):
         export_checkpoint(checkpoint, tmp_path / "kept.pte", "executorch", int8=True)
     assert (tmp_path / "kept.pte").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.pte"]

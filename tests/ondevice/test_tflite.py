@@ -11,7 +11,7 @@ pytest.importorskip("litert_torch", reason="needs mobilenet[tflite]: `make test-
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from mobilenet.export import export_checkpoint, read_phone_metadata  # noqa: E402
-from mobilenet.export import phone  # noqa: E402
+from mobilenet.export import guard  # noqa: E402
 
 
 def interpret(path, images: np.ndarray) -> np.ndarray:
@@ -54,7 +54,7 @@ def test_int8_model_takes_int8_with_its_scale_in_the_metadata(cli, checkpoint, m
     result = cli("export", str(checkpoint), "--format", "tflite", "--int8", "--output", str(out), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["agreement"] >= phone.MIN_AGREEMENT and report["images"] == 360
+    assert report["agreement"] >= guard.MIN_AGREEMENT and report["images"] == 360
     assert report["int8_bytes"] < report["fp32_bytes"] / 2
     props = read_phone_metadata(out)
     interpreter = Interpreter(model_path=str(out))
@@ -83,8 +83,8 @@ def test_batch_size_is_fixed_stated_and_refused_cleanly(cli, checkpoint, model_a
 
 
 def test_int8_below_the_agreement_floor_is_refused_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(phone, "MIN_AGREEMENT", 1.01)
-    with pytest.raises(ValueError, match="agrees with fp32 on only .* nothing written"):
+    monkeypatch.setattr(guard, "MIN_AGREEMENT", 1.01)
+    with pytest.raises(ValueError, match="top-1 agreement with fp32 .* is below the 101.00% required .* nothing written"):
         export_checkpoint(checkpoint, tmp_path / "m.tflite", "tflite", int8=True)
     assert list(tmp_path.iterdir()) == []
 
