@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mobilenet.checks import check_resolution, first_line
-from mobilenet.files import atomic_output
+from mobilenet.files import atomic_output, require_regular
 from mobilenet.models import ModelConfig, create_model
 
 FORMAT = "mobilenet.checkpoint/1"
@@ -120,6 +120,7 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file, with a one-line error for anything unreadable."""
     path = str(path)
+    require_regular(path, "checkpoint")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

@@ -135,11 +135,31 @@ def test_decisions_are_cached_per_batch_shape_and_setting(machine, tmp_path):
     assert len(machine.calls) == calls
 
 
+@pytest.mark.parametrize("entry", [None, ["bn_act"], "fp32", {"kernels": [["bn_act"]], "bf16": False, "why": "x"},
+                                   {"kernels": [], "bf16": False, "why": "x", "speedup": "fast"},
+                                   {"kernels": [], "bf16": False, "why": "x", "probes": ["a"]}],
+                         ids=["null", "list", "string", "nested-list", "speedup-text", "probes-list"])
+def test_a_malformed_cached_step_decision_is_probed_again(machine, tmp_path, capsys, entry):
+    """amp-choices.json is ours: an entry of the wrong shape is probed again with one line, never a traceback."""
+    model, criterion, cache = create_model("mobilenet_v1", width_mult=0.25, num_classes=3), nn.CrossEntropyLoss(), \
+        tmp_path / "c.json"
+    first = amp.choose_step("auto", True, model, *batch(), criterion, cache=cache)
+    (key,) = json.loads(cache.read_text())
+    cache.write_text(json.dumps({key: entry}))
+    capsys.readouterr()
+    again = amp.choose_step("auto", True, model, *batch(), criterion, cache=cache)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert again == first and len(machine.calls) == 16 and len(notes) == 1 and "malformed" in notes[0], notes
+    cache.write_text("[1, 2]")  # the whole file: not an object
+    assert amp.choose_step("auto", True, model, *batch(), criterion, cache=cache) == first
+    assert "ignoring it" in capsys.readouterr().err
+
+
 def test_a_run_records_the_decision_and_a_resume_keeps_it(machine, monkeypatch, tmp_path):
     monkeypatch.setenv("MOBILENET_DATA", str(tmp_path / "data"))  # its own cache
     train(tiny(tmp_path / "run"), stop_after=1)
     machine.bf16_gain, machine.gains = 0.5, {key: 0.5 for key in machine.gains}  # would now choose nothing
-    monkeypatch.setattr(amp, "read_cache", lambda path: {})  # no cache either: only the run's own record
+    monkeypatch.setattr(amp, "read_cache", lambda path, say=None: {})  # no cache either: only the run's own record
     train(tiny(tmp_path / "run"), resume=True)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(m["amp"], m["amp_probe"], m["kernels"]) for m in metrics] == [

@@ -579,6 +579,102 @@ def test_small_images_are_decoded_once_and_give_the_same_tensors(tmp_path, monke
     assert large.decoded is None
 
 
+def small_folder(root, seed: int = 0, count: int = 6, suffix: str = ".png"):
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / split / name / f"{i}{suffix}")
+    return root
+
+
+def mapped_items(root, say=None):
+    """The eval items of the train split after decode_once through the memory-mapped cache."""
+    dataset = load_dataset(root, "train", resolution=12)
+    dataset.decode_once(progress=False)
+    assert isinstance(dataset.decoded.buffer, np.memmap)
+    return [dataset[i][0] for i in range(len(dataset))]
+
+
+@pytest.mark.parametrize("damage", ["truncated index", "short index", "garbage pixels", "short pixels"])
+def test_a_damaged_decoded_cache_is_decoded_again(tmp_path, monkeypatch, capsys, damage):
+    """The decoded cache is ours: a truncated index (once zipfile.BadZipFile), an index of fewer images
+    than the folder (once IndexError), same-length garbage in its pixels (once 47.5% instead of 100%
+    without a word) or a short pixel file is decoded again, with one line, and the items are right."""
+    from mobilenet.data import decoded
+
+    monkeypatch.setattr(decoded, "MEMORY_LIMIT", 0)
+    monkeypatch.setenv("MOBILENET_DATA", str(tmp_path / "cache"))
+    root = small_folder(tmp_path / "small")
+    expected = mapped_items(root)
+    (pixels,) = (tmp_path / "cache" / "decoded").glob("*.u8")
+    index = pixels.with_suffix(".index.npz")
+    if damage == "truncated index":
+        index.write_bytes(index.read_bytes()[:40])
+    elif damage == "short index":
+        with np.load(index) as stored:
+            kept = {key: stored[key] for key in stored.files}
+        np.savez(index, offsets=kept["offsets"][:-1], shapes=kept["shapes"][:-1], sha256=kept["sha256"])
+    elif damage == "garbage pixels":
+        pixels.write_bytes(np.random.default_rng(1).integers(0, 256, pixels.stat().st_size, dtype=np.uint8).tobytes())
+    else:
+        pixels.write_bytes(pixels.read_bytes()[:-7])
+    capsys.readouterr()
+    again = mapped_items(root)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert all(torch.equal(a, b) for a, b in zip(again, expected)) and len(again) == len(expected)
+    assert len(notes) == 1 and "decoding the images again" in notes[0] and str(pixels) in notes[0], notes
+    capsys.readouterr()
+    assert all(torch.equal(a, b) for a, b in zip(mapped_items(root), expected))  # rebuilt: used quietly
+    assert capsys.readouterr().err == ""
+
+
+def test_a_folder_extracted_again_with_the_same_names_sizes_and_times_is_read_again(tmp_path, monkeypatch):
+    """An archive sets names, sizes and modification times (`tar --mtime`), not inodes or change
+    times: a folder re-extracted from another archive is a new key, never the old pixels."""
+    from mobilenet.data import decoded
+
+    monkeypatch.setattr(decoded, "MEMORY_LIMIT", 0)
+    monkeypatch.setenv("MOBILENET_DATA", str(tmp_path / "cache"))
+    root = small_folder(tmp_path / "small", suffix=".bmp")  # uncompressed: an inverted image has the same size
+    first = mapped_items(root)
+    files = sorted(root.rglob("*.bmp"))
+    before = {f: (f.stat().st_size, f.stat().st_mtime_ns) for f in files}
+    for f in files[::2]:  # half the images inverted, written as new files of the same size and time
+        inverted = 255 - np.asarray(Image.open(f))
+        f.unlink()
+        Image.fromarray(inverted).save(f)
+        os.utime(f, ns=(before[f][1], before[f][1]))
+        assert (f.stat().st_size, f.stat().st_mtime_ns) == before[f]
+    again = mapped_items(root)
+    from_files = load_dataset(root, "train", resolution=12)
+    assert all(torch.equal(a, from_files[i][0]) for i, a in enumerate(again))
+    assert sum(not torch.equal(a, b) for a, b in zip(first, again)) == len(first) // 2
+
+
+def test_a_large_image_after_small_ones_is_read_from_its_file(tmp_path, monkeypatch):
+    """The size test samples across the folder and decoding once stops at the first large image, so
+    a folder of small images then large ones is never decoded whole into memory."""
+    root = small_folder(tmp_path / "mixed", count=40)
+    for i in range(40, 44):  # after the 40 small ones of class b
+        Image.fromarray(np.zeros((300, 300, 3), dtype=np.uint8)).save(root / "train" / "b" / f"{i}.png")
+    dataset = load_dataset(root, "train", resolution=12)
+    dataset.decode_once(progress=False)
+    assert dataset.decoded is None
+    from mobilenet.data import decoded
+
+    seen = []
+    monkeypatch.setattr(decoded, "SAMPLE", 4)
+    real = type(dataset).pixels
+    monkeypatch.setattr(type(dataset), "pixels", lambda self, i: seen.append(i) or real(self, i))
+    dataset = load_dataset(root, "train", resolution=12)
+    first_large = min(i for i, path in enumerate(dataset.paths) if Image.open(os.fsdecode(path)).width == 300)
+    dataset.decode_once(progress=False)
+    assert dataset.decoded is None and first_large < len(dataset) - 1
+    assert len(seen) <= 4 + first_large + 1  # four samples, then decoding stopped at the first large image
+
+
 def make_folder_of_size(root, side):
     for split in ("train", "val"):
         (root / split / "x").mkdir(parents=True)

@@ -106,6 +106,42 @@ def test_a_bad_idx_file_is_named_in_one_line(tmp_path, cli, damage, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("file, array, type_code, message", [
+    ("train-labels-idx1-ubyte", np.full(TRAIN, np.nan, np.float32), 0x0D, "not N whole-number labels"),
+    ("train-images-idx3-ubyte", np.zeros((TRAIN, 0, 28), np.uint8), 0x08, "holds images of 0 x 28 pixels"),
+    ("t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8), 0x08, "holds no images"),
+], ids=["nan-labels", "height-0", "no-test-images"])
+def test_idx_contents_a_model_cannot_use_are_refused_in_one_line(tmp_path, cli, file, array, type_code, message):
+    """Float (NaN) labels, images of no pixels and an empty split are named before any work, by train
+    and eval alike (eval of an empty test split once reported "top-1 0.00%" and exited 0)."""
+    write_idx_set(tmp_path / "fashion-mnist")
+    target = tmp_path / "fashion-mnist" / f"{file}.gz"
+    target.write_bytes(gzip.compress(idx_bytes(array, type_code)))
+    if file.startswith("t10k-images"):
+        (tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(idx_bytes(np.zeros(0, np.uint8))))
+    proc = cli("train", "--out", tmp_path / "run", "--epochs", "1", "--data", "fashion-mnist", "--data-root", tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(target) in lines[0] and message in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=re.escape(message)):  # what eval loads, after the checkpoint
+        load_dataset("fashion-mnist", "test" if file.startswith("t10k") else "train", root=tmp_path)
+
+
+def test_raw_and_gzip_files_that_differ_are_refused(tmp_path):
+    """Both the raw and the .gz file of one IDX file: used only if they hold the same array."""
+    arrays = write_idx_set(tmp_path / "fashion-mnist")
+    folder = tmp_path / "fashion-mnist"
+    images, labels = arrays["train"]
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(images))  # the same, unpacked: fine
+    assert torch.equal(load_dataset("fashion-mnist", "train", root=tmp_path).images[:, 0], torch.from_numpy(images))
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(255 - images))
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte and .*train-images-idx3-ubyte.gz hold different "
+                                         "data: delete the one that is wrong"):
+        load_dataset("fashion-mnist", "train", root=tmp_path)
+
+
 def test_counts_that_differ_and_missing_files(tmp_path, cli):
     write_idx_set(tmp_path / "fashion-mnist")
     labels = tmp_path / "fashion-mnist" / "train-labels-idx1-ubyte.gz"

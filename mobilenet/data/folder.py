@@ -31,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mobilenet.checks import check_resolution, some
+from mobilenet.files import require_regular
 from mobilenet.data import decoded
-from mobilenet.data.decoded import DecodedImages, folder_key
+from mobilenet.data.decoded import DecodedImages, NotSmall, folder_key
 from mobilenet.data.memory import CHANNELS, class_positions, stats_to_channels
 
 SPLITS = {"train": "train", "val": "val", "test": "val"}
@@ -50,19 +51,23 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 
 
 def decode_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image file as 8-bit RGB; errors name the file.
+    """Open and fully decode an image file as 8-bit RGB, upright; errors name the file.
 
-    ``load()`` forces the whole file to be decoded now, so a truncated file fails here (Pillow's
-    ``LOAD_TRUNCATED_IMAGES`` is left off) instead of yielding a partly grey image. Conversions:
+    Anything but a regular file (a named pipe, a device) is refused before it is opened, as
+    reading one can block for ever. ``load()`` forces the whole file to be decoded now, so a
+    truncated file fails here (Pillow's ``LOAD_TRUNCATED_IMAGES`` is left off) instead of yielding
+    a partly grey image. The EXIF orientation is applied (``ImageOps.exif_transpose``), as a photo
+    viewer shows the picture: phones store a portrait photo sideways with Orientation 6. Conversions:
     grayscale (L, 1) and CMYK by Pillow; palette (P) through RGBA when it has transparency;
     images with alpha (RGBA, LA, PA) composited onto white, since the colour under a fully
     transparent pixel is arbitrary; 16- and 32-bit integer grayscale (I;16*, I) scaled from
     0..65535 to 0..255 (Pillow's own conversion would clip everything above 255 to white).
     """
+    require_regular(path, "image")
     try:
         with Image.open(path) as image:
             image.load()
-            return _to_rgb(image)
+            return _to_rgb(ImageOps.exif_transpose(image))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot decode image {path}: {error}") from error
 
@@ -149,6 +154,9 @@ def eval_transform(image: Image.Image, resolution: int,
         size = (short, int(image.height * scale))
     else:
         size = (int(image.width * scale), short)
+    if size[0] * size[1] > Image.MAX_IMAGE_PIXELS:  # a strip: few pixels, but huge once its short side is scaled up
+        raise ValueError(f"an image of {image.width} x {image.height} pixels would be resized to {size[0]} x {size[1]}, "
+                         f"more than the {Image.MAX_IMAGE_PIXELS:,} pixels an image may have (PIL.Image.MAX_IMAGE_PIXELS)")
     resized = image.resize(size, Image.Resampling.BILINEAR)
     left = int(round((resized.width - resolution) / 2))
     top = int(round((resized.height - resolution) / 2))
@@ -260,17 +268,23 @@ class ImageFolder(torch.utils.data.Dataset):
         by the files' names, sizes and times. Large images keep being read from their files."""
         if self.decoded is not None or not len(self):
             return
-        sample = [self.pixels(i) for i in range(min(len(self), decoded.SAMPLE))]
+        spread = np.linspace(0, len(self) - 1, min(len(self), decoded.SAMPLE)).round().astype(int)
+        sample = [self.pixels(int(i)) for i in np.unique(spread)]
         if max(max(a.shape[:2]) for a in sample) > decoded.SMALL_SIDE:
             return
-        if max(a.size for a in sample) * len(self) <= decoded.MEMORY_LIMIT:
-            self.decoded = DecodedImages.build(len(self), self.pixels, progress=progress)
-            return
-        from mobilenet.data.load import default_root
+        try:
+            if max(a.size for a in sample) * len(self) <= decoded.MEMORY_LIMIT:
+                self.decoded = DecodedImages.build(len(self), self.pixels, progress=progress)
+                return
+            from mobilenet.data.load import default_root
 
-        key = folder_key(self.root, self.split, self.channels, list(self.paths))
-        path = default_root() / "decoded" / f"{key}.u8"
-        self.decoded = DecodedImages.open(path) or DecodedImages.build(len(self), self.pixels, path, progress)
+            key = folder_key(self.root, self.split, self.channels, list(self.paths))
+            path = default_root() / "decoded" / f"{key}.u8"
+            say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+            self.decoded = (DecodedImages.open(path, len(self), say)
+                            or DecodedImages.build(len(self), self.pixels, path, progress))
+        except NotSmall:  # a large image after small ones: all of them are read from their files
+            self.decoded = None
 
     def load(self, index: int, *, train: bool = False,
              rng: np.random.Generator | None = None) -> tuple[torch.Tensor, int]:
@@ -286,7 +300,10 @@ class ImageFolder(torch.utils.data.Dataset):
             if rng is None:
                 raise ValueError("the training transform needs rng, a numpy Generator for its random draws")
             return train_transform(image, self.resolution, rng), label
-        return eval_transform(image, self.resolution), label
+        try:
+            return eval_transform(image, self.resolution), label
+        except ValueError as error:
+            raise ValueError(f"image {os.fsdecode(self.paths[index])}: {error}") from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.load(index)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +57,26 @@ def load_dataset(
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     dataset = _load(os.fspath(data), SPLITS[split], resolution, download, root, channels)
     return dataset if classes is None else dataset.select_classes(list(classes))
+
+
+def fingerprint(*datasets: InMemoryDataset | ImageFolder) -> str:
+    """What identifies the images and labels of `datasets` (a run's splits), for a resumed run to
+    check that it goes on with the data it started with: for data held in memory, a SHA-256 of its
+    classes, pixels and labels; for an image folder, of its classes and of each file's path (from
+    the folder's root), size and label, so that a copied or moved folder is the same data and a
+    folder whose files changed is not."""
+    digest = hashlib.sha256()
+    for dataset in datasets:
+        digest.update(json.dumps(list(dataset.classes)).encode() + b"\0")
+        if isinstance(dataset, ImageFolder):
+            root = os.fsencode(dataset.root)
+            for path, label in zip(dataset.paths, dataset.labels):
+                relative = path[len(root):] if path.startswith(root) else path
+                digest.update(relative + f"\0{os.stat(path).st_size}\0{int(label)}\0".encode())
+        else:
+            digest.update(dataset.images.contiguous().numpy().data)
+            digest.update(dataset.labels.contiguous().numpy().data)
+    return digest.hexdigest()[:32]
 
 
 def _load(data: str, split: str, resolution: int | None, download: bool,

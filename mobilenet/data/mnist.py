@@ -83,7 +83,10 @@ DATASETS = {
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """The array in an IDX file, gzip-compressed or not; ValueError naming the file for a wrong
     magic number, an unknown type, a truncated file or bytes left over."""
+    from mobilenet.files import require_regular
+
     path = Path(path)
+    require_regular(path, "IDX file")
     try:
         raw = path.read_bytes()
         data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
@@ -105,11 +108,24 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def find_file(folder: Path, name: str) -> Path | None:
-    """`name` or `name.gz` in `folder`, whichever exists."""
+    """`name` or `name.gz` in `folder`, whichever exists (a regular file; see `read_split` for both)."""
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.is_file():
             return candidate
     return None
+
+
+def read_one_of(folder: Path, name: str) -> tuple[Path, np.ndarray]:
+    """The array of `name` in `folder`, raw or `.gz`; where both are there they must hold the same
+    array (ValueError naming both otherwise: which one is right is the user's to say)."""
+    path = find_file(folder, name)
+    array = read_idx(path)
+    packed = folder / f"{name}.gz"
+    if path != packed and packed.is_file():
+        other = read_idx(packed)
+        if other.shape != array.shape or other.dtype != array.dtype or not np.array_equal(other, array):
+            raise ValueError(f"{path} and {packed} hold different data: delete the one that is wrong")
+    return path, array
 
 
 def find_folder(dataset: IdxDataset, root: Path) -> Path | None:
@@ -172,12 +188,15 @@ def load_idx_dataset(name: str, split: str, root: str | os.PathLike, resolution:
         places = ", ".join(str(p) for p in (root / dataset.name, *dataset.system_folders))
         raise FileNotFoundError(f"{name} not found (looked in {places}): add --download to fetch it, or put its "
                                 f"four IDX files in {root / dataset.name}")
-    images_file, labels_file = (find_file(folder, file) for file in FILES[split])
-    images, labels = read_idx(images_file), read_idx(labels_file)
+    (images_file, images), (labels_file, labels) = (read_one_of(folder, file) for file in FILES[split])
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"{images_file} holds {images.dtype} of shape {images.shape}, not uint8 N x H x W images")
-    if labels.ndim != 1:
-        raise ValueError(f"{labels_file} holds shape {labels.shape}, not N labels")
+    if not images.shape[0]:
+        raise ValueError(f"{images_file} holds no images")
+    if not images.shape[1] or not images.shape[2]:
+        raise ValueError(f"{images_file} holds images of {images.shape[1]} x {images.shape[2]} pixels")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"{labels_file} holds {labels.dtype} of shape {labels.shape}, not N whole-number labels")
     if len(images) != len(labels):
         raise ValueError(f"{images_file} has {len(images)} images but {labels_file} has {len(labels)} labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(dataset.classes)):

@@ -31,6 +31,7 @@ import copy
 import hashlib
 import json
 import os
+import sys
 import statistics
 import time
 from collections.abc import Callable
@@ -148,12 +149,13 @@ def choose_step(amp: str, fused: bool, model: nn.Module, images: torch.Tensor, l
     if not candidates and len(precisions) == 1:
         return StepChoice((), precisions[0], f"asked (--amp {amp})")
     key = f"step:{amp}:{','.join(candidates)}:" + cache_key(model, images)
-    stored = read_cache(cache).get(key) if cache else None
-    if (isinstance(stored, dict) and isinstance(stored.get("kernels"), list)
-            and set(stored["kernels"]) <= set(candidates)
-            and isinstance(stored.get("bf16"), bool) and isinstance(stored.get("why"), str)):
-        return StepChoice(tuple(stored["kernels"]), stored["bf16"], stored["why"], stored.get("speedup"),
-                          stored.get("probes"))
+    note = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    entries = read_cache(cache, say=note) if cache else {}
+    if key in entries:
+        stored = stored_choice(entries[key], candidates)
+        if stored is not None:
+            return stored
+        note(f"note: the cached step decision in {cache} is malformed; probing again")
     total = len(candidates) * len(precisions) + (2 if len(precisions) == 2 else 0)
     done = 0
 
@@ -197,6 +199,23 @@ def choose_step(amp: str, fused: bool, model: nn.Module, images: torch.Tensor, l
     return choice
 
 
+def stored_choice(stored, candidates: tuple[str, ...]) -> StepChoice | None:
+    """A cached decision if it is well formed (the fields `choose_step` writes, of their types, its
+    kernels among this machine's `candidates`); None otherwise, to be probed again."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not (isinstance(stored, dict) and isinstance(stored.get("kernels"), list)
+            and all(isinstance(k, str) for k in stored["kernels"]) and set(stored["kernels"]) <= set(candidates)
+            and isinstance(stored.get("bf16"), bool) and isinstance(stored.get("why"), str)
+            and (stored.get("speedup") is None or number(stored["speedup"]))
+            and (stored.get("probes") is None or isinstance(stored["probes"], dict)
+                 and all(isinstance(k, str) and number(v) for k, v in stored["probes"].items()))):
+        return None
+    return StepChoice(tuple(stored["kernels"]), stored["bf16"], stored["why"], stored.get("speedup"),
+                      stored.get("probes"))
+
+
 def cache_key(model: nn.Module, images: torch.Tensor) -> str:
     from mobilenet.bench.machine import cpu_flags, cpu_name
     from mobilenet.fused import version
@@ -210,4 +229,4 @@ def cache_key(model: nn.Module, images: torch.Tensor) -> str:
 
 
 __all__ = ["CACHE_FILE", "FORCE_VARIABLE", "HOPELESS", "MIN_GAIN", "StepChoice", "choose_step", "forced_step", "probe",
-           "step_speedup", "with_kernels"]
+           "step_speedup", "stored_choice", "with_kernels"]

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from mobilenet.checks import check_resolution, comma_list, dataclass_fields
-from mobilenet.data.load import NAMED
+from mobilenet.data.load import NAMED, default_root
 from mobilenet.models.layers import check_width
 
 
@@ -108,14 +108,18 @@ class TrainConfig:
 
     def with_absolute_paths(self) -> TrainConfig:
         """The same configuration with its file paths (data, data_root, pretrained) made absolute,
-        so that it means the same thing from any working directory."""
+        so that it means the same thing from any working directory; a named dataset read from the
+        default root (`$MOBILENET_DATA` or ~/.cache/mobilenet) records that root, so that a resume
+        under another $MOBILENET_DATA still reads the data the run started with."""
         def absolute(path: str | None) -> str | None:
             return str(Path(path).expanduser().absolute()) if path else path
 
-        data = self.data
+        data, root = self.data, self.data_root
         if data not in NAMED and Path(data).expanduser().exists():
             data = absolute(data)
-        return replace(self, data=data, data_root=absolute(self.data_root), pretrained=absolute(self.pretrained))
+        if data in NAMED and data != "digits" and not root:  # the embedded digits have no root
+            root = str(default_root())
+        return replace(self, data=data, data_root=absolute(root), pretrained=absolute(self.pretrained))
 
     def validate(self) -> TrainConfig:
         """Check the values a model and dataset cannot check for themselves: every number finite

@@ -28,6 +28,7 @@ from mobilenet.checkpoint import (
 )
 from mobilenet.cost import check_model_resolution
 from mobilenet.data import load_dataset, make_loader
+from mobilenet.data.load import fingerprint
 from mobilenet.data.memory import stats_to_channels
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.files import write_text
@@ -180,6 +181,7 @@ class Run:
                                      root=config.data_root, channels=config.in_chans)
         if not len(self.train_set) or not len(self.test_set):
             raise TrainingError(f"{config.data}: the train or test split holds no images")
+        self.data_fingerprint = fingerprint(self.train_set, self.test_set)
         self.channels_last = config.channels_last and self.device.type in ("cpu", "cuda")
         channels = self.train_set.channels  # a pretrained model brings its own statistics, for its channels
         self.mean = stats_to_channels(config.mean or self.train_set.mean, channels)
@@ -299,7 +301,8 @@ class Run:
         if self.ema:
             extra.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         extra.update({f"rng.torch.{rank}": state for rank, state in enumerate(generators)})
-        info = {"epoch": self.epoch, "step": self.step, "best_top1": self.best_top1, "metrics": self.metrics}
+        info = {"epoch": self.epoch, "step": self.step, "best_top1": self.best_top1, "metrics": self.metrics,
+                "data": {"data": self.config.data, "root": self.config.data_root, "fingerprint": self.data_fingerprint}}
         save_training_state(self.folder / STATE, self.optimizer, extra, info)
         self._write_views()
 
@@ -319,6 +322,12 @@ class Run:
 
     def _load_state(self) -> None:
         extra, info = load_training_state(self.folder / STATE, self.optimizer)
+        trained_on = info.get("data")  # absent from runs saved before it was recorded
+        if isinstance(trained_on, dict) and trained_on.get("fingerprint") != self.data_fingerprint:
+            now = self.config.data_root or self.config.data
+            raise TrainingError(f"the data {self.config.data} (read from {now}) is not what {self.out} trained on "
+                                f"(from {trained_on.get('root') or trained_on.get('data')}): resuming would mix "
+                                "two datasets; bring the run's data back, or start a new run")
         self.model.load_state_dict({k[6:]: v for k, v in extra.items() if k.startswith("model.")})
         if self.ema:
             self.ema.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema.")})
