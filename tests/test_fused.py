@@ -5,6 +5,7 @@ import copy
 import os
 import platform
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -307,6 +308,36 @@ def test_the_kernel_is_built_once_per_cpu_and_source(tmp_path, monkeypatch):
     assert path.parent == tmp_path / "kernels" and path.suffix == ".so"
     stamp = path.stat().st_mtime_ns
     assert fused.build() == path and path.stat().st_mtime_ns == stamp  # cached, not rebuilt
+
+
+@pytest.mark.parametrize("damage", ["truncated", "replaced", "no record"])
+def test_a_cached_library_that_is_not_the_one_built_is_never_loaded(tmp_path, monkeypatch, capsys, damage):
+    """A truncated library crashed every training with SIGBUS and an empty stderr; another library in
+    its place ran its own constructor. `build()` (whose path alone `_load` opens) returns the cached
+    library only if its SHA-256 is the one recorded when it was built: otherwise it builds it again,
+    with one line saying so. The compiler is stood in for by a copy of the real build of this run."""
+    good = fused.build().read_bytes()  # this run's real library (built once for the session)
+
+    def compile_(command, **kwargs):  # `cc ... -o OUT SOURCES`: writes the good library to OUT
+        Path(command[command.index("-o") + 1]).write_bytes(good)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setenv("MOBILENET_DATA", str(tmp_path))
+    monkeypatch.setattr(fused.subprocess, "run", compile_)
+    library = fused.build()
+    record = library.with_name(library.name + ".sha256")
+    assert library.read_bytes() == good and record.exists() and fused._intact(library)
+    if damage == "truncated":
+        library.write_bytes(good[:len(good) // 2])
+    elif damage == "replaced":  # any other library: its constructor would run when it is loaded
+        library.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    else:
+        record.unlink()
+    capsys.readouterr()
+    assert fused.build() == library and library.read_bytes() == good and fused._intact(library)
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and "do not match the checksum" in notes[0] and str(library) in notes[0], notes
+    assert fused.build() == library and capsys.readouterr().err == ""  # intact now: used as it is
 
 
 # The code paths of other CPU classes (common.h's WIDE: AVX-512, AVX2 + FMA, plain vectors), as gcc's

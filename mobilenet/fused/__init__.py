@@ -82,15 +82,36 @@ def _library_path(compiler: str) -> Path:
     return kernel_folder() / f"kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
+def _checksum_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _intact(library: Path) -> bool:
+    """Whether the cached library is the one built here: its SHA-256 is the one recorded beside it
+    when it was built. Anything else (truncated, replaced, no record) is never loaded: a truncated
+    library crashes the process with SIGBUS when mapped, and another one runs its own code."""
+    from mobilenet.files import file_digest
+
+    try:
+        return _checksum_path(library).read_text().strip() == file_digest(library, "sha256")
+    except OSError:
+        return False
+
+
 def build() -> Path:
-    """Compile the kernel for this CPU (if not already cached) and return the library's path.
-    Raises RuntimeError with the compiler's own message when it cannot be built."""
+    """Compile the kernel for this CPU (if not already cached and intact) and return the library's
+    path. Raises RuntimeError with the compiler's own message when it cannot be built."""
+    from mobilenet.files import file_digest, write_text
+
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (cc, gcc or $CC)")
     path = _library_path(compiler)
     if path.exists():
-        return path
+        if _intact(path):
+            return path
+        print(f"note: the compiled kernels {path} do not match the checksum recorded when they were built; "
+              "building them again", file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
         built = Path(folder) / path.name
@@ -99,7 +120,9 @@ def build() -> Path:
         if result.returncode != 0:
             message = (result.stderr.strip().splitlines() or ["failed"])[-1]
             raise RuntimeError(f"{compiler} could not build {', '.join(p.name for p in SOURCES)}: {message}")
+        digest = file_digest(built, "sha256")
         os.replace(built, path)  # atomic: a concurrent process sees no library or a whole one
+        write_text(_checksum_path(path), digest + "\n")  # the record that lets it be loaded
     return path
 
 
