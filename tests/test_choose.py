@@ -122,7 +122,7 @@ def test_the_guard_threshold_is_the_callers(fake):
     ({"chosen": "onnxruntime-int8", "median_ms": {"onnxruntime-int8": 1.0}, "agreement": {}, "refused": {}},
      "does not pass the guard"),
 ])
-def test_a_cached_decision_is_used_only_if_well_formed_and_still_passing(fake, tmp_path, entry, why):
+def test_a_cached_decision_is_used_only_if_well_formed_and_still_passing(fake, tmp_path, capsys, entry, why):
     """A decision cache is ours to rebuild: an entry of the wrong type or shape, naming an unknown
     candidate or a reduced-precision choice below the guard is measured again with one line, never
     a traceback and never used as it is."""
@@ -130,24 +130,28 @@ def test_a_cached_decision_is_used_only_if_well_formed_and_still_passing(fake, t
     plans.update({"pytorch": (40, False), "onnxruntime": (2, False), "openvino": (40, False),
                   "onnxruntime-int8": (40, False), "openvino-bf16": (40, False), "openvino-int8": (40, False)})
     images = torch.randn(8, 3, 16, 16)
-    cache, said = tmp_path / "choices.json", []
+    cache = tmp_path / "choices.json"
     choose.choose(model, 16, 1, images=images, model_id="m", cache=cache)
     (key,) = json.loads(cache.read_text())
     cache.write_text(json.dumps({key: entry}))
     built.clear()
-    _, decision = choose.choose(model, 16, 1, images=images, model_id="m", cache=cache, say=said.append)
+    capsys.readouterr()
+    _, decision = choose.choose(model, 16, 1, images=images, model_id="m", cache=cache)
+    said = capsys.readouterr().err.strip().splitlines()
     assert not decision.cached and len(built) == 6 and decision.chosen == "onnxruntime"
     assert len(said) == 1 and why in said[0] and str(cache) in said[0], said
     assert choose.choose(model, 16, 1, images=images, model_id="m", cache=cache)[1].cached  # rewritten whole
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", "null", "{not json", ""])
-def test_a_decision_cache_that_is_not_an_object_is_measured_again(fake, tmp_path, content):
+def test_a_decision_cache_that_is_not_an_object_is_measured_again(fake, tmp_path, capsys, content):
     model, plans, built = fake
     plans.update({"pytorch": (40, False), "onnxruntime": (2, False), "openvino": (40, False)})
-    cache, said = tmp_path / "choices.json", []
+    cache = tmp_path / "choices.json"
     cache.write_text(content)
-    _, decision = choose.choose(model, 16, 1, model_id="m", cache=cache, say=said.append)
+    capsys.readouterr()
+    _, decision = choose.choose(model, 16, 1, model_id="m", cache=cache)
+    said = capsys.readouterr().err.strip().splitlines()
     assert decision.chosen == "onnxruntime" and len(said) == 1 and "ignoring it" in said[0], said
     assert isinstance(json.loads(cache.read_text()), dict)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -180,15 +181,14 @@ def _version(package: str) -> str | None:
 
 def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tensor | None = None,
            calibration: torch.Tensor | None = None, model_id: str | None = None, cache: Path | None = None,
-           threads: int | None = None, min_agreement: float | None = None,
-           say=None) -> tuple[nn.Module, Decision]:
+           threads: int | None = None, min_agreement: float | None = None) -> tuple[nn.Module, Decision]:
     """The fastest verified candidate for `model` at `batch` x C x `resolution`^2, and the decision.
 
     `images` (normalised, of the model's own data) allow bf16 and INT8 candidates, judged by their
     top-1 agreement with fp32 on them; `calibration` (training images) calibrates INT8 (default:
     `images`). `model_id` (e.g. the checkpoint file's digest) and `cache` (a JSON file) let a
     decision made once be reused; `min_agreement` is the guard's threshold (default
-    `guard.MIN_AGREEMENT`); `say(line)` hears why a cached decision was not used.
+    `guard.MIN_AGREEMENT`). A cached decision that cannot be used is measured again, with a note on stderr.
     """
     from mobilenet.export.onnx import FP32_TOLERANCE
 
@@ -197,10 +197,11 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
     found = candidates(images is not None, _bf16() if images is not None else False)
     names = [c.name for c in found]
     key = cache_key(model_id, batch, resolution, names, min_agreement) if model_id and cache else None
-    entries = read_cache(cache, say=say) if key else {}
+    note = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    entries = read_cache(cache, say=note) if key else {}
     decision, why = stored_decision(entries[key], names, min_agreement) if key in entries else (None, None)
-    if why and say:
-        say(f"note: {why} ({cache}); measuring again")
+    if why:
+        note(f"note: {why} ({cache}); measuring again")
     by_name = {c.name: c for c in found}
     with temporary_folder("auto") as work:
         if decision is not None:

@@ -60,8 +60,7 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", thre
         from mobilenet.export.choose import CACHE_FILE, choose
 
         fast, decision = choose(model, resolution, batch, images=images, calibration=calibration, model_id=model_id,
-                                cache=default_root() / CACHE_FILE, threads=threads, min_agreement=min_agreement,
-                                say=say)
+                                cache=default_root() / CACHE_FILE, threads=threads, min_agreement=min_agreement)
         if say:
             say(decision.describe())
         return fast, decision.chosen
