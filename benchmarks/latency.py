@@ -176,7 +176,8 @@ def main() -> None:
     demo = None
     if Path(args.checkpoint).is_file():
         with tempfile.TemporaryDirectory() as work:
-            int8 = export_checkpoint(args.checkpoint, Path(work) / "int8.onnx", "onnx", int8=True)
+            # a measurement reports the agreement whatever it is; the guard is for files that ship
+            int8 = export_checkpoint(args.checkpoint, Path(work) / "int8.onnx", "onnx", int8=True, min_agreement=0)
         model, resolution = bench.build(args.checkpoint)
         latency = [bench.measure(model, batch=b, resolution=resolution, backends="onnxruntime,onnxruntime-int8",
                                  iterations=200 if b == 1 else 50, warmup=5) for b in (1, 32)]

@@ -39,7 +39,7 @@ def export_both(checkpoint: str, format: str, folder: Path) -> dict:
     for int8 in (False, True):
         start = time.perf_counter()
         report = export_checkpoint(checkpoint, folder / f"{'int8' if int8 else 'fp32'}{SUFFIXES[format]}", format,
-                                   int8=int8)
+                                   int8=int8, min_agreement=0)  # measured and reported, whatever the guard says
         report["seconds"] = time.perf_counter() - start
         rows["int8" if int8 else "fp32"] = report
     return rows
