@@ -10,6 +10,17 @@ from mobilenet.files import atomic_output
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
+
+class PlainLogFormatter(LogFormatter):
+    """Log-axis tick labels where matplotlib's default would put them, written 0.02 rather than
+    typeset as mathtext's 2x10^-2 (a fifth of a curves plot's drawing time)."""
+
+    def __call__(self, value, pos=None) -> str:
+        return f"{value:g}" if super().__call__(value, pos) else ""
+
+
+PNG = {"compress_level": 1}  # zlib's fastest: a fifth of a curves plot's time at level 6, files ~10% larger
 
 
 def readable(name: str) -> str:
@@ -22,7 +33,7 @@ def _save(fig, path: str | os.PathLike, tight: bool = True) -> None:
     """Write the figure atomically: a reader never sees half a PNG. `tight` crops it to what is drawn,
     which draws it twice; a figure with fixed margins of its own can skip that."""
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight" if tight else None, format="png")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight" if tight else None, format="png", pil_kwargs=PNG)
     plt.close(fig)
 
 
@@ -32,17 +43,21 @@ def plot_curves(metrics: list[dict], path: str | os.PathLike, title: str = "") -
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
     ax_loss.plot(epochs, [m["test_loss"] for m in metrics], "o-", label="test")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss", yscale="log")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", yscale="log")
+    ax_loss.yaxis.set_major_formatter(PlainLogFormatter())
+    ax_loss.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
     ax_acc.plot(epochs, [100 * m["train_acc"] for m in metrics], "o-", label="train (augmented)")
     ax_acc.plot(epochs, [100 * m["test_top1"] for m in metrics], "o-", label="test top-1")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.grid(alpha=0.3)
         ax.legend()
+        # drawn after every epoch, so kept cheap: fixed margins, not a tight crop (which draws twice),
+        # titles at a fixed height (else placed by measuring every tick label), plain tick labels
+        ax.set_title(name, y=1.0, pad=6)
     if title:
         fig.suptitle(title)
-    # fixed margins, not a tight crop: drawn once, in half the time, as it is again after every epoch
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.84, wspace=0.22)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.84, wspace=0.24)
     _save(fig, path, tight=False)
 
 

@@ -39,6 +39,8 @@ def fake(monkeypatch):
         return Fake(ms, (lambda x: model(x).flip(1) + 1) if wrong else model)  # wrong logits, wrong top-1
 
     monkeypatch.setattr(choose, "build", build)
+    monkeypatch.setattr(choose, "ROUNDS", 1)  # three timed calls a candidate: its median is enough for a fake
+    monkeypatch.setattr(choose, "CALLS", 3)
     monkeypatch.setattr(choose, "_bf16", lambda: True)
     monkeypatch.setattr(choose, "available", lambda name: True)
     return model, plans, built
@@ -46,7 +48,7 @@ def fake(monkeypatch):
 
 def test_the_fastest_checked_candidate_wins(fake, tmp_path):
     model, plans, built = fake
-    plans.update({"pytorch": (40, False), "onnxruntime": (2, True), "openvino": (15, False)})
+    plans.update({"pytorch": (10, False), "onnxruntime": (1, True), "openvino": (5, False)})
     fast, decision = choose.choose(model, 16, 2)  # no images: fp32 candidates only
     assert set(built) == {"pytorch", "onnxruntime", "openvino"}
     assert decision.chosen == "openvino" and "max |logit difference|" in decision.refused["onnxruntime"], decision
@@ -56,8 +58,8 @@ def test_the_fastest_checked_candidate_wins(fake, tmp_path):
 
 def test_reduced_precision_needs_the_models_data_and_agreement(fake):
     model, plans, built = fake
-    plans.update({"pytorch": (40, False), "onnxruntime": (40, False), "openvino": (40, False),
-                  "onnxruntime-int8": (2, True), "openvino-bf16": (15, False), "openvino-int8": (2, True)})
+    plans.update({"pytorch": (10, False), "onnxruntime": (10, False), "openvino": (10, False),
+                  "onnxruntime-int8": (1, True), "openvino-bf16": (5, False), "openvino-int8": (1, True)})
     images = torch.randn(40, 3, 16, 16)
     _, decision = choose.choose(model, 16, 1, images=images)
     assert decision.chosen == "openvino-bf16" and decision.agreement["openvino-bf16"] == 1.0
@@ -69,7 +71,7 @@ def test_reduced_precision_needs_the_models_data_and_agreement(fake):
 
 def test_a_decision_is_cached_per_model_cpu_and_versions(fake, tmp_path, monkeypatch):
     model, plans, built = fake
-    plans.update({"pytorch": (40, False), "onnxruntime": (2, False), "openvino": (15, False)})
+    plans.update({"pytorch": (10, False), "onnxruntime": (1, False), "openvino": (5, False)})
     cache = tmp_path / "choices.json"
     first = choose.choose(model, 16, 1, model_id="abc", cache=cache)[1]
     built.clear()
@@ -93,8 +95,8 @@ def test_the_guard_threshold_is_the_callers(fake):
     """--min-agreement moves the one threshold: a candidate agreeing on 35 of 40 images is refused at
     the default (99%) and kept at 85%."""
     model, plans, built = fake
-    plans.update({"pytorch": (40, False), "onnxruntime": (40, False), "openvino": (40, False),
-                  "onnxruntime-int8": (2, False), "openvino-bf16": (40, False), "openvino-int8": (40, False)})
+    plans.update({"pytorch": (10, False), "onnxruntime": (10, False), "openvino": (10, False),
+                  "onnxruntime-int8": (1, False), "openvino-bf16": (10, False), "openvino-int8": (10, False)})
     images = torch.randn(40, 3, 16, 16)
     real_build = choose.build
 
@@ -102,7 +104,7 @@ def test_the_guard_threshold_is_the_callers(fake):
         runner = real_build(candidate, *args)
         if candidate.name != "onnxruntime-int8":
             return runner
-        return Fake(2, lambda x: torch.cat([model(x[:35]), model(x[35:]).flip(1) + 1]))
+        return Fake(1, lambda x: torch.cat([model(x[:35]), model(x[35:]).flip(1) + 1]))
 
     choose.build = build
     _, strict = choose.choose(model, 16, 1, images=images)
@@ -127,8 +129,8 @@ def test_a_cached_decision_is_used_only_if_well_formed_and_still_passing(fake, t
     candidate or a reduced-precision choice below the guard is measured again with one line, never
     a traceback and never used as it is."""
     model, plans, built = fake
-    plans.update({"pytorch": (40, False), "onnxruntime": (2, False), "openvino": (40, False),
-                  "onnxruntime-int8": (40, False), "openvino-bf16": (40, False), "openvino-int8": (40, False)})
+    plans.update({"pytorch": (10, False), "onnxruntime": (1, False), "openvino": (10, False),
+                  "onnxruntime-int8": (10, False), "openvino-bf16": (10, False), "openvino-int8": (10, False)})
     images = torch.randn(8, 3, 16, 16)
     cache = tmp_path / "choices.json"
     choose.choose(model, 16, 1, images=images, model_id="m", cache=cache)
@@ -146,7 +148,7 @@ def test_a_cached_decision_is_used_only_if_well_formed_and_still_passing(fake, t
 @pytest.mark.parametrize("content", ["[1, 2]", "null", "{not json", ""])
 def test_a_decision_cache_that_is_not_an_object_is_measured_again(fake, tmp_path, capsys, content):
     model, plans, built = fake
-    plans.update({"pytorch": (40, False), "onnxruntime": (2, False), "openvino": (40, False)})
+    plans.update({"pytorch": (10, False), "onnxruntime": (1, False), "openvino": (10, False)})
     cache = tmp_path / "choices.json"
     cache.write_text(content)
     capsys.readouterr()
