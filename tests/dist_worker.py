@@ -1,7 +1,9 @@
 """Run by tests/test_distributed.py under torchrun (or alone): a tiny training run through the
 library, after which every rank writes its own weights, so the test can compare them.
 
-    python tests/dist_worker.py OUT BATCH [--fail-rank R]
+    python tests/dist_worker.py OUT BATCH [--fail-rank R] [--collectives]
+
+--collectives: then check that the backend lets go of the collectives' tensors (dist_collectives.py).
 """
 
 import argparse
@@ -15,6 +17,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("batch", type=int)
 parser.add_argument("--fail-rank", type=int, default=None)
+parser.add_argument("--collectives", action="store_true")
 args = parser.parse_args()
 
 dist = from_environment(timeout_s=60)
@@ -35,4 +38,8 @@ if args.fail_rank == dist.rank:
 run.run()
 save_file({k: v.contiguous() for k, v in run.model.state_dict().items()},
           os.path.join(args.out, f"rank{dist.rank}.safetensors"))
+if args.collectives and dist.enabled:
+    from dist_collectives import check_collectives
+
+    check_collectives(dist)
 dist.close()
