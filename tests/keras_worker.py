@@ -6,8 +6,8 @@ Keras 3 writes, and record Keras's own logits on fixed images.
     python keras_worker.py OUT_DIR SIZE ARCH:ALPHA [ARCH:ALPHA ...]
 
 writes OUT_DIR/images.npy (N x SIZE x SIZE x 3, NHWC as Keras takes them), and for each model
-OUT_DIR/<arch>_<alpha>.{weights.h5,keras,h5} and OUT_DIR/<arch>_<alpha>.logits.npy, and prints
-one JSON line with the Keras version.
+OUT_DIR/<arch>_<alpha>.{weights.h5,keras,h5} and OUT_DIR/<arch>_<alpha>.logits.npy, and writes
+(and prints) one JSON line with the Keras version in OUT_DIR/versions.json.
 """
 
 import json
@@ -59,7 +59,9 @@ def main() -> None:
         model.save(f"{stem}.h5")  # the legacy full-model HDF5 format, which Keras 3 still writes
         logits = keras.ops.convert_to_numpy(model(images, training=False))
         np.save(f"{stem}.logits.npy", logits)
-    print(json.dumps({"keras": keras.__version__, "backend": keras.backend.backend()}))
+    versions = json.dumps({"keras": keras.__version__, "backend": keras.backend.backend()})
+    (out / "versions.json").write_text(versions)
+    print(versions)
 
 
 if __name__ == "__main__":

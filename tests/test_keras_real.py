@@ -7,11 +7,14 @@ Every Keras 3 format is written by the installed library: `.weights.h5`, `.keras
 write, are covered by the hand-built fixtures of test_convert.py.
 """
 
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -32,17 +35,42 @@ FORMATS = (".weights.h5", ".keras", ".h5")
 MODELS = [(arch, alpha) for arch, alphas in WIDTHS.items() for alpha in alphas]
 
 
-@pytest.fixture(scope="module")
-def keras_files(tmp_path_factory):
-    out = tmp_path_factory.mktemp("keras")
+def _start_keras() -> tuple[subprocess.Popen, Path] | None:
+    """The Keras side, started as this file is collected so that its ~14 s (mostly importing Keras,
+    one process, one core) run beside the tests before it on the other core; `keras_files` waits."""
+    if not keras_installed:
+        return None
+    out = Path(tempfile.mkdtemp(prefix="mobilenet-keras-files-"))
     specs = [f"{arch}:{alpha}" for arch, alpha in MODELS]
     worker = Path(__file__).with_name("keras_worker.py")
-    proc = subprocess.run([sys.executable, str(worker), str(out), str(SIZE), *specs], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    versions = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert versions["backend"] == "torch" and versions["keras"].startswith("3.")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(worker), str(out), str(SIZE), *specs], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+    def stop() -> None:  # whether or not its tests ran (deselected with -k, say)
+        proc.kill()
+        proc.communicate()
+        shutil.rmtree(out, ignore_errors=True)
+
+    atexit.register(stop)
+    return proc, out
+
+
+KERAS = _start_keras()
+
+
+@pytest.fixture(scope="module")
+def keras_files():
+    proc, out = KERAS
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keras_versions(keras_files):
+    versions = json.loads((keras_files / "versions.json").read_text())
+    assert versions["backend"] == "torch" and versions["keras"].startswith("3.")
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
