@@ -245,3 +245,20 @@ def test_training_keeps_freed_memory_so_each_step_does_not_fault_it_in_again():
     faults = {how: float(subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True,
                                         check=True).stdout.split()[-1]) for how in ("default", "kept")}
     assert 5 * faults["kept"] < faults["default"] and faults["default"] > 5000, faults
+
+
+def test_the_curves_figure_kept_between_epochs_draws_what_a_new_one_draws(tmp_path):
+    """plot_curves keeps one figure per process and gives it each epoch's data: after another run's
+    curves (other epochs, other scale, other title) it must draw exactly what a new figure draws."""
+    from mobilenet import plots
+
+    def metrics(epochs: int, scale: float) -> list[dict]:
+        return [dict(epoch=e, train_loss=scale / e, test_loss=1.1 * scale / e, train_acc=0.4 + e / 100,
+                     test_top1=0.45 + e / 90) for e in range(1, epochs + 1)]
+
+    plots.plot_curves(metrics(30, 20.0), tmp_path / "other.png", "another run")
+    plots.plot_curves(metrics(2, 0.5), tmp_path / "kept.png", "this run")
+    plots.CurvesFigure().draw(metrics(2, 0.5), tmp_path / "new.png", "this run")
+    assert (tmp_path / "kept.png").read_bytes() == (tmp_path / "new.png").read_bytes()
+    ticks = plots._curves_figure().axes["loss"].get_xticks()
+    assert all(float(t).is_integer() for t in ticks)  # whole epochs, not 1.0, 1.5, 2.0
