@@ -35,6 +35,11 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    """One-line errors, and no abbreviated flags: `--data` is not silently taken for `--data-root`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message: str):  # one line, no usage block
         raise UsageError(f"{self.prog}: error: {message}")
 
@@ -134,11 +139,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mobilenet.train import TrainConfig, train
 
     given = {f.name: getattr(args, f.name) for _, f in train_options() if getattr(args, f.name) is not None}
+    epochs = given.pop("epochs", None) if args.resume else None  # --resume --epochs N: a longer (or shorter) run
     if args.resume and given:
-        raise ValueError(f"--resume continues the run in {args.out} as it was configured: "
-                         f"drop {', '.join(sorted(given))}, or start a new run in another --out")
+        raise ValueError(f"--resume continues the run in {args.out} as it was configured (only --epochs may change "
+                         f"its length): drop {', '.join(sorted(given))}, or start a new run in another --out")
     config = TrainConfig(out=args.out, **given)
-    metrics = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress)
+    metrics = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress,
+                    epochs=epochs)
     if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
         print(f"done: test top-1 {100 * metrics['test_top1']:.2f}% after {metrics['epoch']} epochs; "
               f"run directory {args.out} (checkpoints, metrics.jsonl, curves.png)")
@@ -170,19 +177,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from mobilenet.checkpoint import load_checkpoint
     from mobilenet.data import load_dataset, make_loader
+    from mobilenet.data.load import split_name
     from mobilenet.evaluate import evaluate
-    from mobilenet.export import resolve_runtime, runtime_model
+    from mobilenet.export import resolve_runtime, runtime_model, training_data
     from mobilenet.plots import plot_confusion, readable
 
     runtime = resolve_runtime(args.backend)
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_suffix(".confusion.png")
     _check_plot(plot, args.checkpoint, given=args.plot is not None)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
+    if args.data is None:  # the checkpoint's own data, as its training run recorded it
+        source = training_data(meta, args.checkpoint)
+        if source is None:
+            raise ValueError(f"{args.checkpoint} does not record the data it was trained on: pass --data")
+        args.data, args.data_root = source.data, args.data_root or source.root
+        args.classes = args.classes or (list(source.classes) if source.classes else None)
     dataset = load_dataset(args.data, args.split, classes=args.classes, resolution=meta.resolution, root=args.data_root,
                            channels=meta.config.in_chans)
     _checkpoint_and_data_classes(meta, dataset, args.checkpoint)
+    split = split_name(dataset, args.split)
     if not len(dataset):
-        raise ValueError(f"the {args.split} split of {args.data} holds no images: nothing to evaluate")
+        raise ValueError(f"the {split} split of {args.data} holds no images: nothing to evaluate")
     extra = {}
     if runtime == "auto" and args.precision == "any":  # the model's own data: bf16/INT8 may compete, judged on it
         extra = _own_images(meta, dataset, args.checkpoint, args.data, args.classes, args.data_root, args.batch_size)
@@ -194,16 +209,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     loader = make_loader(dataset, args.batch_size, train=False, workers=args.workers,
                          channels_last=runtime == "pytorch", mean=meta.mean, std=meta.std)
     result = evaluate(fast, loader, len(meta.classes), progress=not args.json)
-    plot_confusion(result.confusion, meta.classes, plot, title=f"{Path(args.checkpoint).name} on {args.data} ({args.split})")
+    plot_confusion(result.confusion, meta.classes, plot, title=f"{Path(args.checkpoint).name} on {args.data} ({split})")
     if args.json:
-        print(json.dumps({**result.to_dict(meta.classes), "checkpoint": args.checkpoint, "data": args.data,
+        print(json.dumps({**result.to_dict(meta.classes), "checkpoint": args.checkpoint, "data": args.data, "split": split,
                           "backend": runtime, "backend_choice": said[0] if said else None,
                           "confusion_png": str(plot)}))
         return 0
-    print(f"{args.checkpoint} on {args.data} ({args.split}, {result.num_images} images, {runtime})")
+    print(f"{args.checkpoint} on {args.data} ({split}, {result.num_images} images, {runtime})")
     for line in said:
         print(line)
-    print(f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  loss {result.loss:.4f}")
+    top5 = f"top-5 {100 * result.top5:.2f}%  " if len(meta.classes) > 5 else ""  # of 5 classes or fewer: always 100%
+    print(f"top-1 {100 * result.top1:.2f}%  {top5}loss {result.loss:.4f}")
     names = [readable(name) for name in meta.classes]
     width = max(len(c) for c in names)
     for name, acc in zip(names, result.per_class):
@@ -243,6 +259,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     runtime = resolve_runtime(args.backend)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
+    missing = [path for path in args.images if not os.path.exists(path)]
+    if len(missing) == len(args.images):  # nothing to answer: said before the runtimes are set up (seconds)
+        raise FileNotFoundError(f"no image file {missing[0]}" + (f" (nor {len(missing) - 1} others)" if len(missing) > 1
+                                                                 else ""))
     if meta.config.in_chans not in CHANNELS:
         raise ValueError(f"{args.checkpoint} takes images of {meta.config.in_chans} channels; predict reads image "
                          "files as RGB (3 channels) or grey (1)")
@@ -385,7 +405,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("eval", help="top-1, top-5, loss, per-class accuracy and a confusion-matrix PNG")
     p.add_argument("checkpoint")
-    p.add_argument("--data", required=True, help="as for train")
+    p.add_argument("--data", default=None, help="as for train (default: the data the checkpoint's run trained on)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--classes", type=_argtype(comma_list, str), default=None, help="as for train")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])

@@ -74,6 +74,50 @@ def test_eval_text_and_default_plot(cli, trained):
     proc = cli("eval", trained / "last.safetensors", "--data", "digits", "--classes", "0,1,2")
     assert proc.returncode == 0, proc.stderr
     assert "top-1" in proc.stdout and (trained / "last.confusion.png").exists()
+    assert "top-5" not in proc.stdout  # of three classes it is always 100%: not printed
+
+
+def test_eval_without_data_takes_the_checkpoints_own(cli, trained, tmp_path):
+    """The run recorded its data (digits, classes 0-2) in the checkpoint: eval uses it, as export and predict do."""
+    proc = cli("eval", trained / "last.safetensors", "--json", "--plot", tmp_path / "cm.png")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["data"] == "digits" and data["num_images"] == 108 and set(data["per_class"]) == {"0", "1", "2"}
+
+
+@pytest.mark.parametrize("args,flag", [(["export", "CKPT", "--data", "digits", "--output", "m.onnx"], "--data"),
+                                       (["eval", "CKPT", "--batch", "8"], "--batch"),
+                                       (["train", "--out", "r", "--epoch", "2"], "--epoch")])
+def test_abbreviated_flags_are_refused_not_reinterpreted(cli, trained, tmp_path, args, flag):
+    """`export --data digits` was once taken as --data-root; every abbreviation is now unknown."""
+    args = [str(trained / "last.safetensors") if a == "CKPT" else a for a in args]
+    proc = cli(*args, cwd=tmp_path)
+    one_line_error(proc, f"unrecognized arguments: {flag}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_of_missing_files_says_so_before_setting_up_runtimes(cli, trained, tmp_path, monkeypatch):
+    import mobilenet.export as export
+
+    monkeypatch.setattr(export, "runtime_model", lambda *a, **k: pytest.fail("runtimes set up for nothing"))
+    proc = cli("predict", trained / "last.safetensors", tmp_path / "nope.png", tmp_path / "nada.png")
+    one_line_error(proc, f"no image file {tmp_path / 'nope.png'} (nor 1 others)")
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(cli, trained, tmp_path):
+    """`--resume --epochs N` goes on past the end (the schedule's new length said and recorded);
+    fewer epochs than already run is refused; every other option still is."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    proc = cli("train", "--out", out, "--resume", "--epochs", "3", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "3 epochs in all now" in proc.stdout and "epoch 3/3" in proc.stdout and "epoch 2/" not in proc.stdout
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    one_line_error(cli("train", "--out", out, "--resume", "--epochs", "2"), "has run 3 epochs")
+    one_line_error(cli("train", "--out", out, "--resume", "--epochs", "4", "--lr", "1"), "drop lr")
 
 
 @pytest.fixture
@@ -154,6 +198,8 @@ def test_train_on_an_image_folder(cli, tmp_path):
     assert json.loads((out / "metrics.jsonl").read_text())["test_images"] == 8
     evaluated = cli("eval", out / "last.safetensors", "--data", data, "--json")
     assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["num_images"] == 8
+    assert json.loads(evaluated.stdout)["split"] == "val"  # the folder's val/, not called "test"
+    assert " val loss " in proc.stdout and " test loss " not in proc.stdout
 
 
 def test_a_corrupt_training_image_is_named(cli, tmp_path):

@@ -59,6 +59,12 @@ def load_dataset(
     return dataset if classes is None else dataset.select_classes(list(classes))
 
 
+def split_name(dataset: InMemoryDataset | ImageFolder, split: str = "test") -> str:
+    """What a split is called where it comes from: an image folder's held-out split is its `val/`
+    folder (or `test/`), the named datasets' is their test split."""
+    return dataset.split if isinstance(dataset, ImageFolder) else SPLITS[split]
+
+
 def fingerprint(*datasets: InMemoryDataset | ImageFolder) -> str:
     """What identifies the images and labels of `datasets` (a run's splits), for a resumed run to
     check that it goes on with the data it started with: for data held in memory, a SHA-256 of its

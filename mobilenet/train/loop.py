@@ -28,7 +28,7 @@ from mobilenet.checkpoint import (
 )
 from mobilenet.cost import check_model_resolution
 from mobilenet.data import load_dataset, make_loader
-from mobilenet.data.load import fingerprint
+from mobilenet.data.load import fingerprint, split_name
 from mobilenet.data.memory import stats_to_channels
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.files import write_text
@@ -81,8 +81,9 @@ class Run:
     """The state of one training run and the steps that advance it."""
 
     def __init__(self, config: TrainConfig, *, resume: bool = False, progress: bool = True,
-                 dist: Distributed | None = None) -> None:
+                 dist: Distributed | None = None, resized: bool = False) -> None:
         self.config = config
+        self.resized = resized  # a resumed run given another number of epochs (`train(..., epochs=)`)
         self.dist = dist or Distributed()
         self.device = self.dist.device
         if self.device.type == "cpu":
@@ -120,6 +121,8 @@ class Run:
         self.metrics: list[dict] = []
         if resume:
             self._load_state()
+            if self.resized:
+                self._resize()
         elif self.is_main:  # written once everything it names was found and built: exactly what runs
             write_text(self.folder / CONFIG, self.config.to_json())
         self.amp = self._choose_step()
@@ -320,6 +323,17 @@ class Run:
         plot_curves(self.metrics, self.folder / CURVES,
                     title=f"{self.config.model} x{self.config.width:g} on {self.config.data}")
 
+    def _resize(self) -> None:
+        """A resumed run given another number of epochs: refused below what it has done, else its
+        config.json records the new length (written after the state it extends was read)."""
+        if self.config.epochs < self.epoch:
+            raise TrainingError(f"{self.out} has run {self.epoch} epochs: --epochs with --resume can extend it or "
+                                f"end it sooner, not undo epochs (give at least {self.epoch})")
+        if self.is_main:
+            write_text(self.folder / CONFIG, self.config.to_json())
+            print(f"{self.out}: {self.config.epochs} epochs in all now (the learning-rate schedule's new length); "
+                  f"{self.config.epochs - self.epoch} to go from epoch {self.epoch}", flush=True)
+
     def _load_state(self) -> None:
         extra, info = load_training_state(self.folder / STATE, self.optimizer)
         trained_on = info.get("data")  # absent from runs saved before it was recorded
@@ -432,36 +446,43 @@ class Run:
             self._save(result)
             if self.is_main:
                 bound = f" ({100 * train['of_bound']:.0f}% of the bound)" if "of_bound" in train else ""
+                top5 = f"top-5 {100 * result.top5:.2f}%  " if len(self.train_set.classes) > 5 else ""  # else always 100%
                 print(f"epoch {self.epoch}/{self.config.epochs}  train loss {train['train_loss']:.4f} "
-                      f"acc {100 * train['train_acc']:.2f}%  test loss {result.loss:.4f} top-1 {100 * result.top1:.2f}% "
-                      f"top-5 {100 * result.top5:.2f}%  {train['images_per_s']:.0f} img/s{bound}  {train['epoch_time_s']:.1f}s",
-                      flush=True)
+                      f"acc {100 * train['train_acc']:.2f}%  {split_name(self.test_set)} loss {result.loss:.4f} "
+                      f"top-1 {100 * result.top1:.2f}% "
+                      f"{top5}{train['images_per_s']:.0f} img/s{bound}  {train['epoch_time_s']:.1f}s", flush=True)
         return last
 
 
 def train(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, epochs: int | None = None) -> dict:
     """Train a model as `config` says; with `resume`, continue the run in `config.out` exactly.
 
     Returns the metrics of the last epoch trained. `stop_after` ends this call after that many
     epochs (a later `resume` goes on), for jobs with a time limit. A resumed run takes its
     configuration from the run directory's config.json: only `config.out` is read here, and the
     run is the one in that folder wherever it was first started (a copied or moved run resumes
-    where it is). A new run records its data, data root and pretrained file as absolute paths,
-    so that resume and export work from any working directory.
+    where it is). `epochs` with `resume` changes the run's length (a finished run goes on: the
+    learning-rate schedule is stretched to the new length from where the run stands; the epochs
+    already run stay as they ran), as timm's `--epochs` does on resume. A new run records its data,
+    data root and pretrained file as absolute paths, so that resume and export work from any
+    working directory.
     """
     if resume:
         folder = RunFolder(config.out)
         folder.check_resumable()
         saved = TrainConfig.load(folder / CONFIG)
         saved.out = config.out
+        resized = epochs is not None and epochs != saved.epochs
+        if resized:
+            saved.epochs = epochs
         config = saved
     else:
-        config = config.with_absolute_paths()
+        config, resized = config.with_absolute_paths(), False
     config.validate()
     dist = from_environment()
     try:
-        with Run(config, resume=resume, progress=progress, dist=dist) as run:
+        with Run(config, resume=resume, progress=progress, dist=dist, resized=resized) as run:
             return run.run(stop_after)
     finally:
         dist.close()
