@@ -37,7 +37,9 @@ MODELS = [(arch, alpha) for arch, alphas in WIDTHS.items() for alpha in alphas]
 
 def _start_keras() -> tuple[subprocess.Popen, Path] | None:
     """The Keras side, started as this file is collected so that its ~14 s (mostly importing Keras,
-    one process, one core) run beside the tests before it on the other core; `keras_files` waits."""
+    one process, one core) run in the time the tests before it leave idle (at the lowest priority:
+    beside OpenMP threads that spin, a competing process slows them far more than it gains);
+    `keras_files` waits for it."""
     if not keras_installed:
         return None
     out = Path(tempfile.mkdtemp(prefix="mobilenet-keras-files-"))
@@ -45,7 +47,8 @@ def _start_keras() -> tuple[subprocess.Popen, Path] | None:
     worker = Path(__file__).with_name("keras_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(worker), str(out), str(SIZE), *specs], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: os.nice(19))  # the tests' threads first: it takes what they leave
 
     def stop() -> None:  # whether or not its tests ran (deselected with -k, say)
         proc.kill()
