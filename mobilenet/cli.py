@@ -130,6 +130,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, action="store_const", const=not f.default, default=None,
                                 help=meta["help"])
             continue
+        if set(typing.get_args(hints[f.name])) == {bool, type(None)}:  # decided from the data unless switched
+            parser.add_argument(flag, dest=f.name, action="store_const", const=True, default=None,
+                                help=f"{meta['help']} (default: {shown}; --no-{flag[2:]} for off)")
+            parser.add_argument(f"--no-{flag[2:]}", dest=f.name, action="store_const", const=False,
+                                help=argparse.SUPPRESS)
+            continue
         kind = meta["parse"] or next(t for t in (int, float, str) if t in typing.get_args(hints[f.name]) + (hints[f.name],))
         parser.add_argument(flag, dest=f.name, type=_argtype(kind, str), default=None, choices=meta["choices"],
                             help=f"{meta['help']} (default: {shown})")
@@ -147,7 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress,
                     epochs=epochs)
     if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
-        print(f"done: test top-1 {100 * metrics['test_top1']:.2f}% after {metrics['epoch']} epochs; "
+        print(f"done: {metrics.get('test_split', 'test')} top-1 {100 * metrics['test_top1']:.2f}% after "
+              f"{metrics['epoch']} epochs; "
               f"run directory {args.out} (checkpoints, metrics.jsonl, curves.png)")
     return 0
 

@@ -151,13 +151,18 @@ def plot_sweep(result: dict, path: str | os.PathLike) -> None:
         ax.plot(*zip(*bound), "k--", label="fp32 compute bound", alpha=0.6)
     if backends:
         first = backends[0]
+        widths = sorted({row["width"] for row in result["rows"]}, reverse=True)
+        # models of about the same mult-adds (0.75-128 and 0.5-192) sit on one spot: each width's
+        # labels go to their own side of the point
+        offsets = [(4, 4), (4, -10), (-34, 4), (-34, -10)]
         for row in result["rows"]:
             ms = next((r["median_ms"] for r in row["results"] if r["backend"] == first), None)
             if ms is not None:
                 ax.annotate(f"{row['width']:g}-{row['resolution']}", (row["macs"] / 1e6, ms), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                            xytext=offsets[widths.index(row["width"]) % len(offsets)], textcoords="offset points")
     env = result["environment"]
-    ax.set(xscale="log", yscale="log", xlabel="million mult-adds (analytic)", ylabel="median latency (ms)",
+    ax.set(xscale="log", yscale="log", ylabel="median latency (ms)",
+           xlabel="million mult-adds (analytic); points labelled width multiplier-resolution, e.g. 0.5-160",
            title=f"{result['model']}, batch {result['batch']}: latency against mult-adds\n"
                  f"{env['cpu']}, {env['threads']} threads, torch {env['versions']['torch']}")
     for axis in (ax.xaxis, ax.yaxis):  # plain numbers (10, 20, 50...) rather than 2x10^1

@@ -208,3 +208,56 @@ def test_a_corrupt_training_image_is_named(cli, tmp_path):
                "--batch-size", "4", "--epochs", "1", "--workers", "1", "--no-progress")
     one_line_error(proc, str(data / "train" / "dog" / "3.png"))
     assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def grey_folder(root, side: int = 28, per_class: int = 6):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(4):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_a_folder_of_small_grey_images_trains_at_their_size_in_one_channel(cli, tmp_path):
+    """A user's folder of 28x28 grey PNGs with the defaults: their own size (not 224), small-input, one
+    channel with the folder's own mean and std (not ImageNet's), said in the first line and recorded."""
+    from mobilenet.checkpoint import load_checkpoint
+
+    data = grey_folder(tmp_path / "mine")
+    out = tmp_path / "run"
+    proc = cli("train", "--out", out, "--data", data, "--epochs", "1", "--width", "0.25", "--batch-size", "8",
+               "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert "resolution 28 (their own)" in first and "grey: 1 channel" in first and "small-input" in first, first
+    pixels = np.concatenate([np.asarray(Image.open(p), dtype=np.float64).ravel() / 255
+                             for p in sorted((data / "train").rglob("*.png"))])
+    config = json.loads((out / "config.json").read_text())
+    assert (config["resolution"], config["in_chans"], config["small_input"]) == (28, 1, True)
+    assert config["mean"] == [round(pixels.mean(), 4)] and config["std"] == [round(pixels.std(), 4)]
+    model, meta = load_checkpoint(out / "last.safetensors", with_meta=True)
+    assert model.config.in_chans == 1 and model.config.small_input and meta.resolution == 28
+    assert list(meta.mean) == config["mean"] and list(meta.std) == config["std"]
+    assert " val loss " in proc.stdout and "done: val top-1" in proc.stdout
+    off = cli("train", "--out", tmp_path / "off", "--data", data, "--epochs", "1", "--width", "0.25",
+              "--batch-size", "8", "--no-small-input", "--resolution", "32", "--no-progress")
+    assert off.returncode == 0, off.stderr
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["small_input"] is False
+
+
+def test_a_folder_of_large_rgb_images_keeps_224():
+    from mobilenet.data.folder import folder_defaults
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for i, size in enumerate([(300, 200), (256, 256), (500, 375)]):
+            path = Path(folder) / f"{i}.jpg"
+            Image.new("RGB", size).save(path)
+            paths.append(bytes(path))
+        resolution, channels, why = folder_defaults(paths)
+    assert (resolution, channels) == (224, 3) and "256 pixels on their median short side" in why

@@ -333,7 +333,7 @@ def test_folder_dataset_items_and_attributes(folder_root):
     assert val.mean == (0.485, 0.456, 0.406) and val.std == (0.229, 0.224, 0.225)
     image, label = val[4]
     assert image.shape == (3, 36, 36) and image.dtype == torch.uint8 and label == 1
-    assert load_dataset(str(folder_root), "train").resolution == 224
+    assert load_dataset(str(folder_root), "train").resolution == 30  # small images: their own size (median side)
     assert len(load_dataset(str(folder_root), "test", classes=["dog"])) == 3
 
 
@@ -394,9 +394,11 @@ def test_broken_images_raise_errors_naming_the_file(folder_root):
     for path in (truncated, not_image):
         with pytest.raises(ValueError, match=re.escape(f"cannot decode image {path}")):
             decode_image(path)
-    dataset = load_dataset(str(folder_root), "train", resolution=16)
+    dataset = load_dataset(str(folder_root), "train", resolution=16, channels=3)  # nothing left to decide
     with pytest.raises(ValueError, match=re.escape(f"cannot decode image {truncated}")):
         list(make_loader(dataset, 2, train=False, workers=1))
+    with pytest.raises(ValueError, match=re.escape(f"cannot decode image {truncated}")):
+        load_dataset(str(folder_root), "train")  # the defaults read its header: named there
 
 
 def test_missing_and_empty_folders_raise_clear_errors(tmp_path, folder_root):

@@ -237,7 +237,11 @@ def _plain_onnxruntime(model: nn.Module, images: torch.Tensor, path: Path) -> Ca
 
     import onnxruntime as ort
 
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():  # the exporter's progress lines
+    from mobilenet.export.phone import quiet
+
+    # the exporter's progress lines ("[torch.onnx] Obtain model graph...") kept out of the report,
+    # and replayed only if it fails
+    with quiet(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         torch.onnx.export(model, (images,), str(path))
@@ -286,7 +290,7 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
                     require(*NEEDS.get(name, ()), purpose=name)
                 except MissingPackage as missing:
                     skipped.append({"backend": name, "reason": str(missing)})
-                    say(f"{name}: skipped, {skipped[-1]['reason']}")
+                    say(f"{name}: skipped (not installed: the report says what to install)")
                     continue
                 start = time.perf_counter()
                 try:

@@ -22,7 +22,8 @@ def sweep(model: str = "mobilenet_v1", *, widths: Sequence[float] = SWEEP_WIDTHS
           resolutions: Sequence[int] = SWEEP_RESOLUTIONS, progress: Callable[[str], None] | None = None,
           **options) -> dict:
     """`measure` over the width x resolution grid of the V1 paper's Figure 4 (16 models by default),
-    each row with its analytic mult-adds and parameters. `options` go to `measure`."""
+    each row with its analytic mult-adds and parameters, and one compute bound for all (`one_bound`).
+    `options` go to `measure`."""
     from mobilenet.cost import cost
 
     if is_checkpoint(model):
@@ -40,8 +41,22 @@ def sweep(model: str = "mobilenet_v1", *, widths: Sequence[float] = SWEEP_WIDTHS
             best = fastest(report)
             say(f"{model} {width:g}-{resolution}: {analytic.macs / 1e6:.0f}M mult-adds"
                 + (f", fastest {best[0]} {best[1]:.2f} ms" if best else ""))
+    one_bound(rows)
     return {"model": model, "batch": options.get("batch", 1), "rows": rows,
             "environment": environment(options.get("threads") or torch.get_num_threads())}
+
+
+def one_bound(rows: list[dict]) -> None:
+    """Give every row the compute bound at the best matrix throughput measured in the whole sweep
+    (each model's run measures its own, and a shared machine's noise made the line zigzag), and
+    each fp32 result its share of it again."""
+    best = max((row["compute_bound"]["matmul_gflops"] for row in rows), default=None)
+    for row in rows:
+        bound = row["compute_bound"]
+        row["compute_bound"] = {**bound, "matmul_gflops": best, "limit_ms": bound["flops"] / best / 1e6}
+        for result in row["results"]:
+            if "of_compute_bound" in result:
+                result["of_compute_bound"] = row["compute_bound"]["limit_ms"] / result["median_ms"]
 
 
 def sweep_outputs(folder: str | os.PathLike, model: str, batch: int) -> list[Path]:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 SMALL_SIDE = 96  # images this small (or smaller) on both sides are decoded once
 MEMORY_LIMIT = 1 << 30  # bytes of pixels kept in memory; more goes to a memory-mapped file
 SAMPLE = 32  # images decoded first, spread over the folder, to judge its image size
+SAY_FROM = 5000  # images: decoding this many takes seconds, said even without a progress bar
 VERSION = 2  # of the cache's layout and key; older caches are decoded again
 
 

@@ -45,6 +45,11 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 EVAL_CROP_FRACTION = 0.875  # resize to R / 0.875, then centre-crop R: 256 -> 224 at R = 224
+LARGE_RESOLUTION = 224  # the resolution of folders of large images (ImageNet's)
+SMALL_INPUT_SIDE = 64  # images this small or smaller train the small-input variant by default
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N")
+SIZE_SAMPLE = 64  # image headers read, spread over a split, to choose its defaults
+STATS_SAMPLE = 512  # grey images decoded to compute a grey folder's own mean and std
 TRAIN_SCALE = (0.08, 1.0)
 TRAIN_RATIO = (3 / 4, 4 / 3)
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
@@ -176,6 +181,35 @@ def find_classes(split_dir: Path) -> list[str]:
     return classes
 
 
+def spread(count: int, total: int) -> list[int]:
+    """`count` indices spread evenly over range(`total`) (all of them if there are fewer)."""
+    return sorted({int(i) for i in np.linspace(0, total - 1, min(count, total)).round()}) if total else []
+
+
+def folder_defaults(paths: Sequence[bytes]) -> tuple[int, int, str]:
+    """What an image folder trains at when not told: (resolution, channels, why). The resolution is
+    the images' own median short side where they are small (`decoded.SMALL_SIDE` or less), else
+    `LARGE_RESOLUTION`; one channel where every image sampled is grey, else three. Read from the
+    headers of up to `SIZE_SAMPLE` images spread over the folder (nothing is decoded)."""
+    sides, grey = [], True
+    for i in spread(SIZE_SAMPLE, len(paths)):
+        path = os.fsdecode(paths[i])
+        require_regular(path, "image")
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+                grey = grey and image.mode in GREY_MODES
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"cannot decode image {path}: {error}") from error
+    side = int(np.median(sides)) if sides else LARGE_RESOLUTION
+    small = side <= decoded.SMALL_SIDE
+    resolution = side if small else LARGE_RESOLUTION
+    channels = 1 if grey and sides else 3
+    why = (f"images {side} pixels on their median short side (of {len(sides)} sampled): resolution "
+           f"{resolution}{' (their own)' if small else ''}, {'grey: 1 channel' if channels == 1 else '3 channels'}")
+    return resolution, channels, why
+
+
 def _identity(path: str | os.PathLike) -> tuple[int, int]:
     stat = os.stat(path)
     return stat.st_dev, stat.st_ino
@@ -215,13 +249,13 @@ class ImageFolder(torch.utils.data.Dataset):
     ``load(index, train=True, rng=...)``; plain indexing gives the deterministic eval transform.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str, resolution: int = 224, channels: int = 3) -> None:
+    def __init__(self, root: str | os.PathLike, split: str, resolution: int | None = LARGE_RESOLUTION,
+                 channels: int | None = 3) -> None:
         if split not in SPLITS:
             raise ValueError(f"image folder split must be one of {', '.join(SPLITS)}, got {split!r}")
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"no image folder at {self.root}")
-        self.resolution = check_resolution(resolution)
         self.split = SPLITS[split]
         self.classes = find_classes(self.root / self.split)
         other = "val" if self.split == "train" else "train"
@@ -248,10 +282,19 @@ class ImageFolder(torch.utils.data.Dataset):
         self.paths = np.array(paths)
         self.labels = np.array(labels, dtype=np.int64)
         self.decoded: DecodedImages | None = None  # the pixels of small images, once `decode_once` ran
+        self.chosen = None  # what was chosen from the images themselves, and why (None: all was given)
+        if resolution is None or channels is None:
+            native, grey, why = folder_defaults(self.paths)
+            self.chosen = why
+            resolution, channels = resolution or native, channels or grey
+        self.resolution = check_resolution(resolution)
         if channels not in CHANNELS:
             raise ValueError(f"images have 1 (grayscale) or 3 (RGB) channels, not {channels}")
         self.channels = channels
         self.mean, self.std = stats_to_channels(MEAN, channels), stats_to_channels(STD, channels)
+        if self.chosen and channels == 1:  # a grey folder: its own statistics, not ImageNet's luma
+            self.mean, self.std = self.pixel_stats()
+            self.chosen += f", its own mean {self.mean[0]:.4f} and std {self.std[0]:.4f}"
         self.crop_fraction = EVAL_CROP_FRACTION  # what eval_transform crops, and predict after training on it
 
     def __len__(self) -> int:
@@ -262,16 +305,27 @@ class ImageFolder(torch.utils.data.Dataset):
         array = np.asarray(to_mode(decode_image(os.fsdecode(self.paths[index])), self.channels), dtype=np.uint8)
         return array[..., None] if array.ndim == 2 else array
 
+    def pixel_stats(self) -> tuple[tuple[float], tuple[float]]:
+        """Mean and standard deviation (0..1 scale) of the pixels of up to `STATS_SAMPLE` images spread
+        over this split, in its channels (one, where this is called)."""
+        total = squares = count = 0.0
+        for i in spread(STATS_SAMPLE, len(self)):
+            values = self.pixels(i).astype(np.float64) / 255
+            total, squares, count = total + values.sum(), squares + (values ** 2).sum(), count + values.size
+        mean = total / count
+        return (round(mean, 4),), (round(max(squares / count - mean ** 2, 1e-12) ** 0.5, 4),)
+
     def decode_once(self, progress: bool = True) -> None:
         """Decode every image now, once, if they are small (`decoded.SMALL_SIDE`): into memory when
         they fit (`decoded.MEMORY_LIMIT`), else into a memory-mapped file in the cache folder keyed
         by the files' names, sizes and times. Large images keep being read from their files."""
         if self.decoded is not None or not len(self):
             return
-        spread = np.linspace(0, len(self) - 1, min(len(self), decoded.SAMPLE)).round().astype(int)
-        sample = [self.pixels(int(i)) for i in np.unique(spread)]
+        sample = [self.pixels(i) for i in spread(decoded.SAMPLE, len(self))]
         if max(max(a.shape[:2]) for a in sample) > decoded.SMALL_SIDE:
             return
+        if not progress and len(self) >= decoded.SAY_FROM:  # no bar: the fact, in one line
+            print(f"decoding the {len(self)} images of {self.root / self.split} once", file=sys.stderr, flush=True)
         try:
             if max(a.size for a in sample) * len(self) <= decoded.MEMORY_LIMIT:
                 self.decoded = DecodedImages.build(len(self), self.pixels, progress=progress)

@@ -44,7 +44,8 @@ def load_dataset(
     ``download`` is true), a path to a CIFAR-10 archive or extracted folder, or a path to an image
     folder with ``train/`` and ``val/``. ``classes`` keeps only the named classes, relabelled 0,
     1, ... in the given order. ``resolution`` defaults to the data's own: 32 for digits and
-    CIFAR-10, 28 for the MNIST family, 224 for image folders. ``channels`` (1 or 3) converts the
+    CIFAR-10, 28 for the MNIST family, an image folder's own where its images are small (else 224:
+    ``folder.folder_defaults``). ``channels`` (1 or 3) converts the
     images (grey repeated, RGB to luma); by default they keep their own (1 for the MNIST family).
     """
     if split not in SPLITS:
@@ -97,17 +98,18 @@ def _load(data: str, split: str, resolution: int | None, download: bool,
         dataset = mnist.load_idx_dataset(data, split, Path(root) if root else default_root(),
                                          resolution or mnist.RESOLUTION, download)
     else:
-        return _load_path(data, split, resolution, channels or 3)
+        return _load_path(data, split, resolution, channels)
     return dataset if channels is None else dataset.with_channels(channels)
 
 
-def _load_path(data: str, split: str, resolution: int | None, channels: int) -> InMemoryDataset | ImageFolder:
-    """A CIFAR-10 archive or folder, or an image folder, at the path `data`."""
+def _load_path(data: str, split: str, resolution: int | None, channels: int | None) -> InMemoryDataset | ImageFolder:
+    """A CIFAR-10 archive or folder, or an image folder (whose defaults come from its images:
+    `folder.folder_defaults`), at the path `data`."""
     path = Path(data).expanduser()
     if path.is_file() or (path.is_dir() and (path / cifar.META).is_file()):
-        return cifar.load_cifar10(path, split, resolution or 32).with_channels(channels)
+        return cifar.load_cifar10(path, split, resolution or 32).with_channels(channels or 3)
     if path.is_dir():
-        return ImageFolder(path, "train" if split == "train" else "val", resolution or 224, channels)
+        return ImageFolder(path, "train" if split == "train" else "val", resolution, channels)
     if os.sep in data or data.startswith((".", "~")) or data.endswith((".tar.gz", ".tgz")):
         raise FileNotFoundError(f"no dataset at {path}; expected {ALLOWED}")
     raise ValueError(f"unknown dataset {data!r}; expected {ALLOWED}")

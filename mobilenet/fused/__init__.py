@@ -113,6 +113,7 @@ def build() -> Path:
         print(f"note: the compiled kernels {path} do not match the checksum recorded when they were built; "
               "building them again", file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"compiling the training kernels for this CPU (once; kept in {path.parent})", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
         built = Path(folder) / path.name
         result = subprocess.run([compiler, *_flags(), "-o", str(built), *map(str, SOURCES)], capture_output=True,

@@ -36,7 +36,8 @@ class TrainConfig:
     # model
     model: str = option("mobilenet_v1", "model name")
     width: float = option(1.0, "width multiplier alpha in (0, 4]", parse=check_width)
-    small_input: bool = option(False, "the 32x32 (CIFAR) variant: less early down-sampling")
+    small_input: bool | None = option(None, "the 32x32 (CIFAR) variant: less early down-sampling",
+                                      shown="on for an image folder of images 64 pixels or smaller, else off")
     dropout: float | None = option(None, "dropout before the classifier", shown="the model's: V1 0, V2 0.2")
     model_options: dict | None = None  # further model arguments (activation, bn_eps, padding)
     pretrained: str | None = option(None, "start from this checkpoint (e.g. from `mobilenet convert`): its "
@@ -54,9 +55,10 @@ class TrainConfig:
     classes: list[str] | None = option(None, "keep these classes, e.g. airplane,bird", parse=comma_list, shown="all")
     resolution: int | None = option(None, "input side in pixels", parse=int, shown="the dataset's: 32 for digits "
                                                                                    "and CIFAR, 28 for the MNIST "
-                                                                                   "family, 224 for folders")
+                                                                                   "family, a folder's own images' "
+                                                                                   "where they are small, else 224")
     in_chans: int | None = option(None, "input channels: 1 (grayscale) or 3 (RGB); images are converted to them",
-                                  parse=int, shown="the data's own: 1 for the MNIST family, else 3")
+                                  parse=int, shown="the data's own: 1 for the MNIST family and grey folders, else 3")
     workers: int = option(2, "image decoding processes for image folders")
     # optimisation
     epochs: int = option(15, "epochs")
@@ -146,9 +148,10 @@ class TrainConfig:
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (0 <= self.freeze_epochs, f"freeze epochs must be >= 0, got {self.freeze_epochs}"),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
-            (self.mean is None or len(self.mean) == 3, f"mean must have 3 values (R, G, B), got {self.mean}"),
-            (self.std is None or (len(self.std) == 3 and min(self.std) > 0),
-             f"std must have 3 positive values (R, G, B), got {self.std}"),
+            (self.mean is None or len(self.mean) in (1, 3), f"mean must have 3 values (R, G, B) or 1 (grey), got "
+                                                             f"{self.mean}"),
+            (self.std is None or (len(self.std) in (1, 3) and min(self.std) > 0),
+             f"std must have 3 positive values (R, G, B) or 1 (grey), got {self.std}"),
             (self.classes is None or len(self.classes) >= 1, "classes must name at least one class"),
             (self.in_chans in (None, 1, 3), f"in_chans must be 1 or 3, got {self.in_chans}"),
         ]

@@ -28,6 +28,7 @@ from mobilenet.checkpoint import (
 )
 from mobilenet.cost import check_model_resolution
 from mobilenet.data import load_dataset, make_loader
+from mobilenet.data.folder import SMALL_INPUT_SIDE, ImageFolder
 from mobilenet.data.load import fingerprint, split_name
 from mobilenet.data.memory import stats_to_channels
 from mobilenet.evaluate import EvalResult, evaluate
@@ -151,7 +152,7 @@ class Run:
             from mobilenet.data.load import default_root
 
             report = (lambda what: print(f"probing the training step (once per machine, model and batch): {what}",
-                                         flush=True)) if self.is_main and self.progress else None
+                                         flush=True)) if self.is_main else None  # facts, not a bar: always said
             choice = choose_step(config.amp, fused, self.model, *self._probe_batch(), self.criterion,
                                  cache=default_root() / AMP_CACHE, report=report)
             if self.dist.enabled:  # every process must compute alike: a choice only if every one made it
@@ -163,7 +164,7 @@ class Run:
                 choice = StepChoice(tuple(k for k, ok in zip(names, kept[1:]) if ok), bool(kept[0]),
                                     choice.why if unanimous else "what every process chose", choice.speedup,
                                     choice.probes)
-            if self.is_main and self.progress and choice.probes:
+            if self.is_main and choice.probes:
                 print(f"training step: kernels {'+'.join(choice.kernels) or 'none'} (probes: "
                       + ", ".join(f"{k} {v:.2f}x" for k, v in choice.probes.items())
                       + f"); bf16 autocast {'on' if choice.bf16 else 'off'}: {choice.why}", flush=True)
@@ -180,6 +181,8 @@ class Run:
                                       channels=config.in_chans)
         if config.download and self.is_main:
             self.dist.barrier()
+        self._data_defaults()
+        config = self.config
         self.test_set = load_dataset(config.data, "test", classes=config.classes, resolution=config.resolution,
                                      root=config.data_root, channels=config.in_chans)
         if not len(self.train_set) or not len(self.test_set):
@@ -194,6 +197,29 @@ class Run:
         self.train_loader = make_loader(self.train_set, config.batch_size, train=True, erasing=config.random_erasing,
                                         **common)
         self.test_loader = make_loader(self.test_set, config.batch_size, train=False, **common)
+
+    def _data_defaults(self) -> None:
+        """What was left to the data, decided from the training split and recorded in the run's
+        configuration (so a resume and the test split use the same): an image folder's resolution and
+        channels (`folder.folder_defaults`), and the small-input variant, on for a folder of images
+        `SMALL_INPUT_SIDE` pixels or smaller. The line that starts the run says what and why."""
+        config, data = self.config, self.train_set
+        folder = isinstance(data, ImageFolder)
+        small = config.small_input
+        if small is None:
+            small = folder and data.resolution <= SMALL_INPUT_SIDE
+        said = [data.chosen] if folder and data.chosen else []
+        if config.small_input is None and small:
+            said.append(f"small-input (images of {SMALL_INPUT_SIDE} pixels or fewer)")
+        self.config = replace(config, small_input=small,
+                              resolution=data.resolution if folder else config.resolution,
+                              in_chans=data.channels if folder else config.in_chans,
+                              mean=list(data.mean) if folder and data.chosen and data.channels == 1 and not config.mean
+                              else config.mean,
+                              std=list(data.std) if folder and data.chosen and data.channels == 1 and not config.std
+                              else config.std)
+        if said and self.is_main:
+            print(f"{config.data}: {'; '.join(said)}", flush=True)
 
     def _build_model(self, pretrained: tuple[dict, ModelMeta] | None) -> None:
         """The model for this data (from the pretrained weights if any), on its device and layout,
@@ -441,7 +467,7 @@ class Run:
             done_here += 1
             last = {"epoch": self.epoch, "step": self.step, **train, "eval_time_s": time.perf_counter() - start,
                     "test_loss": result.loss, "test_top1": result.top1, "test_top5": result.top5,
-                    "test_images": result.num_images, "fused_modules": self.fused, **self.amp.to_metrics()}
+                    "test_images": result.num_images, "test_split": split_name(self.test_set), "fused_modules": self.fused, **self.amp.to_metrics()}
             self.metrics.append(last)
             self._save(result)
             if self.is_main:
