@@ -411,12 +411,14 @@ def build_parser() -> Parser:
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("eval", help="top-1, top-5, loss, per-class accuracy and a confusion-matrix PNG")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint (.safetensors) written by train or convert")
     p.add_argument("--data", default=None, help="as for train (default: the data the checkpoint's run trained on)")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None, help="as for train (default: the checkpoint's, or $MOBILENET_DATA "
+                                                     "or ~/.cache/mobilenet)")
     p.add_argument("--classes", type=_argtype(comma_list, str), default=None, help="as for train")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="the held-out split (default; val and test name it), or train")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256, help="images per call (default 256)")
     p.add_argument("--workers", type=_at_least_zero("--workers"), default=2, help="image decoding processes (default 2)")
     p.add_argument("--plot", default=None, help="confusion-matrix PNG (default: beside the checkpoint)")
     p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
@@ -426,9 +428,9 @@ def build_parser() -> Parser:
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("predict", help="class names and probabilities for image files")
-    p.add_argument("checkpoint")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=_positive_int("--top-k"), default=5)
+    p.add_argument("checkpoint", help="a checkpoint (.safetensors) written by train or convert")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    p.add_argument("--top-k", type=_positive_int("--top-k"), default=5, help="classes to show per image (default 5)")
     p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--precision", default="any", choices=["any", "fp32"], help=PRECISION_HELP)
     p.add_argument("--min-agreement", type=agreement_arg, default=None, help=AGREEMENT_HELP)
@@ -437,7 +439,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("convert", help="import published weights (torchvision, timm, Keras) as our checkpoint")
     p.add_argument("source", nargs="?", default=None, help="a .pth, .safetensors, .h5 or .keras file")
-    p.add_argument("--from", dest="source_format", required=True, choices=["torchvision", "timm", "keras"])
+    p.add_argument("--from", dest="source_format", required=True, choices=["torchvision", "timm", "keras"],
+                   help="the implementation that wrote SOURCE")
     p.add_argument("--output", required=True, help="the checkpoint to write")
     p.add_argument("--download", default=None, metavar="NAME",
                    help="fetch the named published file from its official URL first (checksum verified)")
@@ -446,7 +449,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("export", help="write a checkpoint for a server (ONNX, OpenVINO, torch.export) or a phone "
                                       "(ExecuTorch, LiteRT, Core ML), fp32 or INT8, checked")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint (.safetensors) written by train or convert")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="what --output's suffix names (" + ", ".join(f"{s}: {f}" for f, s in SUFFIXES.items())
                         + "); if given, it must agree. openvino writes NAME.xml and its weights NAME.bin, executorch "
@@ -460,7 +463,7 @@ def build_parser() -> Parser:
     p.add_argument("--calibration-data", default=None,
                    help="data for the check and INT8 calibration, as for train "
                         "(default: the data the checkpoint's training run recorded in it)")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None, help="as for train")
     p.add_argument("--calibration-images", type=_positive_int("--calibration-images"), default=256,
                    help="training images to calibrate INT8 on (default 256)")
     p.add_argument("--min-agreement", type=agreement_arg, default=None, help=AGREEMENT_HELP)
@@ -473,7 +476,8 @@ def build_parser() -> Parser:
     p.add_argument("--width", type=width_arg, default=None, help="width multiplier for a model name (default 1)")
     p.add_argument("--resolution", type=resolution_arg, default=None,
                    help="input side in pixels (default: the checkpoint's, or 224)")
-    p.add_argument("--batch", type=_positive_int("--batch"), default=1)
+    p.add_argument("--batch-size", "--batch", dest="batch", type=_positive_int("--batch-size"), default=1,
+                   help="images per call (default 1; --batch is the old name, kept for one release)")
     p.add_argument("--backend", type=_argtype(_backends, str), default=None,
                    help="comma-separated names, or all (the default): " + ",".join(BENCH_BACKENDS))
     p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="threads (default: torch's)")
