@@ -72,7 +72,8 @@ def markdown(result: dict) -> str:
              f"Machine: {env['cpu']}, {env['threads']} threads; torch {env['versions']['torch']}. "
              f"Command: `{result['command']}`.", "",
              f"**Last epoch's test top-1: {100 * last['test_top1']:.2f}%** after {result['wall_minutes']:.1f} minutes "
-             "of training and evaluation (the checkpoint reported is the last one, not one picked on test).", "",
+             "of training and evaluation" + (f", {last['pflop']:.3f} PFLOP of training" if "pflop" in last else "")
+             + " (the checkpoint reported is the last one, not one picked on test).", "",
              "| epoch | test top-1 % | train loss | images/s | minutes so far |", "| --- | --- | --- | --- | --- |"]
     elapsed = 0.0
     for m in result["epochs"]:
@@ -118,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
                             title=f"Fashion-MNIST, {RECIPE['model']} x{RECIPE['width']:g} small-input, "
                                   f"{result['environment']['cpu']}")
     last = epochs[-1]
+    compute = (f", {last['pflop']:.3f} PFLOP of training (+{sum(m['eval_pflop'] for m in epochs):.3f} evaluating)"
+               if "pflop" in last else "")  # runs from before the counter have none
     print(f"test top-1 {100 * last['test_top1']:.2f}% (last epoch, {last['epoch']} epochs) in "
-          f"{result['wall_minutes']:.1f} minutes of training and evaluation; results in {results / args.name}.*")
+          f"{result['wall_minutes']:.1f} minutes of training and evaluation{compute}; results in "
+          f"{results / args.name}.*")
     return 0
 
 

@@ -154,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     epochs=epochs)
     if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
         print(f"done: {metrics.get('test_split', 'test')} top-1 {100 * metrics['test_top1']:.2f}% after "
-              f"{metrics['epoch']} epochs; "
+              f"{metrics['epoch']} epochs ({metrics.get('pflop', 0):.4g} PFLOP of training); "
               f"run directory {args.out} (checkpoints, metrics.jsonl, curves.png)")
     return 0
 

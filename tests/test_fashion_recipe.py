@@ -23,6 +23,7 @@ def test_make_fashion_wiring(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("test top-1 ") and "% (last epoch, 1 epochs) in " in last and "minutes" in last
+    assert "PFLOP of training (+" in last  # the compute, counted by the product
     result = json.loads((tmp_path / "results" / "fashion_mnist.json").read_text())
     assert result["recipe"]["model"] == "mobilenet_v1" and result["recipe"]["data"] == "fashion-mnist"
     assert [m["epoch"] for m in result["epochs"]] == [1] and result["environment"]["cpu"]

@@ -262,3 +262,27 @@ def test_the_curves_figure_kept_between_epochs_draws_what_a_new_one_draws(tmp_pa
     assert (tmp_path / "kept.png").read_bytes() == (tmp_path / "new.png").read_bytes()
     ticks = plots._curves_figure().axes["loss"].get_xticks()
     assert all(float(t).is_integer() for t in ticks)  # whole epochs, not 1.0, 1.5, 2.0
+
+
+def test_training_compute_is_what_the_flop_counter_sees_the_model_run(tmp_path):
+    """Each epoch's `train_pflop` is 3 x the forward FLOPs (PyTorch's FlopCounterMode on the model as
+    built, at the run's resolution) x the training images seen (whole batches: the last partial one
+    is dropped); `eval_pflop` the forward FLOPs of the test images; `pflop` the running total."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mobilenet.data import load_dataset
+
+    train_images = len(load_dataset("digits", "train", classes=["0", "1", "2"])) // 32 * 32
+    test_images = len(load_dataset("digits", "test", classes=["0", "1", "2"]))
+    for resolution in (16, 24):
+        out = tmp_path / f"r{resolution}"
+        train(tiny(out, resolution=resolution), progress=False)
+        model = create_model("mobilenet_v1", width_mult=0.25, num_classes=3, small_input=True).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.randn(1, 3, resolution, resolution))
+        per_image = counter.get_total_flops()
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [m["train_pflop"] for m in metrics] == pytest.approx([3 * per_image * train_images / 1e15] * 2)
+        assert [m["eval_pflop"] for m in metrics] == pytest.approx([per_image * test_images / 1e15] * 2)
+        assert [m["pflop"] for m in metrics] == pytest.approx([3 * per_image * train_images / 1e15 * e
+                                                               for e in (1, 2)])

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from mobilenet.checkpoint import (
     ModelMeta, load_training_state, read_checkpoint, save_model_state, save_training_state,
 )
-from mobilenet.cost import check_model_resolution
+from mobilenet.cost import check_model_resolution, cost
 from mobilenet.data import load_dataset, make_loader
 from mobilenet.data.folder import SMALL_INPUT_SIDE, ImageFolder
 from mobilenet.data.load import fingerprint, split_name
@@ -231,6 +231,7 @@ class Run:
         if config.dropout is not None:
             kwargs["dropout"] = config.dropout
         self.model = create_model(config.model, **kwargs)
+        self._model_kwargs, self._flops = kwargs, {}  # what `image_flops` rebuilds the cost table from, its cache
         if pretrained is not None:
             self._load_pretrained(*pretrained)
         self.model = self.model.to(self.device)
@@ -430,8 +431,10 @@ class Run:
         bar.close()
         elapsed = time.perf_counter() - start
         loss_sum, correct, seen = self.dist.all_reduce(sums).tolist()
+        # training compute as the speedrun literature counts it: forward, and backward at twice that
+        pflop = 3 * self.image_flops(self.train_set.resolution) * seen / 1e15
         return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                "images_per_s": seen / elapsed, "epoch_time_s": elapsed, "lr": lr,
+                "images_per_s": seen / elapsed, "epoch_time_s": elapsed, "lr": lr, "train_pflop": pflop,
                 **self._share_of_bound(seen / elapsed, elapsed)}
 
     def _share_of_bound(self, images_per_s: float, epoch_s: float) -> dict:
@@ -451,6 +454,13 @@ class Run:
         bound = probe.gflops * 1e9 / (3 * self._forward_flops) * self.dist.world_size
         return {"matmul_gflops": probe.gflops, "bound_images_per_s": bound, "of_bound": images_per_s / bound}
 
+    def image_flops(self, resolution: int) -> int:
+        """FLOPs of one image's forward pass at `resolution` (2 per mult-add of the analytic cost
+        table, which equals what PyTorch's FLOP counter sees the model run: tests/test_cost.py)."""
+        if resolution not in self._flops:
+            self._flops[resolution] = 2 * cost(self.config.model, resolution, **self._model_kwargs).macs
+        return self._flops[resolution]
+
     def evaluate(self) -> EvalResult:
         model = self.ema.module if self.ema else self.model
         return evaluate(model, self.test_loader, len(self.train_set.classes), reduce=self.dist.all_reduce)
@@ -465,6 +475,8 @@ class Run:
             result = self.evaluate()
             self.epoch += 1
             done_here += 1
+            train["pflop"] = train["train_pflop"] + (last.get("pflop") or 0.0)  # all training so far
+            train["eval_pflop"] = self.image_flops(self.test_set.resolution) * result.num_images / 1e15
             last = {"epoch": self.epoch, "step": self.step, **train, "eval_time_s": time.perf_counter() - start,
                     "test_loss": result.loss, "test_top1": result.top1, "test_top5": result.top5,
                     "test_images": result.num_images, "test_split": split_name(self.test_set), "fused_modules": self.fused, **self.amp.to_metrics()}
