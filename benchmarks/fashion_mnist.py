@@ -78,7 +78,8 @@ def markdown(result: dict) -> str:
     elapsed = 0.0
     for m in result["epochs"]:
         elapsed += m["epoch_time_s"] + m.get("eval_time_s", 0.0)
-        lines.append(f"| {m['epoch']} | {100 * m['test_top1']:.2f} | {m['train_loss']:.4f} | "
+        top1 = f"{100 * m['test_top1']:.2f}" if "test_top1" in m else "-"  # not evaluated (--eval-every)
+        lines.append(f"| {m['epoch']} | {top1} | {m['train_loss']:.4f} | "
                      f"{m['images_per_s']:.0f} | {elapsed / 60:.1f} |")
     int8 = result["int8"]
     if "agreement" in int8:

@@ -153,8 +153,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = train(config, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress,
                     epochs=epochs)
     if metrics and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
-        print(f"done: {metrics.get('test_split', 'test')} top-1 {100 * metrics['test_top1']:.2f}% after "
-              f"{metrics['epoch']} epochs ({metrics.get('pflop', 0):.4g} PFLOP of training); "
+        held_out = (f"{metrics.get('test_split', 'test')} top-1 {100 * metrics['test_top1']:.2f}%"
+                    if "test_top1" in metrics else "not evaluated at this epoch (--eval-every)")
+        print(f"done: {held_out} after {metrics['epoch']} epochs ({metrics.get('pflop', 0):.4g} PFLOP of training); "
               f"run directory {args.out} (checkpoints, metrics.jsonl, curves.png)")
     return 0
 

@@ -67,9 +67,9 @@ class CurvesFigure:
         self.figure.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.84, wspace=0.24)
 
     def draw(self, metrics: list[dict], path: str | os.PathLike, title: str) -> None:
-        epochs = [m["epoch"] for m in metrics]
         for line, (panel, _, key) in zip(self.lines, self.SERIES):
-            line.set_data(epochs, [(100 if panel == "accuracy" else 1) * m[key] for m in metrics])
+            shown = [m for m in metrics if key in m]  # the test series only where evaluated (--eval-every)
+            line.set_data([m["epoch"] for m in shown], [(100 if panel == "accuracy" else 1) * m[key] for m in shown])
         for ax in self.axes.values():
             ax.relim()
             ax.autoscale_view()
@@ -94,11 +94,13 @@ def plot_accuracy_over_time(runs: dict[str, list[dict]], path: str | os.PathLike
     published results as dashed horizontal lines."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for label, metrics in runs.items():
-        minutes, elapsed = [], 0.0
+        minutes, top1, elapsed = [], [], 0.0
         for m in metrics:
             elapsed += m["epoch_time_s"] + m.get("eval_time_s", 0.0)
-            minutes.append(elapsed / 60)
-        ax.plot(minutes, [100 * m["test_top1"] for m in metrics], "o-", markersize=3, label=label)
+            if "test_top1" in m:  # evaluated epochs only (--eval-every)
+                minutes.append(elapsed / 60)
+                top1.append(100 * m["test_top1"])
+        ax.plot(minutes, top1, "o-", markersize=3, label=label)
     for i, (name, value) in enumerate(sorted((references or {}).items(), key=lambda item: item[1])):
         ax.axhline(100 * value, linestyle="--", linewidth=1, color="grey")
         # labelled outside the right edge, staggered, since published results sit close together

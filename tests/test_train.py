@@ -286,3 +286,32 @@ def test_training_compute_is_what_the_flop_counter_sees_the_model_run(tmp_path):
         assert [m["eval_pflop"] for m in metrics] == pytest.approx([per_image * test_images / 1e15] * 2)
         assert [m["pflop"] for m in metrics] == pytest.approx([3 * per_image * train_images / 1e15 * e
                                                                for e in (1, 2)])
+
+
+def test_eval_every_skips_evaluations_and_changes_nothing_else(tmp_path):
+    """--eval-every 2 over 3 epochs evaluates after epochs 2 and 3 (the last always): the weights and
+    the evaluated epochs' results are those of the run that evaluates every epoch, a resume in the
+    middle ends the same, and the curves draw the test series where it exists."""
+    from mobilenet.checkpoint import read_safetensors
+
+    def lines(out):
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    every, sparse, resumed = tmp_path / "every", tmp_path / "sparse", tmp_path / "resumed"
+    train(tiny(every, epochs=3), progress=False)
+    train(tiny(sparse, epochs=3, eval_every=2), progress=False)
+    train(tiny(resumed, epochs=3, eval_every=2), stop_after=1, progress=False)
+    train(tiny(resumed), resume=True, progress=False)
+    dense, few = lines(every), lines(sparse)
+    assert [("test_top1" in m) for m in few] == [False, True, True]
+    for e in (1, 2):
+        assert few[e]["test_top1"] == dense[e]["test_top1"] and few[e]["test_loss"] == dense[e]["test_loss"]
+    assert sum(m.get("eval_pflop", 0) for m in few) == pytest.approx(2 / 3 * sum(m["eval_pflop"] for m in dense))
+    for out in (sparse, resumed):
+        got, _ = read_safetensors(out / "last.safetensors")
+        expected, _ = read_safetensors(every / "last.safetensors")
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+    timing = ("images_per_s", "epoch_time_s", "eval_time_s", "matmul_gflops", "bound_images_per_s", "of_bound")
+    assert [{k: v for k, v in m.items() if k not in timing} for m in lines(resumed)] == \
+        [{k: v for k, v in m.items() if k not in timing} for m in few]
+    assert (sparse / "curves.png").exists() and (sparse / "best.safetensors").exists()

@@ -76,6 +76,7 @@ class TrainConfig:
     random_erasing: float = option(0.0, "probability of erasing a random rectangle of each training image to the "
                                         "mean (Zhong et al. 2017; timm's --reprob)")
     ema_decay: float = option(0.0, "keep and evaluate an exponential moving average of the weights, e.g. 0.999")
+    eval_every: int = option(1, "evaluate on the held-out split every N epochs, and after the last")
     # machine
     channels_last: bool = option(True, "keep NCHW memory format (channels_last is faster on CPU)",
                                  flag="--no-channels-last")
@@ -146,6 +147,7 @@ class TrainConfig:
             (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.eval_every >= 1, f"eval every must be >= 1 epoch, got {self.eval_every}"),
             (0 <= self.freeze_epochs, f"freeze epochs must be >= 0, got {self.freeze_epochs}"),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             (self.mean is None or len(self.mean) in (1, 3), f"mean must have 3 values (R, G, B) or 1 (grey), got "

@@ -318,13 +318,13 @@ class Run:
             folder.clear()
             print(f"{self.out}: its run stopped before finishing an epoch; starting it afresh", flush=True)
 
-    def _save(self, result: EvalResult) -> None:
+    def _save(self, result: EvalResult | None) -> None:
         """Commit the epoch (rank 0 only): the best checkpoint if it improved, then the state file,
         which is the commit point, then the views derived from it (`_write_views`)."""
         generators = self.dist.all_gather(torch.get_rng_state())  # every rank's, for its dropout
         if not self.is_main:
             return
-        if result.top1 > self.best_top1:
+        if result is not None and result.top1 > self.best_top1:
             self.best_top1 = result.top1
             save_model_state(self.folder / BEST, self._weights(), self.meta)
         extra = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -472,23 +472,28 @@ class Run:
         while self.epoch < self.config.epochs and (stop_after is None or done_here < stop_after):
             train = self.train_epoch()
             start = time.perf_counter()
-            result = self.evaluate()
+            evaluated = (self.epoch + 1) % self.config.eval_every == 0 or self.epoch + 1 == self.config.epochs
+            result = self.evaluate() if evaluated else None
             self.epoch += 1
             done_here += 1
             train["pflop"] = train["train_pflop"] + (last.get("pflop") or 0.0)  # all training so far
-            train["eval_pflop"] = self.image_flops(self.test_set.resolution) * result.num_images / 1e15
-            last = {"epoch": self.epoch, "step": self.step, **train, "eval_time_s": time.perf_counter() - start,
-                    "test_loss": result.loss, "test_top1": result.top1, "test_top5": result.top5,
-                    "test_images": result.num_images, "test_split": split_name(self.test_set), "fused_modules": self.fused, **self.amp.to_metrics()}
+            last = {"epoch": self.epoch, "step": self.step, **train}
+            if result is not None:
+                last.update(eval_time_s=time.perf_counter() - start, test_loss=result.loss, test_top1=result.top1,
+                            test_top5=result.top5, test_images=result.num_images,
+                            eval_pflop=self.image_flops(self.test_set.resolution) * result.num_images / 1e15)
+            last.update(test_split=split_name(self.test_set), fused_modules=self.fused, **self.amp.to_metrics())
             self.metrics.append(last)
             self._save(result)
             if self.is_main:
                 bound = f" ({100 * train['of_bound']:.0f}% of the bound)" if "of_bound" in train else ""
-                top5 = f"top-5 {100 * result.top5:.2f}%  " if len(self.train_set.classes) > 5 else ""  # else always 100%
+                held_out = "(not evaluated: --eval-every) "
+                if result is not None:
+                    top5 = f"top-5 {100 * result.top5:.2f}% " if len(self.train_set.classes) > 5 else ""  # else 100%
+                    held_out = f"{split_name(self.test_set)} loss {result.loss:.4f} top-1 {100 * result.top1:.2f}% {top5}"
                 print(f"epoch {self.epoch}/{self.config.epochs}  train loss {train['train_loss']:.4f} "
-                      f"acc {100 * train['train_acc']:.2f}%  {split_name(self.test_set)} loss {result.loss:.4f} "
-                      f"top-1 {100 * result.top1:.2f}% "
-                      f"{top5}{train['images_per_s']:.0f} img/s{bound}  {train['epoch_time_s']:.1f}s", flush=True)
+                      f"acc {100 * train['train_acc']:.2f}%  {held_out} {train['images_per_s']:.0f} img/s{bound}  "
+                      f"{train['epoch_time_s']:.1f}s", flush=True)
         return last
 
 
