@@ -58,17 +58,22 @@ class Tally:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, num_classes: int, *, reduce=None, progress: bool = False) -> EvalResult:
+def evaluate(model: nn.Module, loader, num_classes: int, *, reduce=None, progress: bool = False,
+             flip: bool = False) -> EvalResult:
     """Evaluate `model` over every batch of `loader`. `reduce`, given, sums the tallies of all
     processes of a distributed run in place (so each image is counted once). `progress` shows a
-    bar (images/s, ETA) when stderr is a terminal."""
+    bar (images/s, ETA) when stderr is a terminal. `flip`: test-time augmentation, the mean of the
+    logits of each image and of its mirror image (as airbench evaluates)."""
     was_training = model.training
     model.eval()
     tally = Tally(num_classes)
     with tqdm(total=len(loader.dataset) if hasattr(loader, "dataset") else None, unit="img", desc="evaluating",
               disable=None if progress else True, leave=False, dynamic_ncols=True) as bar:
         for images, labels in loader:
-            tally.add(model(images), labels)
+            logits = model(images)
+            if flip:
+                logits = (logits.float() + model(images.flip(-1)).float()) / 2
+            tally.add(logits, labels)
             bar.update(len(labels))
     if reduce is not None:
         for tensor in tally.tensors():

@@ -5,9 +5,11 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from mobilenet import create_model
@@ -315,3 +317,35 @@ def test_eval_every_skips_evaluations_and_changes_nothing_else(tmp_path):
     assert [{k: v for k, v in m.items() if k not in timing} for m in lines(resumed)] == \
         [{k: v for k, v in m.items() if k not in timing} for m in few]
     assert (sparse / "curves.png").exists() and (sparse / "best.safetensors").exists()
+
+
+def test_flip_test_time_augmentation_averages_two_forward_passes(tmp_path):
+    """--tta-flip: each test image's logits are the mean of the model's on it and on its mirror, by
+    hand here with two forward passes; the evaluation's compute counts both; refused for data that
+    is never mirrored in training (the digits)."""
+    from mobilenet.checkpoint import load_checkpoint
+    from mobilenet.data import load_dataset, make_loader
+    from mobilenet.train import TrainingError
+
+    folder = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (folder / split / name).mkdir(parents=True)
+            for i in range(20):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / split / name / f"{i}.png")
+    out = tmp_path / "run"
+    train(tiny(out, data=str(folder), classes=None, epochs=1, batch_size=8, tta_flip=True), progress=False)
+    (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    model, meta = load_checkpoint(out / "last.safetensors", with_meta=True)
+    test = load_dataset(folder, "val", resolution=meta.resolution, channels=3)
+    total, right = 0.0, 0
+    with torch.no_grad():
+        for images, labels in make_loader(test, 8, train=False, mean=meta.mean, std=meta.std, channels_last=False):
+            logits = (model(images) + model(images.flip(-1))) / 2
+            total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            right += int((logits.argmax(1) == labels).sum())
+    assert m["test_top1"] == right / 40 and m["test_loss"] == pytest.approx(total / 40, rel=1e-5)
+    assert m["eval_pflop"] == pytest.approx(m["train_pflop"] * 2 / 3)  # 40 images each, twice forward against 3x
+    with pytest.raises(TrainingError, match="never mirrored"):
+        train(tiny(tmp_path / "digits", tta_flip=True), progress=False)

@@ -77,6 +77,8 @@ class TrainConfig:
                                         "mean (Zhong et al. 2017; timm's --reprob)")
     ema_decay: float = option(0.0, "keep and evaluate an exponential moving average of the weights, e.g. 0.999")
     eval_every: int = option(1, "evaluate on the held-out split every N epochs, and after the last")
+    tta_flip: bool = option(False, "evaluate each image and its mirror image, averaging their logits (test-time "
+                                   "augmentation, as airbench counts it; for data that trains mirrored)")
     # machine
     channels_last: bool = option(True, "keep NCHW memory format (channels_last is faster on CPU)",
                                  flag="--no-channels-last")

@@ -188,6 +188,9 @@ class Run:
         if not len(self.train_set) or not len(self.test_set):
             raise TrainingError(f"{config.data}: the train or test split holds no images")
         self.data_fingerprint = fingerprint(self.train_set, self.test_set)
+        if config.tta_flip and not getattr(self.train_set, "flip", True):
+            raise TrainingError(f"--tta-flip averages each image with its mirror, but {config.data} is never mirrored "
+                                "in training (its mirror images are not of their class)")
         self.channels_last = config.channels_last and self.device.type in ("cpu", "cuda")
         channels = self.train_set.channels  # a pretrained model brings its own statistics, for its channels
         self.mean = stats_to_channels(config.mean or self.train_set.mean, channels)
@@ -463,7 +466,8 @@ class Run:
 
     def evaluate(self) -> EvalResult:
         model = self.ema.module if self.ema else self.model
-        return evaluate(model, self.test_loader, len(self.train_set.classes), reduce=self.dist.all_reduce)
+        return evaluate(model, self.test_loader, len(self.train_set.classes), reduce=self.dist.all_reduce,
+                        flip=self.config.tta_flip)
 
     def run(self, stop_after: int | None = None) -> dict:
         """Train until `config.epochs` (or `stop_after` more epochs); return the last epoch's metrics."""
@@ -481,7 +485,8 @@ class Run:
             if result is not None:
                 last.update(eval_time_s=time.perf_counter() - start, test_loss=result.loss, test_top1=result.top1,
                             test_top5=result.top5, test_images=result.num_images,
-                            eval_pflop=self.image_flops(self.test_set.resolution) * result.num_images / 1e15)
+                            eval_pflop=(1 + self.config.tta_flip) * self.image_flops(self.test_set.resolution)
+                * result.num_images / 1e15)
             last.update(test_split=split_name(self.test_set), fused_modules=self.fused, **self.amp.to_metrics())
             self.metrics.append(last)
             self._save(result)
