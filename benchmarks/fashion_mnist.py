@@ -69,6 +69,9 @@ def markdown(result: dict) -> str:
     env, last = result["environment"], result["epochs"][-1]
     lines = [f"# Fashion-MNIST: {result['recipe']['model']} width {result['recipe']['width']:g}, "
              f"small-input, {result['recipe']['epochs']} epochs, seed {result['recipe']['seed']}", "",
+             "Options: " + ", ".join(f"{k} {v}" for k, v in result["recipe"].items()
+                                    if k not in ("model", "width", "epochs", "seed") and v not in (None, False)) + ".",
+             "",
              f"Machine: {env['cpu']}, {env['threads']} threads; torch {env['versions']['torch']}. "
              f"Command: `{result['command']}`.", "",
              f"**Last epoch's test top-1: {100 * last['test_top1']:.2f}%** after {result['wall_minutes']:.1f} minutes "
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     epochs = run_recipe(out, overrides)
     int8 = int8_report(out, args.calibration_images)
     config = json.loads((out / "config.json").read_text())
-    result = {"recipe": {k: config[k] for k in RECIPE}, "command": "python " + " ".join(sys.argv),
+    # what ran: the run's own configuration (a run started by hand with other options reports those)
+    result = {"recipe": {k: v for k, v in config.items() if k != "out"}, "command": "python " + " ".join(sys.argv),
               "epochs": epochs, "wall_minutes": sum(m["epoch_time_s"] + m.get("eval_time_s", 0.0) for m in epochs) / 60,
               "this_invocation_minutes": (time.perf_counter() - start) / 60, "int8": int8,
               "environment": environment(__import__("torch").get_num_threads()), "published": PUBLISHED}
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                             title=f"Fashion-MNIST, {RECIPE['model']} x{RECIPE['width']:g} small-input, "
                                   f"{result['environment']['cpu']}")
     last = epochs[-1]
-    compute = (f", {last['pflop']:.3f} PFLOP of training (+{sum(m['eval_pflop'] for m in epochs):.3f} evaluating)"
+    compute = (f", {last['pflop']:.3f} PFLOP of training (+{sum(m.get('eval_pflop', 0) for m in epochs):.3f} evaluating)"
                if "pflop" in last else "")  # runs from before the counter have none
     print(f"test top-1 {100 * last['test_top1']:.2f}% (last epoch, {last['epoch']} epochs) in "
           f"{result['wall_minutes']:.1f} minutes of training and evaluation{compute}; results in "
