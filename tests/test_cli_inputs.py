@@ -76,7 +76,13 @@ def test_no_command_writes_its_output_over_its_input(capsys, run, tmp_path):
     (["--momentum", "1.5"], "momentum must be in [0, 1)"),
     (["--dropout", "2"], "dropout must be in [0, 1)"),
     (["--resolution", "100000"], "resolution must be a whole number of pixels from 1 to 4096"),
-], ids=["warmup-inf", "lr-nan", "negative-gamma", "momentum", "dropout", "huge-resolution"])
+    (["--val-split", "1"], "val split must be a fraction in [0, 1)"),
+    (["--resolution", "24", "--min-resolution", "24"], "min resolution (24) must be below the resolution (24)"),
+    (["--min-resolution", "32"], "--min-resolution 32 must be below the resolution (32)"),  # the data's side
+    (["--min-resolution", "16"], "resolution 16 is too small for mobilenet_v1"),
+    (["--min-resolution", "16", "--resize-start", "0.9", "--resize-end", "0.5"], "resize start and end"),
+], ids=["warmup-inf", "lr-nan", "negative-gamma", "momentum", "dropout", "huge-resolution", "val-split",
+        "min-resolution-given", "min-resolution-data", "min-resolution-strides", "resize-ramp"])
 def test_numeric_training_options_are_checked_before_any_work(capsys, tmp_path, flags, text):
     refused(capsys, text, "train", "--out", tmp_path / "run", *flags)
     assert not (tmp_path / "run").exists()

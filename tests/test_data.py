@@ -337,6 +337,36 @@ def test_folder_dataset_items_and_attributes(folder_root):
     assert len(load_dataset(str(folder_root), "test", classes=["dog"])) == 3
 
 
+def test_a_validation_split_holds_out_a_fixed_share_of_each_class(folder_root):
+    """`hold_out`: per class, round(fraction x its images) held out (at least one, never all), the two
+    parts disjoint and together the whole split; the same images for every call (a fixed draw, not
+    the run's seed), for data in memory and for an image folder (sorted by class, where Keras'
+    last-images rule would hold out one class)."""
+    from mobilenet.data.load import hold_out
+
+    digits = load_dataset("digits", "train")
+    kept, held = hold_out(digits, 0.1)
+    for label in range(10):
+        members = int((digits.labels == label).sum())
+        assert int((held.labels == label).sum()) == round(0.1 * members)
+        assert int((kept.labels == label).sum()) == members - round(0.1 * members)
+    both = torch.cat([kept.images.flatten(1), held.images.flatten(1)])
+    assert len(both) == len(digits) and len(torch.unique(both, dim=0)) == len(torch.unique(digits.images.flatten(1),
+                                                                                            dim=0))
+    again_kept, again_held = hold_out(digits, 0.1)
+    assert torch.equal(again_held.images, held.images) and torch.equal(again_kept.labels, kept.labels)
+    folder = load_dataset(str(folder_root), "train", resolution=16)
+    kept, held = hold_out(folder, 0.2)  # 8 per class: round(1.6) = 2 held out of each
+    assert sorted(held.labels.tolist()) == [0, 0, 1, 1] and len(kept) == 12
+    assert not set(held.paths.tolist()) & set(kept.paths.tolist())
+    assert set(held.paths.tolist()) | set(kept.paths.tolist()) == set(folder.paths.tolist())
+    assert held[0][0].shape == (3, 16, 16)
+    _, one = hold_out(folder, 0.01)  # at least one of each class
+    assert sorted(one.labels.tolist()) == [0, 1]
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        hold_out(folder, 1.0)
+
+
 def test_eval_transform_resizes_short_side_then_centre_crops():
     # A 200 x 100 horizontal ramp: red = column. Short side 100 -> 32, width 200 -> 64, then the
     # centre 28 columns (18..46 of 64) show original columns about 56..144.

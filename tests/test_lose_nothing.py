@@ -24,7 +24,8 @@ from runs import tiny
 
 TIMING = ("images_per_s", "epoch_time_s", "eval_time_s", "matmul_gflops", "bound_images_per_s", "of_bound")  # measured, not computed
 # A run of the kill matrix: 5 steps an epoch.
-SMALL = dict(classes=["0", "1"], resolution=8, batch_size=64, seed=1)
+SMALL = dict(classes=["0", "1"], resolution=12, min_resolution=8, resize_start=0, resize_end=0.5, batch_size=64,
+             seed=1)  # progressive resizing too: epoch 1 trains at 8 pixels, epoch 2 at 12
 
 
 def improving_every_epoch(patch) -> None:

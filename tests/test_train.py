@@ -26,8 +26,8 @@ def final_weights(out) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("overrides", [
     {},
     {"model": "mobilenet_v2", "optimizer": "rmsprop", "lr": 0.01, "ema_decay": 0.9, "label_smoothing": 0.1,
-     "schedule": "exponential"},
-], ids=["v1-sgd", "v2-rmsprop-ema-dropout"])
+     "schedule": "exponential", "val_split": 0.2, "min_resolution": 8, "resize_start": 0, "resize_end": 0.5},
+], ids=["v1-sgd", "v2-rmsprop-ema-dropout-val-progressive"])
 def test_resume_is_exact(tmp_path, overrides):
     train(tiny(tmp_path / "straight", **overrides), progress=False)
     train(tiny(tmp_path / "broken", **overrides), stop_after=1, progress=False)
@@ -276,18 +276,71 @@ def test_training_compute_is_what_the_flop_counter_sees_the_model_run(tmp_path):
 
     train_images = len(load_dataset("digits", "train", classes=["0", "1", "2"])) // 32 * 32
     test_images = len(load_dataset("digits", "test", classes=["0", "1", "2"]))
-    for resolution in (16, 24):
-        out = tmp_path / f"r{resolution}"
-        train(tiny(out, resolution=resolution), progress=False)
-        model = create_model("mobilenet_v1", width_mult=0.25, num_classes=3, small_input=True).eval()
+    model = create_model("mobilenet_v1", width_mult=0.25, num_classes=3, small_input=True).eval()
+    per_image = {}
+    for side in (16, 24):
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.randn(1, 3, resolution, resolution))
-        per_image = counter.get_total_flops()
+            model(torch.randn(1, 3, side, side))
+        per_image[side] = counter.get_total_flops()
+    # each epoch's side: fixed, or progressive resizing from 16 in epoch 1 to 24 in epoch 2
+    for resolution, sides, options in ((16, (16, 16), {}), (24, (24, 24), {}),
+                                       (24, (16, 24), dict(min_resolution=16, resize_start=0, resize_end=0.5))):
+        out = tmp_path / f"r{resolution}-{sides[0]}"
+        train(tiny(out, resolution=resolution, **options), progress=False)
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert [m["train_pflop"] for m in metrics] == pytest.approx([3 * per_image * train_images / 1e15] * 2)
-        assert [m["eval_pflop"] for m in metrics] == pytest.approx([per_image * test_images / 1e15] * 2)
-        assert [m["pflop"] for m in metrics] == pytest.approx([3 * per_image * train_images / 1e15 * e
-                                                               for e in (1, 2)])
+        trained = [3 * per_image[side] * train_images / 1e15 for side in sides]
+        assert [m["resolution"] for m in metrics] == list(sides)
+        assert [m["train_pflop"] for m in metrics] == pytest.approx(trained)
+        assert [m["eval_pflop"] for m in metrics] == pytest.approx([per_image[resolution] * test_images / 1e15] * 2)
+        assert [m["pflop"] for m in metrics] == pytest.approx([trained[0], trained[0] + trained[1]])
+
+
+def test_the_resolution_schedule_is_ffcvs_definition():
+    """Progressive resizing over 10 epochs from 16 to 32, growing between 20% and 60% of the run:
+    the minimum through epoch 2 (index 2 is the start of the ramp), then the linear interpolation
+    (epoch - 2) / (6 - 2) of the way, rounded to 4-pixel steps, then the full side from epoch 6 on."""
+    from mobilenet.train.optim import resolution_at
+
+    config = TrainConfig(epochs=10, min_resolution=16, resize_start=0.2, resize_end=0.6)
+    by_hand = [16, 16, 16, 16 + 4 * round(0.25 * 16 / 4), 16 + 4 * round(0.5 * 16 / 4), 16 + 4 * round(0.75 * 16 / 4),
+               32, 32, 32, 32]
+    assert [resolution_at(config, epoch, 32) for epoch in range(10)] == by_hand == [16, 16, 16, 20, 24, 28, 32, 32,
+                                                                                    32, 32]
+    assert [resolution_at(TrainConfig(epochs=10), epoch, 32) for epoch in range(10)] == [32] * 10  # off
+    odd = TrainConfig(epochs=4, min_resolution=8, resize_start=0, resize_end=0.75)  # 14 is not a step from 8
+    assert [resolution_at(odd, epoch, 14) for epoch in range(4)] == [8, 8, 12, 14]
+
+
+def test_progressive_resizing_trains_on_the_resized_batch(tmp_path, monkeypatch):
+    """The images the step sees are the augmented batch resized to the epoch's side with
+    antialiased bilinear interpolation (F.interpolate by hand on what the loader gave); the
+    evaluation sees the full side."""
+    seen, loaded = [], []
+    real_step = Run._step
+
+    def step(self, images, labels):
+        seen.append(images.clone())
+        return real_step(self, images, labels)
+
+    from mobilenet.data.loader import InMemoryLoader
+
+    real_iter = InMemoryLoader.__iter__
+
+    def loader_iter(self):
+        for images, labels in real_iter(self):
+            if self.train:
+                loaded.append(images.clone())
+            yield images, labels
+
+    monkeypatch.setattr(Run, "_step", step)
+    monkeypatch.setattr(InMemoryLoader, "__iter__", loader_iter)
+    train(tiny(tmp_path / "run", epochs=2, min_resolution=8, resize_start=0, resize_end=0.5), progress=False)
+    assert [images.shape[-1] for images in seen] == [8] * (len(seen) // 2) + [16] * (len(seen) // 2)
+    assert len(seen) == len(loaded) > 2
+    torch.testing.assert_close(seen[0], F.interpolate(loaded[0], size=(8, 8), mode="bilinear", antialias=True))
+    assert torch.equal(seen[-1], loaded[-1])
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["resolution"] for m in metrics] == [8, 16]
 
 
 def test_eval_every_skips_evaluations_and_changes_nothing_else(tmp_path):

@@ -362,6 +362,12 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.load(index)
 
+    def subset(self, indices: np.ndarray) -> ImageFolder:
+        """The images at ``indices``, in that order (decoded on their own if they are decoded at all)."""
+        subset = copy.copy(self)
+        subset.paths, subset.labels, subset.decoded = self.paths[indices], self.labels[indices], None
+        return subset
+
     def select_classes(self, names: Sequence[str]) -> ImageFolder:
         """A copy keeping only the classes ``names``, renumbered from 0 in the order given."""
         relabel = np.full(len(self.classes), -1, dtype=np.int64)

@@ -8,6 +8,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from mobilenet.data import cifar, mnist
 from mobilenet.data.digits import load_digits
 from mobilenet.data.folder import ImageFolder
@@ -15,6 +17,7 @@ from mobilenet.checks import check_resolution
 from mobilenet.data.memory import CHANNELS, InMemoryDataset
 
 SPLITS = {"train": "train", "val": "test", "test": "test"}  # val and test name the held-out split
+HOLD_OUT_SEED = 0  # the validation split's draw: the same images whatever the run's seed
 NAMED = ("digits", "cifar10", *mnist.DATASETS)  # what `data` names; anything else is a path
 ALLOWED = (
     f"{', '.join(map(repr, NAMED))}, a cifar-10-python.tar.gz file, a cifar-10-batches-py folder "
@@ -64,6 +67,34 @@ def split_name(dataset: InMemoryDataset | ImageFolder, split: str = "test") -> s
     """What a split is called where it comes from: an image folder's held-out split is its `val/`
     folder (or `test/`), the named datasets' is their test split."""
     return dataset.split if isinstance(dataset, ImageFolder) else SPLITS[split]
+
+
+def hold_out(dataset: InMemoryDataset | ImageFolder, fraction: float
+             ) -> tuple[InMemoryDataset | ImageFolder, InMemoryDataset | ImageFolder]:
+    """Split a training set into (train, validation): ``fraction`` of each class's images, drawn
+    at random with a fixed generator, so that every run and seed of the same data is tuned on the
+    same images and no test image is looked at. Per class, rounded to the nearest image, at least
+    one held out and one kept, so a class with two images or more is in both (like a stratified
+    `train_test_split`; Keras' `validation_split` takes the last images instead, which is one class
+    of a folder sorted by class)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    labels = torch.as_tensor(dataset.labels)
+    generator = torch.Generator().manual_seed(HOLD_OUT_SEED)
+    held = []
+    for label in range(len(dataset.classes)):
+        members = torch.nonzero(labels == label).flatten()
+        if len(members) < 2:
+            continue
+        count = min(max(1, round(fraction * len(members))), len(members) - 1)
+        held.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    if not held:
+        raise ValueError("no class has two images to split between training and validation")
+    take = torch.zeros(len(labels), dtype=torch.bool)
+    take[torch.cat(held)] = True
+    index = (lambda mask: torch.nonzero(mask).flatten()) if isinstance(dataset, InMemoryDataset) else \
+        (lambda mask: torch.nonzero(mask).flatten().numpy())
+    return dataset.subset(index(~take)), dataset.subset(index(take))
 
 
 def fingerprint(*datasets: InMemoryDataset | ImageFolder) -> str:

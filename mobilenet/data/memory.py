@@ -128,6 +128,10 @@ class InMemoryDataset:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
 
+    def subset(self, indices: torch.Tensor) -> InMemoryDataset:
+        """The images at ``indices`` (a 1-D int64 tensor), in that order."""
+        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+
     def select_classes(self, names: Sequence[str]) -> InMemoryDataset:
         """A copy keeping only the classes ``names``, renumbered from 0 in the order given."""
         positions = class_positions(self.classes, names)

@@ -60,6 +60,8 @@ class TrainConfig:
     in_chans: int | None = option(None, "input channels: 1 (grayscale) or 3 (RGB); images are converted to them",
                                   parse=int, shown="the data's own: 1 for the MNIST family and grey folders, else 3")
     workers: int = option(2, "image decoding processes for image folders")
+    val_split: float = option(0.0, "hold out this fraction of each class of the training split and evaluate on it "
+                                   "instead of the test split: tune without looking at the test split")
     # optimisation
     epochs: int = option(15, "epochs")
     batch_size: int = option(128, "images per step and process")
@@ -75,6 +77,12 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing")
     random_erasing: float = option(0.0, "probability of erasing a random rectangle of each training image to the "
                                         "mean (Zhong et al. 2017; timm's --reprob)")
+    min_resolution: int | None = option(None, "progressive resizing: train at this side first, growing linearly to "
+                                              "the resolution between --resize-start and --resize-end (FFCV's "
+                                              "schedule); evaluation is always at the resolution", parse=int,
+                                        shown="off")
+    resize_start: float = option(0.75, "fraction of the epochs after which progressive resizing starts to grow")
+    resize_end: float = option(0.85, "fraction of the epochs by which it reaches the resolution")
     ema_decay: float = option(0.0, "keep and evaluate an exponential moving average of the weights, e.g. 0.999")
     eval_every: int = option(1, "evaluate on the held-out split every N epochs, and after the last")
     tta_flip: bool = option(False, "evaluate each image and its mirror image, averaging their logits (test-time "
@@ -149,6 +157,10 @@ class TrainConfig:
             (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (0 <= self.val_split < 1, f"val split must be a fraction in [0, 1), got {self.val_split}"),
+            (0 <= self.resize_start <= self.resize_end <= 1,
+             f"resize start and end must be fractions of the epochs with 0 <= start <= end <= 1, got "
+             f"{self.resize_start} and {self.resize_end}"),
             (self.eval_every >= 1, f"eval every must be >= 1 epoch, got {self.eval_every}"),
             (0 <= self.freeze_epochs, f"freeze epochs must be >= 0, got {self.freeze_epochs}"),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
@@ -167,6 +179,11 @@ class TrainConfig:
                 raise ValueError(message)
         if self.resolution is not None:
             check_resolution(self.resolution)
+        if self.min_resolution is not None:
+            check_resolution(self.min_resolution)
+            if self.resolution is not None and self.min_resolution >= self.resolution:
+                raise ValueError(f"min resolution ({self.min_resolution}) must be below the resolution "
+                                 f"({self.resolution})")
         return self
 
 

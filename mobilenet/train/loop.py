@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -29,7 +30,7 @@ from mobilenet.checkpoint import (
 from mobilenet.cost import check_model_resolution, cost
 from mobilenet.data import load_dataset, make_loader
 from mobilenet.data.folder import SMALL_INPUT_SIDE, ImageFolder
-from mobilenet.data.load import fingerprint, split_name
+from mobilenet.data.load import fingerprint, hold_out, split_name
 from mobilenet.data.memory import stats_to_channels
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.files import write_text
@@ -40,7 +41,7 @@ from mobilenet.train.amp import StepChoice, choose_step
 from mobilenet.train.config import TrainConfig
 from mobilenet.train.distributed import Distributed, from_environment
 from mobilenet.train.memory import keep_freed_memory
-from mobilenet.train.optim import build_optimizer, learning_rate
+from mobilenet.train.optim import build_optimizer, learning_rate, resolution_at
 from mobilenet.train.rundir import BEST, CONFIG, CURVES, LAST, METRICS, STATE, RunFolder, TrainingError
 
 
@@ -183,10 +184,18 @@ class Run:
             self.dist.barrier()
         self._data_defaults()
         config = self.config
-        self.test_set = load_dataset(config.data, "test", classes=config.classes, resolution=config.resolution,
-                                     root=config.data_root, channels=config.in_chans)
+        if config.val_split:  # tuning: the test split is not even loaded
+            self.train_set, self.test_set = hold_out(self.train_set, config.val_split)
+            self.held_out = f"val ({config.val_split:g} of train)"
+        else:
+            self.test_set = load_dataset(config.data, "test", classes=config.classes, resolution=config.resolution,
+                                         root=config.data_root, channels=config.in_chans)
+            self.held_out = split_name(self.test_set)
+        if config.min_resolution is not None and config.min_resolution >= self.train_set.resolution:
+            raise TrainingError(f"--min-resolution {config.min_resolution} must be below the resolution "
+                                f"({self.train_set.resolution})")
         if not len(self.train_set) or not len(self.test_set):
-            raise TrainingError(f"{config.data}: the train or test split holds no images")
+            raise TrainingError(f"{config.data}: the train or {self.held_out} split holds no images")
         self.data_fingerprint = fingerprint(self.train_set, self.test_set)
         if config.tta_flip and not getattr(self.train_set, "flip", True):
             raise TrainingError(f"--tta-flip averages each image with its mirror, but {config.data} is never mirrored "
@@ -235,10 +244,13 @@ class Run:
             kwargs["dropout"] = config.dropout
         self.model = create_model(config.model, **kwargs)
         self._model_kwargs, self._flops = kwargs, {}  # what `image_flops` rebuilds the cost table from, its cache
+        self._forward_flops: dict[int, int] = {}  # the measured forward FLOPs per side, for the compute bound
         if pretrained is not None:
             self._load_pretrained(*pretrained)
         self.model = self.model.to(self.device)
         check_model_resolution(self.train_set.resolution, self.model)
+        if config.min_resolution is not None:
+            check_model_resolution(config.min_resolution, self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.sync_bn and self.dist.enabled:
@@ -408,8 +420,11 @@ class Run:
         start = time.perf_counter()
         bar = tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{config.epochs}", unit="batch",
                    disable=None if self.progress else True, leave=False, dynamic_ncols=True)  # None: off when not a terminal
+        side = resolution_at(config, self.epoch, self.train_set.resolution)
         for i, (images, labels) in enumerate(loader):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            if side != images.shape[-1]:  # progressive resizing: the augmented batch, made smaller
+                images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True)
             lr = learning_rate(config, self.step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -435,12 +450,12 @@ class Run:
         elapsed = time.perf_counter() - start
         loss_sum, correct, seen = self.dist.all_reduce(sums).tolist()
         # training compute as the speedrun literature counts it: forward, and backward at twice that
-        pflop = 3 * self.image_flops(self.train_set.resolution) * seen / 1e15
+        pflop = 3 * self.image_flops(side) * seen / 1e15
         return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
                 "images_per_s": seen / elapsed, "epoch_time_s": elapsed, "lr": lr, "train_pflop": pflop,
-                **self._share_of_bound(seen / elapsed, elapsed)}
+                "resolution": side, **self._share_of_bound(seen / elapsed, elapsed, side)}
 
-    def _share_of_bound(self, images_per_s: float, epoch_s: float) -> dict:
+    def _share_of_bound(self, images_per_s: float, epoch_s: float, side: int) -> dict:
         """On the CPU: the compute-bound limit of this training step (3 x the forward FLOPs at the fp32
         matrix peak: the best product this process has timed, two more after each epoch, each process
         on its own cores; after an epoch shorter than 50 products, as in tests, only if none was timed
@@ -449,12 +464,12 @@ class Run:
             return {}
         from mobilenet.bench.machine import forward_flops, matmul_probe
 
-        if not hasattr(self, "_forward_flops"):
-            self._forward_flops = forward_flops(self.model, 1, self.train_set.resolution)
+        if side not in self._forward_flops:
+            self._forward_flops[side] = forward_flops(self.model, 1, side)
         probe = matmul_probe()
         if probe.best_s == float("inf") or epoch_s > 50 * probe.best_s:
             probe.time(2)
-        bound = probe.gflops * 1e9 / (3 * self._forward_flops) * self.dist.world_size
+        bound = probe.gflops * 1e9 / (3 * self._forward_flops[side]) * self.dist.world_size
         return {"matmul_gflops": probe.gflops, "bound_images_per_s": bound, "of_bound": images_per_s / bound}
 
     def image_flops(self, resolution: int) -> int:
@@ -487,7 +502,7 @@ class Run:
                             test_top5=result.top5, test_images=result.num_images,
                             eval_pflop=(1 + self.config.tta_flip) * self.image_flops(self.test_set.resolution)
                 * result.num_images / 1e15)
-            last.update(test_split=split_name(self.test_set), fused_modules=self.fused, **self.amp.to_metrics())
+            last.update(test_split=self.held_out, fused_modules=self.fused, **self.amp.to_metrics())
             self.metrics.append(last)
             self._save(result)
             if self.is_main:
@@ -495,8 +510,9 @@ class Run:
                 held_out = "(not evaluated: --eval-every) "
                 if result is not None:
                     top5 = f"top-5 {100 * result.top5:.2f}% " if len(self.train_set.classes) > 5 else ""  # else 100%
-                    held_out = f"{split_name(self.test_set)} loss {result.loss:.4f} top-1 {100 * result.top1:.2f}% {top5}"
-                print(f"epoch {self.epoch}/{self.config.epochs}  train loss {train['train_loss']:.4f} "
+                    held_out = f"{self.held_out} loss {result.loss:.4f} top-1 {100 * result.top1:.2f}% {top5}"
+                side = f" at {train['resolution']} px" if train["resolution"] != self.train_set.resolution else ""
+                print(f"epoch {self.epoch}/{self.config.epochs}{side}  train loss {train['train_loss']:.4f} "
                       f"acc {100 * train['train_acc']:.2f}%  {held_out} {train['images_per_s']:.0f} img/s{bound}  "
                       f"{train['epoch_time_s']:.1f}s", flush=True)
         return last
