@@ -28,10 +28,12 @@ class PaperRow:
     macs_tolerance: float = 0.005
 
 
-# MobileNet V1 (arXiv:1704.04861) Tables 4, 6 and 7; MobileNet V2 (arXiv:1801.04381) Table 4.
+# MobileNet V1 (arXiv:1704.04861) Tables 4 to 7; MobileNet V2 (arXiv:1801.04381) Table 4.
 PAPER_ROWS: tuple[PaperRow, ...] = (
     PaperRow("V1 Table 4", "mobilenet_v1", 1.0, 224, 569, 4.2, 70.6),
     PaperRow("V1 Table 4", "conv_mobilenet_v1", 1.0, 224, 4866, 29.3, 71.7),
+    PaperRow("V1 Table 5", "mobilenet_v1", 0.75, 224, 325, 2.6, 68.4),
+    PaperRow("V1 Table 5", "shallow_mobilenet_v1", 1.0, 224, 307, 2.9, 65.3),
     PaperRow("V1 Table 6", "mobilenet_v1", 1.0, 224, 569, 4.2, 70.6),
     PaperRow("V1 Table 6", "mobilenet_v1", 0.75, 224, 325, 2.6, 68.4),
     PaperRow("V1 Table 6", "mobilenet_v1", 0.5, 224, 149, 1.3, 63.7),
@@ -69,7 +71,7 @@ def matches(row: PaperRow, macs: int, params: int) -> bool:
 def comparison_tables() -> str:
     """The papers' cost tables side by side with ours, as text (what `make demo` prints)."""
     out = []
-    header = (f"{'model':<18} {'width':>5} {'res':>4} {'top-1':>6} | {'paper M-MACs':>12} {'ours':>9} {'diff':>7} | "
+    header = (f"{'model':<20} {'width':>5} {'res':>4} {'top-1':>6} | {'paper M-MACs':>12} {'ours':>9} {'diff':>7} | "
               f"{'paper M-params':>14} {'ours':>7} | ok")
     table = None
     for row in PAPER_ROWS:
@@ -81,7 +83,7 @@ def comparison_tables() -> str:
         diff = 100 * (ours_m - row.macs_m) / row.macs_m
         paper_params = f"{row.params_m:.1f}" if row.params_m is not None else "-"
         out.append(
-            f"{row.model:<18} {row.width_mult:>5g} {row.resolution:>4} {row.top1:>6.1f} | "
+            f"{row.model:<20} {row.width_mult:>5g} {row.resolution:>4} {row.top1:>6.1f} | "
             f"{row.macs_m:>12g} {ours_m:>9.1f} {diff:>+6.2f}% | {paper_params:>14} {report.params / 1e6:>7.2f} | "
             f"{'yes' if matches(row, report.macs, report.params) else 'NO'}"
         )

@@ -55,6 +55,17 @@ def test_analytic_macs_equal_counted_macs(name, width, resolution, small_input):
     assert cost(model, resolution).macs == report.macs  # a built model costs the same as its name
 
 
+@pytest.mark.parametrize("width,resolution,small_input", [(1.0, 224, False), (0.5, 28, True)])
+def test_the_shallow_variant_costs_what_it_runs(width, resolution, small_input):
+    """Table 5's shallow V1 (its 307 M and 2.9 M at 224 are in PAPER_ROWS): the analytic count is
+    what PyTorch's FLOP counter sees it run, at the paper's size and at Fashion-MNIST's."""
+    kwargs = dict(width_mult=width, num_classes=10, small_input=small_input)
+    report = cost("shallow_mobilenet_v1", resolution, **kwargs)
+    model = create_model("shallow_mobilenet_v1", **kwargs)
+    assert report.macs == counted_macs(model, resolution)
+    assert report.params == sum(p.numel() for p in model.parameters())
+
+
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
 @pytest.mark.parametrize("resolution", [224, 193])
 def test_tf_same_padding_costs_what_it_runs(name, resolution):

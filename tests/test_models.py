@@ -30,7 +30,17 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_registry():
-    assert list_models() == ["conv_mobilenet_v1", "mobilenet_v1", "mobilenet_v2"]
+    assert list_models() == ["conv_mobilenet_v1", "mobilenet_v1", "mobilenet_v2", "shallow_mobilenet_v1"]
+
+
+def test_the_shallow_variant_is_v1_without_the_five_14x14x512_layers():
+    """Table 5: the same network as V1 but for the five separable layers between the 14x14x512
+    down-sampling and the 7x7x1024 one; every weight it has, V1 has under the name it would have."""
+    full, shallow = create_model("mobilenet_v1"), create_model("shallow_mobilenet_v1")
+    assert len(full.features) - len(shallow.features) == 5
+    widths = [(block.depthwise.conv.in_channels, block.depthwise.conv.stride[0]) for block in shallow.features[1:]]
+    assert widths == [(32, 1), (64, 2), (128, 1), (128, 2), (256, 1), (256, 2), (512, 2), (1024, 1)]
+    assert n_params(full) - n_params(shallow) == 5 * (512 * 9 + 512 * 512 + 4 * 512)  # dw, pw, their two BNs
 
 
 @pytest.mark.parametrize("name,width,expected", REFERENCE_PARAMS)

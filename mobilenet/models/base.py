@@ -78,7 +78,7 @@ class MobileNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        rows = stride_one_first(self.ROWS) if config.small_input else self.ROWS
+        rows = stride_one_first(self.rows(config)) if config.small_input else self.rows(config)
         stem_stride = 1 if config.small_input else 2
         channels = self.stem_channels(config.width_mult)
         stem = ConvBNAct(config.in_chans, channels, 3, stem_stride, activation=config.activation, bn_eps=config.bn_eps,
@@ -93,6 +93,10 @@ class MobileNet(nn.Module):
         for row in rows:
             self.output_stride *= row.stride
         init_weights(self)
+
+    def rows(self, config: ModelConfig) -> tuple:
+        """The table this model is built from: `ROWS`, unless a variant of the version drops rows."""
+        return self.ROWS
 
     def stem_channels(self, width_mult: float) -> int:
         raise NotImplementedError
