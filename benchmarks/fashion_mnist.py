@@ -25,18 +25,9 @@ from pathlib import Path
 from mobilenet.bench import environment
 from mobilenet.files import write_text
 from mobilenet.train import TrainConfig, train
+from mobilenet.train.recipes import FASHION_MNIST
 
-# The recipe: V1 at width 0.5 with small-input strides at the native 28x28 in one channel; SGD with
-# Nesterov momentum, cosine schedule after a one-epoch warm-up, label smoothing; padding-crop,
-# horizontal flips (clothes may be mirrored) and random erasing with p = 0.5 (what Zhong et al. 2017
-# used on Fashion-MNIST). No pretrained weights, no extra data. Longer runs kept gaining: 22 epochs
-# without erasing and 40 with it were still climbing at their ends (benchmarks/results/
-# fashion_mnist_22ep.md, fashion_mnist_40ep.md), and after 60 the model still underfitted its
-# augmented training set (train loss 0.598 against 0.50, the floor label smoothing 0.1 sets for 10
-# classes; train top-1 95.7%, no higher than test), hence 90.
-RECIPE = dict(model="mobilenet_v1", width=0.5, small_input=True, data="fashion-mnist", epochs=90,
-              batch_size=128, lr=0.2, weight_decay=5e-4, warmup_epochs=1.0, label_smoothing=0.1,
-              random_erasing=0.5, seed=0)
+RECIPE = FASHION_MNIST  # mobilenet/train/recipes.py says what it is and why
 # Fashion-MNIST's own benchmark table (zalandoresearch/fashion-mnist README), test accuracy.
 PUBLISHED = {"MobileNet (published) 95.0%": 0.950, "ResNet18 94.9%": 0.949, "DenseNet-BC 768K 95.4%": 0.954,
              "WRN-28-10 95.9%": 0.959}

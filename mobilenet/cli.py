@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from mobilenet.checks import comma_list, some, whole_number
@@ -105,6 +106,14 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str) -> str:
+    """--seeds: comma-separated whole numbers >= 0 (kept as text; the study parses it)."""
+    parts = text.split(",")
+    if not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"--seeds takes seeds >= 0 separated by commas, e.g. 0,1,2, not {text!r}")
+    return text
+
+
 def train_options() -> list[tuple[str, object]]:
     """(flag, field) of every TrainConfig field that is a command-line option (its metadata has help)."""
     from dataclasses import fields
@@ -157,6 +166,30 @@ def cmd_train(args: argparse.Namespace) -> int:
                     if "test_top1" in metrics else "not evaluated at this epoch (--eval-every)")
         print(f"done: {held_out} after {metrics['epoch']} epochs ({metrics.get('pflop', 0):.4g} PFLOP of training); "
               f"run directory {args.out} (checkpoints, metrics.jsonl, curves.png)")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from mobilenet.study import check_study, run_study, write_report
+
+    check_study(args.name)
+    if args.report:
+        given = {f.name for _, f in train_options() if getattr(args, f.name) is not None}
+        if given or args.seeds or args.shard:
+            raise ValueError("--report merges finished study folders: it trains nothing, so it takes no training "
+                             "options, --seeds or --shard")
+        written = write_report(args.name, [Path(folder) for folder in args.report], Path(args.out or args.report[0]))
+    else:
+        if not args.out:
+            raise ValueError("give --out DIR: the study's folder (each point a run folder in it)")
+        options = {f.name: getattr(args, f.name) for _, f in train_options() if getattr(args, f.name) is not None}
+        data = options.pop("data", None)
+        if data is None:
+            raise ValueError("give --data: the dataset the study trains and measures on")
+        seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else None
+        written = run_study(args.name, data, args.out, seeds=seeds, shard=args.shard, options=options,
+                            progress=not args.no_progress)
+    print("study written: " + ", ".join(str(path) for path in written))
     return 0
 
 
@@ -410,6 +443,19 @@ def build_parser() -> Parser:
                    help="stop after this many epochs of this invocation (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("study", help="the V1 paper's experiments (Tables 4-7, Figures 4-5, V1 against V2) "
+                                     "trained and measured on a dataset")
+    p.add_argument("name", help="table4, table5, table6, table7, figure4 or v1-v2")
+    p.add_argument("--out", help="the study's folder: one run folder per point and seed, the table and PNGs")
+    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default 0); more seeds add "
+                                                "runs, and the table shows their mean and spread")
+    p.add_argument("--shard", help="K/N: train only every N-th run from the K-th (one machine's share)")
+    p.add_argument("--report", nargs="+", metavar="DIR", help="merge these study folders into one table "
+                                                              "(written in --out, default the first)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_train_options(p)
+    p.set_defaults(run=cmd_study)
 
     p = sub.add_parser("eval", help="top-1, top-5, loss, per-class accuracy and a confusion-matrix PNG")
     p.add_argument("checkpoint", help="a checkpoint (.safetensors) written by train or convert")

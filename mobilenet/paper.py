@@ -48,6 +48,19 @@ PAPER_ROWS: tuple[PaperRow, ...] = (
     PaperRow("V2 Table 4", "mobilenet_v2", 1.4, 224, 585, None, 74.7, macs_tolerance=0.01),
 )
 
+# The paper's Figure 4 plots 16 models (widths 1, 0.75, 0.5, 0.25 x resolutions 224, 192, 160, 128)
+# but prints only the rows of Tables 6 and 7; the others' ImageNet figures are those of TF-slim's
+# released checkpoints (tensorflow/models research/slim/nets/mobilenet_v1.md, the 2018-02-22 models):
+# (width, resolution): (million mult-adds, million parameters, top-1 %).
+TF_SLIM_V1: dict[tuple[float, int], tuple[float, float, float]] = {
+    (1.0, 224): (569, 4.24, 70.9), (1.0, 192): (418, 4.24, 70.0), (1.0, 160): (291, 4.24, 68.0),
+    (1.0, 128): (186, 4.24, 65.2), (0.75, 224): (317, 2.59, 68.4), (0.75, 192): (233, 2.59, 67.2),
+    (0.75, 160): (162, 2.59, 65.3), (0.75, 128): (104, 2.59, 62.1), (0.5, 224): (150, 1.34, 63.3),
+    (0.5, 192): (110, 1.34, 61.7), (0.5, 160): (77, 1.34, 59.1), (0.5, 128): (49, 1.34, 56.3),
+    (0.25, 224): (41, 0.47, 49.8), (0.25, 192): (34, 0.47, 47.7), (0.25, 160): (21, 0.47, 45.5),
+    (0.25, 128): (14, 0.47, 41.5),
+}
+
 # V1 Table 2: percent of mult-adds and of parameters by layer type, for V1 1.0-224. The paper
 # prints 1.19% for the stem's mult-adds: a transposition of 1.91%, the only value with which the
 # column sums to 100%.

@@ -174,3 +174,30 @@ def plot_sweep(result: dict, path: str | os.PathLike) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     _save(fig, path)
+
+
+def plot_tradeoff(rows: list[dict], key: str, xlabel: str, path: str | os.PathLike, title: str) -> None:
+    """Test top-1 against a cost (`key` of each row: mult-adds, parameters, latency), log x axis,
+    each point labelled as the paper labels Figure 4's ("width/resolution"), one series per model;
+    a seed spread as an error bar. The V1 paper's Figures 4 and 5 on the user's data."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    scale = 1e6 if key in ("macs", "params") else 1.0
+    for model in dict.fromkeys(row["model"] for row in rows):
+        mine = sorted((row for row in rows if row["model"] == model and row.get(key) is not None),
+                      key=lambda row: row[key])
+        if not mine:
+            continue
+        xs, ys = [row[key] / scale for row in mine], [100 * row["top1"] for row in mine]
+        ax.errorbar(xs, ys, yerr=[50 * row.get("top1_spread", 0) for row in mine], fmt="o", capsize=3, label=model)
+        for row, x, y in zip(mine, xs, ys):
+            ax.annotate(row["label"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set(xscale="log", xlabel=xlabel, ylabel="test top-1 %", title=title)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3, which="both")
+    if rows:
+        ax.legend()
+    _save(fig, path)
