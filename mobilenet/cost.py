@@ -10,7 +10,9 @@ device, so no memory is touched), then each layer is costed with the V1 paper's 
     fully connected        M * N
 
 Like the papers, we count multiply-accumulates of convolutions and fully connected layers only:
-BatchNorm, activations, the average pool and V2's residual additions are free (a test checks these
+BatchNorm, activations (hard-swish and hard-sigmoid too), the average pools, V2's residual additions
+and the channel scaling of V3's squeeze-and-excitation are free, and squeeze-and-excitation costs
+its two fully connected layers on the pooled vector, 2 * C * C_squeeze (a test checks these
 totals against what PyTorch's FLOP counter sees the model execute). Parameters include BatchNorm's
 scale and shift, as the reference implementations' counts do. The resolution multiplier rho enters
 here and in the data transforms, never in the model: cost scales with rho squared.
@@ -25,9 +27,9 @@ from torch import nn
 
 from mobilenet.checks import check_resolution
 from mobilenet.models import MobileNet, create_model
-from mobilenet.models.layers import TFSamePad
+from mobilenet.models.layers import SqueezeExcite, TFSamePad
 
-KINDS = ("conv", "depthwise", "pointwise", "fc", "pool")
+KINDS = ("conv", "depthwise", "pointwise", "fc", "se", "pool")
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,9 @@ def _weight_params(layer: LayerCost) -> int:
         return c_in * c_out
     if layer.kind == "pool":
         return 0
+    if layer.kind == "se":  # two 1x1 layers with biases: c -> squeeze -> c
+        squeeze = int(layer.operator.split(">")[1])
+        return 2 * c_in * squeeze
     k = int(layer.operator.split()[1].split("x")[0])
     return k * k * (1 if layer.kind == "depthwise" else c_in) * c_out
 
@@ -163,10 +168,17 @@ def layer_costs(model: nn.Module, resolution: int) -> list[LayerCost]:
     check_model_resolution(resolution, model)
     shape: tuple[int, int, int] = (model.features[0].conv.in_channels, resolution, resolution)
     rows: list[LayerCost] = []
-    tf_same = False
+    tf_same, inside = False, None
     for name, module in model.named_modules():
         short = name.removesuffix(".conv")
-        if isinstance(module, TFSamePad):
+        if inside and name.startswith(inside):
+            continue  # a part of the squeeze-and-excitation row below
+        if isinstance(module, SqueezeExcite):
+            c, squeeze = module.reduce.in_channels, module.reduce.out_channels
+            params = sum(p.numel() for p in module.parameters())
+            rows.append(LayerCost(name, f"se {c}>{squeeze}>{c}", "se", shape, shape, 2 * c * squeeze, params))
+            inside = name + "."
+        elif isinstance(module, TFSamePad):
             tf_same = True
         elif isinstance(module, nn.Conv2d):
             if module.in_channels != shape[0]:

@@ -10,7 +10,8 @@ from mobilenet import create_model, list_models
 from mobilenet.models import InvertedResidual
 
 # Parameter counts of the same architectures in the reference implementations (1000 classes,
-# BatchNorm included): TF-slim / timm for V1, torchvision for V2.
+# BatchNorm included): TF-slim / timm for V1, torchvision for V2 and V3 at width 1, Keras' trainable
+# weights for V3 at 0.75 (the widths of its published weights; at 0.5 Keras keeps a 16-channel stem).
 REFERENCE_PARAMS = [
     ("mobilenet_v1", 1.0, 4_231_976),
     ("mobilenet_v1", 0.75, 2_585_560),
@@ -19,9 +20,13 @@ REFERENCE_PARAMS = [
     ("mobilenet_v2", 1.0, 3_504_872),
     ("mobilenet_v2", 0.5, 1_968_680),
     ("mobilenet_v2", 1.4, 6_108_776),
+    ("mobilenet_v3_large", 1.0, 5_483_032),
+    ("mobilenet_v3_small", 1.0, 2_542_856),
+    ("mobilenet_v3_large", 0.75, 3_993_528),
+    ("mobilenet_v3_small", 0.75, 2_041_872),
 ]
 
-MODELS = ["mobilenet_v1", "mobilenet_v2", "conv_mobilenet_v1"]
+MODELS = ["mobilenet_v1", "mobilenet_v2", "conv_mobilenet_v1", "mobilenet_v3_large", "mobilenet_v3_small"]
 WIDTHS = [1.0, 0.75, 0.5, 0.25, 1.4]
 
 
@@ -30,7 +35,8 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_registry():
-    assert list_models() == ["conv_mobilenet_v1", "mobilenet_v1", "mobilenet_v2", "shallow_mobilenet_v1"]
+    assert list_models() == ["conv_mobilenet_v1", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large",
+                             "mobilenet_v3_small", "shallow_mobilenet_v1"]
 
 
 def test_the_shallow_variant_is_v1_without_the_five_14x14x512_layers():
@@ -110,10 +116,12 @@ def test_depthwise_convolutions_have_one_group_per_channel(name):
         assert depthwise == []
         assert all(m.groups == 1 for m in model.modules() if isinstance(m, nn.Conv2d))
         return
-    assert len(depthwise) == (13 if name == "mobilenet_v1" else 17)
+    count, kernels = {"mobilenet_v1": (13, {3}), "mobilenet_v2": (17, {3}), "mobilenet_v3_large": (15, {3, 5}),
+                      "mobilenet_v3_small": (11, {3, 5})}[name]
+    assert len(depthwise) == count and {conv.kernel_size[0] for conv in depthwise} == kernels
     for conv in depthwise:
         assert conv.groups == conv.in_channels == conv.out_channels
-        assert conv.kernel_size == (3, 3) and conv.bias is None
+        assert conv.kernel_size[0] == conv.kernel_size[1] and conv.bias is None
 
 
 def test_state_dict_names_read_like_the_papers():
@@ -206,3 +214,36 @@ def test_unknown_model_names_the_choices():
 
 def test_width_4_is_allowed():
     assert create_model("mobilenet_v2", width_mult=4.0, num_classes=2).classifier.in_features == 5120
+
+
+# squeeze-and-excitation channels per expansion size: a quarter, to a multiple of 8 (torchvision's weights)
+SQUEEZE = {16: 8, 72: 24, 96: 24, 120: 32, 144: 40, 240: 64, 288: 72, 480: 120, 576: 144, 672: 168, 960: 240}
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])
+def test_v3_is_its_table(name):
+    """Each bneck is its row of the paper's Table 1 or 2 at width 1: kernel, expansion size, output
+    channels, squeeze-and-excitation (a quarter of the expansion), non-linearity, stride, and the
+    shortcut where the stride is 1 and the channels match; then the 1x1 convolution with BatchNorm,
+    the pooling, the 1x1 without BatchNorm (1280 or 1024, hard-swish), dropout 0.2 and the classifier."""
+    from mobilenet.models.v3 import VARIANTS
+
+    rows, last, pooled = VARIANTS[name]
+    model = create_model(name)
+    assert model.features[0].conv.out_channels == 16 and model.features[0].conv.stride == (2, 2)
+    assert isinstance(model.features[0].act, nn.Hardswish) and model.features[0].bn.eps == 1e-3
+    channels = 16
+    for block, row in zip(model.features[1:-1], rows, strict=True):
+        dw = block.depthwise
+        assert (dw.conv.kernel_size[0], dw.conv.out_channels, block.project.conv.out_channels, dw.conv.stride[0]) == (
+            row.kernel, row.expansion, row.out_channels, row.stride)
+        assert isinstance(dw.act, nn.ReLU if row.activation == "relu" else nn.Hardswish)
+        assert isinstance(block.expand, nn.Identity) == (row.expansion == channels)
+        assert (block.se.reduce.out_channels if row.se else None) == (SQUEEZE[row.expansion] if row.se else None)
+        assert isinstance(block.project.act, nn.Identity)  # linear bottleneck
+        assert block.use_shortcut == (row.stride == 1 and channels == row.out_channels)
+        channels = row.out_channels
+    assert model.features[-1].conv.out_channels == last and isinstance(model.features[-1].act, nn.Hardswish)
+    assert model.head[0].in_features == last and model.head[0].out_features == pooled
+    assert isinstance(model.head[1], nn.Hardswish) and model.dropout.p == 0.2
+    assert model.classifier.in_features == pooled

@@ -10,12 +10,15 @@ from mobilenet.models.base import MobileNet, ModelConfig
 from mobilenet.models.layers import ConvBNAct, DepthwiseSeparable, InvertedResidual, make_divisible
 from mobilenet.models.v1 import MobileNetV1, conv_mobilenet_v1, mobilenet_v1, shallow_mobilenet_v1
 from mobilenet.models.v2 import MobileNetV2, mobilenet_v2
+from mobilenet.models.v3 import MobileNetV3, mobilenet_v3_large, mobilenet_v3_small
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v1": mobilenet_v1,
     "mobilenet_v2": mobilenet_v2,
     "conv_mobilenet_v1": conv_mobilenet_v1,
     "shallow_mobilenet_v1": shallow_mobilenet_v1,
+    "mobilenet_v3_large": mobilenet_v3_large,
+    "mobilenet_v3_small": mobilenet_v3_small,
 }
 
 
@@ -35,7 +38,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
-    "ConvBNAct", "DepthwiseSeparable", "InvertedResidual", "MobileNet", "ModelConfig", "MobileNetV1", "MobileNetV2", "MODELS",
+    "ConvBNAct", "DepthwiseSeparable", "InvertedResidual", "MobileNet", "ModelConfig", "MobileNetV1", "MobileNetV2",
+    "MobileNetV3", "MODELS", "mobilenet_v3_large", "mobilenet_v3_small",
     "conv_mobilenet_v1", "create_model", "list_models", "make_divisible", "mobilenet_v1", "mobilenet_v2",
     "shallow_mobilenet_v1",
 ]

@@ -86,6 +86,7 @@ class MobileNet(nn.Module):
         body, channels = self.body(rows, channels, config)
         self.features = nn.Sequential(stem, *body)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head, channels = self.pooled_head(channels, config)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(channels, config.num_classes)
         self.num_features = channels
@@ -105,8 +106,13 @@ class MobileNet(nn.Module):
         """The layers after the stem, built from the (possibly rewritten) table; and their output channels."""
         raise NotImplementedError
 
+    def pooled_head(self, channels: int, config: ModelConfig) -> tuple[nn.Module, int]:
+        """Layers between the pooling and the dropout (V3's 1x1 convolution after pooling, a
+        linear layer on the pooled vector); none in V1 and V2."""
+        return nn.Identity(), channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x)).flatten(1)
+        x = self.head(self.pool(self.features(x)).flatten(1))
         return self.classifier(self.dropout(x))
 
 

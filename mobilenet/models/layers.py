@@ -14,7 +14,7 @@ from torch import nn
 
 from mobilenet.checks import whole_number
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish}
 PADDINGS = ("symmetric", "tf_same")
 
 
@@ -130,30 +130,52 @@ class DepthwiseSeparable(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
+class SqueezeExcite(nn.Module):
+    """V3 Section 5.3 (after Hu et al.): global average pooling, a 1x1 reduction to `squeeze`
+    channels with ReLU, a 1x1 expansion back with a hard sigmoid, and the input scaled channel by
+    channel by the result. The two 1x1 layers have biases and no BatchNorm, as in the reference
+    implementations."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, squeeze, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.expand = nn.Conv2d(squeeze, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
+
+
 class InvertedResidual(nn.Module):
     """V2 Table 1: 1x1 expansion by t (+ReLU6), 3x3 depthwise (+ReLU6), linear 1x1 projection.
 
     The expansion is absent when t = 1. The shortcut joins the thin bottlenecks, and exists only
-    where the block keeps both the resolution (stride 1) and the channel count.
+    where the block keeps both the resolution (stride 1) and the channel count. V3's "bneck" is the
+    same block given its `hidden` channels (the expansion size), a 3x3 or 5x5 `kernel_size` and
+    optionally squeeze-and-excitation of `squeeze` channels after the depthwise layer.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, expand_ratio: float,
-        activation: str = "relu6", bn_eps: float = 1e-5, padding: str = "symmetric",
+        self, in_channels: int, out_channels: int, stride: int, expand_ratio: float = 1.0,
+        activation: str = "relu6", bn_eps: float = 1e-5, padding: str = "symmetric", *,
+        hidden: int | None = None, kernel_size: int = 3, squeeze: int | None = None,
     ) -> None:
         super().__init__()
-        hidden = int(round(in_channels * expand_ratio))
+        hidden = int(round(in_channels * expand_ratio)) if hidden is None else hidden
         self.use_shortcut = stride == 1 and in_channels == out_channels
         self.expand = (
             ConvBNAct(in_channels, hidden, 1, activation=activation, bn_eps=bn_eps)
-            if expand_ratio != 1 else nn.Identity()
+            if hidden != in_channels else nn.Identity()
         )
-        self.depthwise = ConvBNAct(hidden, hidden, 3, stride, groups=hidden,
+        self.depthwise = ConvBNAct(hidden, hidden, kernel_size, stride, groups=hidden,
                                    activation=activation, bn_eps=bn_eps, padding=padding)
+        self.se = SqueezeExcite(hidden, squeeze) if squeeze else nn.Identity()
         self.project = ConvBNAct(hidden, out_channels, 1, activation=None, bn_eps=bn_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.project(self.depthwise(self.expand(x)))
+        out = self.project(self.se(self.depthwise(self.expand(x))))
         return x + out if self.use_shortcut else out
 
 
