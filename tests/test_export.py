@@ -20,10 +20,12 @@ from mobilenet.checkpoint import ModelMeta, save_checkpoint
 from mobilenet.data import load_dataset
 from mobilenet.export import MissingPackage, export_checkpoint, export_onnx, export_pt2, inference_model, runtime_model
 
+from mobilenet.models.layers import SqueezeExcite
+
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
 
-MODELS = ["mobilenet_v1", "mobilenet_v2", "conv_mobilenet_v1"]
+MODELS = ["mobilenet_v1", "mobilenet_v2", "conv_mobilenet_v1", "mobilenet_v3_small"]
 
 
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -65,8 +67,10 @@ def test_folding_keeps_the_function(name):
     assert convs and all(c.bias is not None for c in convs)
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert not fused.training and not any(p.requires_grad for p in fused.parameters())
-    # the original is untouched: still BatchNorm, still the same outputs
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == len(convs)
+    # the original is untouched: still BatchNorm (after every convolution but squeeze-and-excitation's), still the
+    # same outputs
+    excite = sum(isinstance(m, nn.Conv2d) for s in model.modules() if isinstance(s, SqueezeExcite) for m in s.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == len(convs) - excite
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
 
@@ -459,3 +463,37 @@ def test_one_accuracy_guard_for_int8_exports(cli, digits_checkpoint, tmp_path, m
     assert out.returncode == 0 and target.exists() and "warning" in out.stderr and "96.25%" in out.stderr
     out = cli("export", *args, "--min-agreement", "98")
     assert out.returncode == 2 and "a fraction from 0 to 1" in out.stderr
+
+
+def test_v3_exports_with_the_onnx_hard_activations_and_runs_as_pytorch_does(tmp_path):
+    """V3-Small's hard-swish and hard-sigmoid become ONNX's own HardSwish and HardSigmoid operators
+    (not decomposed), the squeeze-and-excitation a Mul; the file, read by a plain ONNX Runtime
+    session, gives PyTorch's logits, and so do torch.export's program and (if installed) OpenVINO's IR."""
+    from mobilenet.checkpoint import load_checkpoint
+    from mobilenet.optional import available
+    from mobilenet.train import train
+    from runs import tiny
+
+    out = tmp_path / "run"
+    train(tiny(out, model="mobilenet_v3_small", epochs=1), progress=False)
+    checkpoint = out / "last.safetensors"
+    model, meta = load_checkpoint(checkpoint, with_meta=True)
+    images = torch.randn(4, 3, meta.resolution, meta.resolution, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.eval()(images)
+    export_checkpoint(checkpoint, tmp_path / "m.onnx")
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert {"HardSwish", "HardSigmoid", "Mul", "GlobalAveragePool"} <= ops
+    assert np.abs(ort_logits(tmp_path / "m.onnx", images) - expected.numpy()).max() <= 1e-4
+    export_checkpoint(checkpoint, tmp_path / "m.pt2")
+    from mobilenet.export import load_pt2
+
+    with torch.no_grad():
+        program, _ = load_pt2(tmp_path / "m.pt2")
+        torch.testing.assert_close(program.module()(images), expected, rtol=1e-4, atol=1e-4)
+    if available("openvino"):
+        import openvino
+
+        export_checkpoint(checkpoint, tmp_path / "m.xml")
+        compiled = openvino.Core().compile_model(str(tmp_path / "m.xml"), "CPU")
+        assert np.abs(compiled(images.numpy())[0] - expected.numpy()).max() <= 1e-4
