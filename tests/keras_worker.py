@@ -1,5 +1,6 @@
 """The Keras side of the real-Keras tests, run in its own process (Keras sets torch state such as
-threads when imported): build `keras.applications.MobileNet` / `MobileNetV2` without weights,
+threads when imported): build `keras.applications.MobileNet` / `MobileNetV2` / `MobileNetV3Large` /
+`MobileNetV3Small` without weights,
 give every weight and every BatchNorm statistic random values, save the model in each format
 Keras 3 writes, and record Keras's own logits on fixed images.
 
@@ -22,7 +23,9 @@ import numpy as np  # noqa: E402
 
 CLASSES = 10
 IMAGES = 4
-APPLICATIONS = {"mobilenet_v1": keras.applications.MobileNet, "mobilenet_v2": keras.applications.MobileNetV2}
+APPLICATIONS = {"mobilenet_v1": keras.applications.MobileNet, "mobilenet_v2": keras.applications.MobileNetV2,
+                "mobilenet_v3_large": keras.applications.MobileNetV3Large,
+                "mobilenet_v3_small": keras.applications.MobileNetV3Small}
 
 
 def randomise(model: keras.Model, rng: np.random.Generator) -> None:
@@ -57,7 +60,9 @@ def main() -> None:
         model.save_weights(f"{stem}.weights.h5")
         model.save(f"{stem}.keras")
         model.save(f"{stem}.h5")  # the legacy full-model HDF5 format, which Keras 3 still writes
-        logits = keras.ops.convert_to_numpy(model(images, training=False))
+        # MobileNetV3 rescales 0..255 to -1..1 itself (include_preprocessing): the same images, given as pixels
+        pixels = (images + 1.0) * 127.5 if arch.startswith("mobilenet_v3") else images
+        logits = keras.ops.convert_to_numpy(model(pixels, training=False))
         np.save(f"{stem}.logits.npy", logits)
     versions = json.dumps({"keras": keras.__version__, "backend": keras.backend.backend()})
     (out / "versions.json").write_text(versions)

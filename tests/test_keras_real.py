@@ -30,7 +30,8 @@ pytestmark = pytest.mark.skipif(not keras_installed and not os.environ.get("CI")
 
 SIZE = 64  # a multiple of 32: Keras MobileNet pads bottom/right, which is TensorFlow 'SAME' at such sizes
 WIDTHS = {"mobilenet_v1": ("0.25", "0.5", "0.75", "1.0"),  # every alpha keras.applications offers
-          "mobilenet_v2": ("0.35", "0.5", "0.75", "1.0", "1.3", "1.4")}
+          "mobilenet_v2": ("0.35", "0.5", "0.75", "1.0", "1.3", "1.4"),
+          "mobilenet_v3_large": ("0.75", "1.0"), "mobilenet_v3_small": ("0.75", "1.0")}
 FORMATS = (".weights.h5", ".keras", ".h5")
 MODELS = [(arch, alpha) for arch, alphas in WIDTHS.items() for alpha in alphas]
 

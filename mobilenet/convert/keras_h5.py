@@ -1,5 +1,5 @@
-"""Keras sources: Keras applications' MobileNet and MobileNetV2 weights in HDF5 (or a Keras 3
-`.keras` zip), read with h5py (no TensorFlow), and their name map.
+"""Keras sources: Keras applications' MobileNet, MobileNetV2 and MobileNetV3 weights in HDF5 (or a
+Keras 3 `.keras` zip), read with h5py (no TensorFlow), and their name map.
 
 Four layouts are read:
 - Keras 2 weights file (`model.save_weights('x.h5')`, the layout of the published
@@ -27,7 +27,13 @@ blocks 1..16 `block_i_expand` / `_BN`, `block_i_depthwise` / `_BN`, `block_i_pro
 `Conv_1` + `Conv_1_bn`; Dense classifier `Logits` in the published files (keras_applications),
 `predictions` in today's Keras. Channels _make_divisible(int(c * alpha), 8), equal to ours at the
 published alphas.
-Both: ReLU6, BatchNormalization epsilon 1e-3, kernels HWIO (`(kh, kw, in, out)`), depthwise kernels
+V3 (`mobilenet_v3.py`): `conv` + `conv_bn`; block 0 `expanded_conv_depthwise` / `_bn`, then
+`expanded_conv_i_expand`, `_depthwise`, `_squeeze_excite_conv` and `_squeeze_excite_conv_1` (1x1 with
+biases: reduce, expand), `_project`, each with `_bn` but the squeeze-and-excitation; head `conv_1` +
+`conv_1_bn`, then after the pooling `conv_2` (a 1x1 Conv2D with bias: our linear layer) and `logits`.
+Hard-swish, hard sigmoid as ReLU6(x + 3) / 6; the model rescales 0..255 to -1..1 itself. Its stem
+keeps 16 channels at every alpha (equal to ours at the published 1.0 and 0.75, not at 0.5 and less).
+V1 and V2: ReLU6. All: BatchNormalization epsilon 1e-3, kernels HWIO (`(kh, kw, in, out)`), depthwise kernels
 `(kh, kw, channels, 1)`. A stride-2 layer pads zero rows/columns at the bottom/right only
 (`ZeroPadding2D(((0, 1), (0, 1)))` or `correct_pad`, then 'valid'), others pad 'same': TensorFlow's
 'SAME' rule, our `padding="tf_same"` (for V1 exactly so when each stride-2 layer sees an even size,
@@ -46,7 +52,7 @@ import torch
 
 from mobilenet.checks import first_line, some
 from mobilenet.convert.layout import BN_PARAMS, Pair, Plan, Unit, model_units, width_from
-from mobilenet.models import v1, v2
+from mobilenet.models import v1, v2, v3
 
 BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras's names, in its order
 KERAS3_ROLES = {1: ("kernel",), 2: ("kernel", "bias"), 4: BN_ROLES}  # by number of variables in a layer
@@ -141,15 +147,21 @@ def _kind_and_order(name: str) -> tuple[str, int]:
 
 def _application_sequence(arch: str) -> dict[str, list[str]]:
     """The applications' layer names with weights, per Keras class, in creation order: what a
-    Keras 3 weights file numbers conv2d, conv2d_1, ... (read off our units, from the same tables)."""
-    layers = _v1_layers if arch == "mobilenet_v1" else _v2_layers
+    Keras 3 weights file numbers conv2d, conv2d_1, ... (read off our units, from the same tables;
+    V3's squeeze-and-excitation layers come between its block's depthwise and projection)."""
+    layers = LAYER_NAMES[arch]
     sequence: dict[str, list[str]] = {"conv2d": [], "depthwise_conv2d": [], "batch_normalization": [], "dense": []}
     for unit in model_units(arch):
         conv, bn = layers(unit)
+        if unit.part == "project" and arch in V3_TAILS and unit.block in _se_blocks(arch):
+            sequence["conv2d"] += [f"{_v3_prefix(unit.block)}squeeze_excite_conv",
+                                   f"{_v3_prefix(unit.block)}squeeze_excite_conv_1"]
         sequence["depthwise_conv2d" if unit.part == "depthwise" else "conv2d"].append(conv)
         sequence["batch_normalization"].append(bn)
     if arch == "mobilenet_v1":
         sequence["conv2d"].append("conv_preds")  # a 1x1 Conv2D with bias, after the features
+    elif arch in V3_TAILS:
+        sequence["conv2d"] += list(V3_TAILS[arch])  # the 1x1 convolution after the pooling, the classifier
     else:
         sequence["dense"].append("predictions")
     return sequence
@@ -169,8 +181,11 @@ def _application_names(layers: list[str], path: Path) -> dict[str, str]:
     for layer in layers:
         kind, order = _kind_and_order(layer)
         by_kind.setdefault(kind, []).append((order, layer))
-    arch = "mobilenet_v2" if "dense" in by_kind else "mobilenet_v1"
-    variant = "Keras MobileNetV2" if arch == "mobilenet_v2" else "Keras MobileNet"
+    # MobileNetV2 has a Dense classifier; the others are told apart by their depthwise layers
+    depthwise = len(by_kind.get("depthwise_conv2d", ()))
+    arch = "mobilenet_v2" if "dense" in by_kind else {15: "mobilenet_v3_large", 11: "mobilenet_v3_small"}.get(
+        depthwise, "mobilenet_v1")
+    variant = KERAS_NAMES[arch]
     unknown = sorted(set(by_kind) - {"conv2d", "depthwise_conv2d", "batch_normalization", "dense"})
     if unknown:
         raise ValueError(f"{path}: layer {by_kind[unknown[0]][0][1]} has weights, but no layer of that kind is in "
@@ -227,8 +242,32 @@ def _v2_layers(unit: Unit) -> tuple[str, str]:
     return f"{prefix}{unit.part}", f"{prefix}{unit.part}_BN"
 
 
+def _v3_prefix(block: int) -> str:
+    return "expanded_conv_" if block == 1 else f"expanded_conv_{block - 1}_"  # Keras counts blocks from 0
+
+
+def _v3_layers(unit: Unit) -> tuple[str, str]:
+    if unit.part == "stem":
+        return "conv", "conv_bn"
+    if unit.part == "head":
+        return "conv_1", "conv_1_bn"
+    return f"{_v3_prefix(unit.block)}{unit.part}", f"{_v3_prefix(unit.block)}{unit.part}_bn"
+
+
+def _se_blocks(arch: str) -> list[int]:
+    """The blocks (indices in `features`) with squeeze-and-excitation: the rows of the V3 table with SE."""
+    return [i + 1 for i, row in enumerate(v3.VARIANTS[arch][0]) if row.se]
+
+
+LAYER_NAMES = {"mobilenet_v1": _v1_layers, "mobilenet_v2": _v2_layers, "mobilenet_v3_large": _v3_layers,
+               "mobilenet_v3_small": _v3_layers}
+KERAS_NAMES = {"mobilenet_v1": "Keras MobileNet", "mobilenet_v2": "Keras MobileNetV2",
+               "mobilenet_v3_large": "Keras MobileNetV3Large", "mobilenet_v3_small": "Keras MobileNetV3Small"}
+V3_TAILS = {"mobilenet_v3_large": ("conv_2", "logits"), "mobilenet_v3_small": ("conv_2", "logits")}
+
+
 def _pairs(arch: str, classifier: str) -> list[Pair]:
-    layers = _v1_layers if arch == "mobilenet_v1" else _v2_layers
+    layers = LAYER_NAMES[arch]
     pairs = []
     for unit in model_units(arch):
         conv, bn = layers(unit)
@@ -236,7 +275,14 @@ def _pairs(arch: str, classifier: str) -> list[Pair]:
         pairs.append(Pair(f"{unit.prefix}.conv.weight", f"{conv}/kernel", transform))
         pairs += [Pair(f"{unit.prefix}.bn.{ours}", f"{bn}/{theirs}") for ours, theirs in zip(BN_PARAMS, BN_ROLES)]
         pairs.append(Pair(f"{unit.prefix}.bn.num_batches_tracked", None))  # no such counter in Keras
-    to_linear = _conv1x1_to_linear if arch == "mobilenet_v1" else _dense_to_linear
+    if arch in V3_TAILS:
+        for block in _se_blocks(arch):  # squeeze-and-excitation: two 1x1 convolutions with biases
+            for ours, theirs in (("reduce", "squeeze_excite_conv"), ("expand", "squeeze_excite_conv_1")):
+                pairs += [Pair(f"features.{block}.se.{ours}.weight", f"{_v3_prefix(block)}{theirs}/kernel", _hwio_to_oihw),
+                          Pair(f"features.{block}.se.{ours}.bias", f"{_v3_prefix(block)}{theirs}/bias")]
+        head = V3_TAILS[arch][0]  # the 1x1 convolution after the pooling: our linear layer
+        pairs += [Pair("head.0.weight", f"{head}/kernel", _conv1x1_to_linear), Pair("head.0.bias", f"{head}/bias")]
+    to_linear = _dense_to_linear if arch == "mobilenet_v2" else _conv1x1_to_linear
     pairs += [Pair("classifier.weight", f"{classifier}/kernel", to_linear), Pair("classifier.bias", f"{classifier}/bias")]
     return pairs
 
@@ -250,23 +296,27 @@ def plan_keras(tensors: dict[str, torch.Tensor]) -> Plan:
         options["dropout"] = 1e-3  # Keras MobileNet's default Dropout before conv_preds
         if "conv_dw_1/kernel" in tensors and tensors["conv_dw_1/kernel"].shape[-1] != 1:
             raise ValueError("unsupported Keras MobileNet with depth_multiplier != 1 (ours has one filter per channel)")
+    elif {"conv", "conv_bn", "expanded_conv_depthwise"} <= layers:
+        arch = "mobilenet_v3_large" if "expanded_conv_14_depthwise" in layers else "mobilenet_v3_small"
+        classifier, last, base = "logits", "conv_1/kernel", v3.VARIANTS[arch][1]
+        options = dict(activation="hardswish", bn_eps=1e-3, padding="tf_same", dropout=0.2)  # Keras' defaults
     elif {"Conv1", "expanded_conv_depthwise"} <= layers:
         classifier = "Logits" if "Logits" in layers else "predictions"
         arch, last, base = "mobilenet_v2", "block_16_project/kernel", v2.STAGES[-1].out_channels
         options["dropout"] = 0.0  # Keras MobileNetV2 has no dropout
     else:
         raise ValueError(
-            "not a Keras applications MobileNet / MobileNetV2 weights file: no conv1 + conv_dw_1 or Conv1 + "
-            f"expanded_conv_depthwise layers (it has {some(sorted(layers), 4)})"
+            "not a Keras applications MobileNet / MobileNetV2 / MobileNetV3 weights file: no conv1 + conv_dw_1, "
+            f"Conv1 + expanded_conv_depthwise or conv + expanded_conv_depthwise layers (it has {some(sorted(layers), 4)})"
         )
     if f"{classifier}/kernel" not in tensors:
-        expected = "conv_preds" if arch == "mobilenet_v1" else "Logits / predictions"
+        expected = {"mobilenet_v1": "conv_preds", "mobilenet_v2": "Logits / predictions"}.get(arch, "logits")
         raise ValueError(f"no classifier layer ({expected}): an include_top=False ('_no_top') file; our models need one")
     if last not in tensors:
         raise ValueError(f"the Keras file lacks {last}")
     width = width_from(tensors[last].shape[-1], base)
     num_classes = int(tensors[f"{classifier}/kernel"].shape[-1])
-    variant = f"Keras {'MobileNet' if arch == 'mobilenet_v1' else 'MobileNetV2'} alpha {width:g}"
+    variant = f"{KERAS_NAMES[arch]} alpha {width:g}"
     return Plan(arch, width, num_classes, options, _pairs(arch, classifier), variant)
 
 

@@ -28,12 +28,12 @@ class Unit:
 
     prefix: str
     block: int
-    part: str  # 'stem', 'depthwise', 'pointwise' (V1), 'expand', 'project' (V2), 'head' (V2)
+    part: str  # 'stem', 'depthwise', 'pointwise' (V1), 'expand', 'project' (V2, V3), 'head' (V2, V3)
     out_channels: int
     expands: bool = False
 
 
-IMPORTABLE = ("mobilenet_v1", "mobilenet_v2")
+IMPORTABLE = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 
 
 def model_units(arch: str, width_mult: float = 1.0) -> list[Unit]:
