@@ -1,4 +1,4 @@
-"""MobileNet V1, V2 and V3, faithful to the papers, with an exact cost model."""
+"""MobileNet V1 to V4, faithful to the papers, with an exact cost model."""
 
 from mobilenet.checkpoint import load_checkpoint
 from mobilenet.cost import cost

@@ -415,7 +415,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="mobilenet", description="MobileNet V1, V2 and V3: models, cost, training, export.")
+    parser = Parser(prog="mobilenet", description="MobileNet V1 to V4: models, cost, training, export.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("models", help="list the registered models")

@@ -11,7 +11,9 @@ from mobilenet.models import InvertedResidual
 
 # Parameter counts of the same architectures in the reference implementations (1000 classes,
 # BatchNorm included): TF-slim / timm for V1, torchvision for V2 and V3 at width 1, Keras' trainable
-# weights for V3 at 0.75 (the widths of its published weights; at 0.5 Keras keeps a 16-channel stem).
+# weights and timm for V3 at 0.75 (the widths of its published weights; at 0.5 Keras keeps a
+# 16-channel stem), timm 1.0.31 for V4 (`mobilenetv4_conv_small/medium/large`, counted on the models
+# timm builds).
 REFERENCE_PARAMS = [
     ("mobilenet_v1", 1.0, 4_231_976),
     ("mobilenet_v1", 0.75, 2_585_560),
@@ -24,9 +26,13 @@ REFERENCE_PARAMS = [
     ("mobilenet_v3_small", 1.0, 2_542_856),
     ("mobilenet_v3_large", 0.75, 3_993_528),
     ("mobilenet_v3_small", 0.75, 2_041_872),
+    ("mobilenet_v4_conv_small", 1.0, 3_774_024),
+    ("mobilenet_v4_conv_medium", 1.0, 9_715_512),
+    ("mobilenet_v4_conv_large", 1.0, 32_590_864),
 ]
 
-MODELS = ["mobilenet_v1", "mobilenet_v2", "conv_mobilenet_v1", "mobilenet_v3_large", "mobilenet_v3_small"]
+MODELS = ["mobilenet_v1", "mobilenet_v2", "conv_mobilenet_v1", "mobilenet_v3_large", "mobilenet_v3_small",
+          "mobilenet_v4_conv_small"]
 WIDTHS = [1.0, 0.75, 0.5, 0.25, 1.4]
 
 
@@ -36,7 +42,8 @@ def n_params(model: nn.Module) -> int:
 
 def test_registry():
     assert list_models() == ["conv_mobilenet_v1", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large",
-                             "mobilenet_v3_small", "shallow_mobilenet_v1"]
+                             "mobilenet_v3_small", "mobilenet_v4_conv_large", "mobilenet_v4_conv_medium",
+                             "mobilenet_v4_conv_small", "shallow_mobilenet_v1"]
 
 
 def test_the_shallow_variant_is_v1_without_the_five_14x14x512_layers():
@@ -111,13 +118,13 @@ def test_v2_first_block_has_no_expansion_and_head_is_1280():
 @pytest.mark.parametrize("name", MODELS)
 def test_depthwise_convolutions_have_one_group_per_channel(name):
     model = create_model(name, width_mult=0.5)
-    depthwise = [m for n, m in model.named_modules() if n.endswith("depthwise.conv")]
+    depthwise = [m for n, m in model.named_modules() if n.endswith(("depthwise.conv", "start.conv", "middle.conv"))]
     if name == "conv_mobilenet_v1":
         assert depthwise == []
         assert all(m.groups == 1 for m in model.modules() if isinstance(m, nn.Conv2d))
         return
     count, kernels = {"mobilenet_v1": (13, {3}), "mobilenet_v2": (17, {3}), "mobilenet_v3_large": (15, {3, 5}),
-                      "mobilenet_v3_small": (11, {3, 5})}[name]
+                      "mobilenet_v3_small": (11, {3, 5}), "mobilenet_v4_conv_small": (15, {3, 5})}[name]
     assert len(depthwise) == count and {conv.kernel_size[0] for conv in depthwise} == kernels
     for conv in depthwise:
         assert conv.groups == conv.in_channels == conv.out_channels
@@ -244,6 +251,32 @@ def test_v3_is_its_table(name):
         assert block.use_shortcut == (row.stride == 1 and channels == row.out_channels)
         channels = row.out_channels
     assert model.features[-1].conv.out_channels == last and isinstance(model.features[-1].act, nn.Hardswish)
-    assert model.head[0].in_features == last and model.head[0].out_features == pooled
+    assert model.head[0].in_channels == last and model.head[0].out_channels == pooled
+    assert model.head[0].kernel_size == (1, 1) and model.head[0].bias is not None  # "NBN": no BatchNorm
     assert isinstance(model.head[1], nn.Hardswish) and model.dropout.p == 0.2
     assert model.classifier.in_features == pooled
+
+
+@pytest.mark.parametrize("start, middle, kind", [(3, 5, "ExtraDW"), (0, 3, "IB"), (5, 0, "ConvNeXt"), (0, 0, "FFN")])
+def test_the_universal_inverted_bottleneck_is_its_four_blocks(start, middle, kind):
+    """UIB (V4 Section 3.1): the depthwise layers present are the ones named; the stride is the
+    middle one's, else the start one's; the start one has no activation, the projection none;
+    the shortcut where the stride is 1 and the channels match."""
+    from mobilenet.models.v4 import UniversalInvertedBottleneck
+
+    stride = 2 if start or middle else 1
+    block = UniversalInvertedBottleneck(16, 24, start, middle, stride, 64, 1e-5, "symmetric")
+    convs = {name: m for name, m in block.named_modules() if isinstance(m, nn.Conv2d)}
+    assert set(convs) == {*(["start.conv"] if start else []), "expand.conv", *(["middle.conv"] if middle else []),
+                          "project.conv"}
+    if start:
+        assert convs["start.conv"].groups == 16 and isinstance(block.start.act, nn.Identity)
+        assert convs["start.conv"].stride == ((1, 1) if middle else (2, 2))
+    if middle:
+        assert convs["middle.conv"].groups == 64 and convs["middle.conv"].stride == (2, 2)
+    assert isinstance(block.project.act, nn.Identity) and not block.use_shortcut
+    x = torch.randn(2, 16, 8, 8)
+    assert block(x).shape == (2, 24, 8 // stride, 8 // stride)
+    same = UniversalInvertedBottleneck(16, 16, start, middle, 1, 64, 1e-5, "symmetric").eval()
+    nn.init.zeros_(same.project.bn.weight)
+    assert same.use_shortcut and torch.equal(same(x), x)

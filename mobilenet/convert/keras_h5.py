@@ -30,7 +30,7 @@ published alphas.
 V3 (`mobilenet_v3.py`): `conv` + `conv_bn`; block 0 `expanded_conv_depthwise` / `_bn`, then
 `expanded_conv_i_expand`, `_depthwise`, `_squeeze_excite_conv` and `_squeeze_excite_conv_1` (1x1 with
 biases: reduce, expand), `_project`, each with `_bn` but the squeeze-and-excitation; head `conv_1` +
-`conv_1_bn`, then after the pooling `conv_2` (a 1x1 Conv2D with bias: our linear layer) and `logits`.
+`conv_1_bn`, then after the pooling `conv_2` (a 1x1 Conv2D with bias, as ours) and `logits`.
 Hard-swish, hard sigmoid as ReLU6(x + 3) / 6; the model rescales 0..255 to -1..1 itself. Its stem
 keeps 16 channels at every alpha (equal to ours at the published 1.0 and 0.75, not at 0.5 and less).
 V1 and V2: ReLU6. All: BatchNormalization epsilon 1e-3, kernels HWIO (`(kh, kw, in, out)`), depthwise kernels
@@ -281,7 +281,7 @@ def _pairs(arch: str, classifier: str) -> list[Pair]:
                 pairs += [Pair(f"features.{block}.se.{ours}.weight", f"{_v3_prefix(block)}{theirs}/kernel", _hwio_to_oihw),
                           Pair(f"features.{block}.se.{ours}.bias", f"{_v3_prefix(block)}{theirs}/bias")]
         head = V3_TAILS[arch][0]  # the 1x1 convolution after the pooling: our linear layer
-        pairs += [Pair("head.0.weight", f"{head}/kernel", _conv1x1_to_linear), Pair("head.0.bias", f"{head}/bias")]
+        pairs += [Pair("head.0.weight", f"{head}/kernel", _hwio_to_oihw), Pair("head.0.bias", f"{head}/bias")]
     to_linear = _dense_to_linear if arch == "mobilenet_v2" else _conv1x1_to_linear
     pairs += [Pair("classifier.weight", f"{classifier}/kernel", to_linear), Pair("classifier.bias", f"{classifier}/bias")]
     return pairs

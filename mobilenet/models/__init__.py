@@ -11,6 +11,7 @@ from mobilenet.models.layers import ConvBNAct, DepthwiseSeparable, InvertedResid
 from mobilenet.models.v1 import MobileNetV1, conv_mobilenet_v1, mobilenet_v1, shallow_mobilenet_v1
 from mobilenet.models.v2 import MobileNetV2, mobilenet_v2
 from mobilenet.models.v3 import MobileNetV3, mobilenet_v3_large, mobilenet_v3_small
+from mobilenet.models.v4 import MobileNetV4, mobilenet_v4_conv_large, mobilenet_v4_conv_medium, mobilenet_v4_conv_small
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v1": mobilenet_v1,
@@ -19,6 +20,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "shallow_mobilenet_v1": shallow_mobilenet_v1,
     "mobilenet_v3_large": mobilenet_v3_large,
     "mobilenet_v3_small": mobilenet_v3_small,
+    "mobilenet_v4_conv_small": mobilenet_v4_conv_small,
+    "mobilenet_v4_conv_medium": mobilenet_v4_conv_medium,
+    "mobilenet_v4_conv_large": mobilenet_v4_conv_large,
 }
 
 
@@ -39,7 +43,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 __all__ = [
     "ConvBNAct", "DepthwiseSeparable", "InvertedResidual", "MobileNet", "ModelConfig", "MobileNetV1", "MobileNetV2",
-    "MobileNetV3", "MODELS", "mobilenet_v3_large", "mobilenet_v3_small",
+    "MobileNetV3", "MobileNetV4", "MODELS", "mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v4_conv_large",
+    "mobilenet_v4_conv_medium", "mobilenet_v4_conv_small",
     "conv_mobilenet_v1", "create_model", "list_models", "make_divisible", "mobilenet_v1", "mobilenet_v2",
     "shallow_mobilenet_v1",
 ]

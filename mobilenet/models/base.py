@@ -107,12 +107,12 @@ class MobileNet(nn.Module):
         raise NotImplementedError
 
     def pooled_head(self, channels: int, config: ModelConfig) -> tuple[nn.Module, int]:
-        """Layers between the pooling and the dropout (V3's 1x1 convolution after pooling, a
-        linear layer on the pooled vector); none in V1 and V2."""
+        """Layers between the pooling and the dropout, on the pooled 1x1 map (V3's and V4's 1x1
+        convolution after the pooling); none in V1 and V2."""
         return nn.Identity(), channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(self.pool(self.features(x)).flatten(1))
+        x = self.head(self.pool(self.features(x))).flatten(1)
         return self.classifier(self.dropout(x))
 
 

@@ -119,7 +119,7 @@ class MobileNetV3(MobileNet):
 
     def pooled_head(self, channels: int, config: ModelConfig) -> tuple[nn.Module, int]:
         head = make_divisible(VARIANTS[config.name][2] * max(1.0, config.width_mult))  # kept below width 1
-        return nn.Sequential(nn.Linear(channels, head), nn.Hardswish(inplace=True)), head
+        return nn.Sequential(nn.Conv2d(channels, head, 1), nn.Hardswish(inplace=True)), head  # no BatchNorm: a bias
 
 
 def mobilenet_v3_large(width_mult: float = 1.0, num_classes: int = 1000, small_input: bool = False,
