@@ -15,6 +15,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,export,openvino]"
+	# timm is the tests' oracle for V3 and V4 weights; without its dependencies, which would bring
+	# torchvision and with it another torch (tests/timm_worker.py runs its model code without them)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps "timm==1.0.31"
 	$(BIN)/python -m mobilenet.fused
 	@echo "$(TORCH)" > $(STAMP)
 

@@ -23,6 +23,7 @@ from mobilenet.convert.catalog import FORMATS, HALF, IMAGENET_MEAN, IMAGENET_STD
 from mobilenet.convert.classes import imagenet_classes
 from mobilenet.convert.download import download, file_sha256
 from mobilenet.convert.keras_h5 import keras_resolution, plan_keras, read_keras_h5
+from mobilenet.models.v4 import VARIANTS as V4_VARIANTS
 from mobilenet.convert.layout import Pair, Plan, assemble
 from mobilenet.convert.torch_sources import plan_timm, plan_torchvision, read_torch_file
 from mobilenet.files import refuse_overwrite
@@ -63,9 +64,10 @@ def _preprocessing(source_format: str, plan: Plan, filename: str) -> tuple[Weigh
     if source_format == "keras":
         return None, dict(resolution=keras_resolution(filename) or 224, mean=HALF, std=HALF,
                           crop_fraction=SLIM_CROP, interpolation="bilinear")
-    if source_format == "timm":  # timm's V1 weights all use mean = std = 0.5, its V2 weights ImageNet's
+    if source_format == "timm":  # timm's V1 weights all use mean = std = 0.5, the others ImageNet's
         mean, std = (HALF, HALF) if plan.arch == "mobilenet_v1" else (IMAGENET_MEAN, IMAGENET_STD)
-        return None, dict(resolution=224, mean=mean, std=std, crop_fraction=SLIM_CROP, interpolation="bicubic")
+        side = V4_VARIANTS[plan.arch][2] if plan.arch in V4_VARIANTS else 224  # V4 M and L: 256 and 384
+        return None, dict(resolution=side, mean=mean, std=std, crop_fraction=SLIM_CROP, interpolation="bicubic")
     return None, dict(resolution=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_fraction=SLIM_CROP,
                       interpolation="bilinear")
 

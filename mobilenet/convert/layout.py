@@ -28,12 +28,14 @@ class Unit:
 
     prefix: str
     block: int
-    part: str  # 'stem', 'depthwise', 'pointwise' (V1), 'expand', 'project' (V2, V3), 'head' (V2, V3)
+    part: str  # 'stem', 'depthwise', 'pointwise' (V1), 'expand', 'project' (V2-V4), 'head' (V2-V4), 'conv',
+    #            'start', 'middle' (V4)
     out_channels: int
     expands: bool = False
 
 
-IMPORTABLE = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+IMPORTABLE = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v4_conv_small",
+              "mobilenet_v4_conv_medium", "mobilenet_v4_conv_large")
 
 
 def model_units(arch: str, width_mult: float = 1.0) -> list[Unit]:
@@ -46,8 +48,9 @@ def model_units(arch: str, width_mult: float = 1.0) -> list[Unit]:
     units = []
     last = len(model.features) - 1
     for i, block in enumerate(model.features):
-        if isinstance(block, ConvBNAct):
-            units.append(Unit(f"features.{i}", i, "stem" if i == 0 else "head", block.conv.out_channels))
+        if isinstance(block, ConvBNAct):  # the stem, the 1x1 before the pooling, V4's plain convolutions
+            part = "stem" if i == 0 else "head" if i == last else "conv"
+            units.append(Unit(f"features.{i}", i, part, block.conv.out_channels))
             continue
         expands = isinstance(getattr(block, "expand", None), ConvBNAct)
         units += [Unit(f"features.{i}.{name}", i, name, part.conv.out_channels, expands)

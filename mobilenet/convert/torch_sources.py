@@ -23,6 +23,17 @@ has `conv_pw`, `bn1`, `conv_dw`, `bn2`, `conv_pwl`, `bn3`. V2 ends with `conv_he
 'relu6')`), nn.BatchNorm2d's eps 1e-5, symmetric padding (`pad_type=''`), dropout 0 by default.
 timm rounds every width with `round_channels` (multiples of 8); our V1 uses the paper's
 int(c * width), the same numbers at widths 0.25, 0.5, 0.75, 1.0 and 1.25.
+
+timm's V3 and V4 (`timm/models/mobilenetv3.py` `_gen_mobilenet_v3` / `_gen_mobilenet_v4`, the
+MobileNetV3 class): `conv_stem` + `bn1`, `blocks.<stage>.<index>` in the stages of TIMM_STAGES, then
+after the pooling `conv_head` (V3: with a bias; V4: without, then `norm_head`) and `classifier`. V3's
+first block (no expansion) is a DepthwiseSeparableConv (`conv_dw`/`bn1`, `se`, `conv_pw`/`bn2`),
+the others InvertedResidual (`conv_pw`/`bn1`, `conv_dw`/`bn2`, `se.conv_reduce`/`se.conv_expand`
+with biases, `conv_pwl`/`bn3`); V4's plain convolutions are ConvBnAct (`conv`/`bn1`), its FusedIB an
+EdgeResidual (`conv_exp`/`bn1`, `conv_pwl`/`bn2`), its UIB a UniversalInvertedResidual (`dw_start`,
+`pw_exp`, `dw_mid`, `pw_proj`, each `.conv`/`.bn`); the 1x1 before the pooling ends the blocks.
+BatchNorm eps 1e-5, symmetric padding (the `tf_` ports, with TensorFlow's padding and eps, are not
+read), dropout 0 by default.
 """
 
 from __future__ import annotations
@@ -38,14 +49,27 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mobilenet.checks import first_line
-from mobilenet.convert.layout import Plan, Unit, model_units, torch_style_pairs, width_from
-from mobilenet.models import v1, v2
+from mobilenet.convert.layout import Pair, Plan, Unit, model_units, torch_style_pairs, width_from
+from mobilenet.models import create_model, v1, v2, v3, v4
+from mobilenet.models.layers import SqueezeExcite
 
 # timm's V1 arch_def: ['dsa_r1_k3_s1_c64'], ['dsa_r2_k3_s2_c128'], ['dsa_r2_k3_s2_c256'],
 # ['dsa_r6_k3_s2_c512'], ['dsa_r2_k3_s2_c1024']: our 13 blocks, grouped by stage.
 TIMM_V1_REPEATS = (1, 2, 2, 6, 2)
 TIMM_V2_REPEATS = tuple(stage.repeats for stage in v2.STAGES)  # (1, 2, 3, 4, 3, 3, 1), as timm's V2 arch_def
-TIMM_SUPPORTED = ("mobilenetv1_100", "mobilenetv1_125", "mobilenetv2_050", "mobilenetv2_100", "mobilenetv2_140")
+TIMM_SUPPORTED = ("mobilenetv1_100", "mobilenetv1_125", "mobilenetv2_050", "mobilenetv2_100", "mobilenetv2_140",
+                  "mobilenetv3_large_075", "mobilenetv3_large_100", "mobilenetv3_small_075", "mobilenetv3_small_100",
+                  "mobilenetv4_conv_small", "mobilenetv4_conv_medium", "mobilenetv4_conv_large")
+# Blocks per stage of timm's V3 and V4 arch_defs (the 1x1 convolution before the pooling is the last
+# stage): how its `blocks.<stage>.<index>` number our `features`.
+TIMM_STAGES = {
+    "mobilenet_v3_large": (1, 2, 3, 4, 2, 3, 1),
+    "mobilenet_v3_small": (1, 2, 3, 2, 3, 1),
+    "mobilenet_v4_conv_small": (2, 2, 6, 6, 1),
+    "mobilenet_v4_conv_medium": (1, 2, 8, 11, 1),
+    "mobilenet_v4_conv_large": (1, 2, 11, 13, 1),
+}
+TIMM_V4_PARTS = {"start": "dw_start", "expand": "pw_exp", "middle": "dw_mid", "project": "pw_proj"}
 
 
 def _refusal_reason(error: pickle.UnpicklingError) -> str:
@@ -152,8 +176,78 @@ def _timm_names(is_v2: bool):
     return names
 
 
+def _timm_v3_v4_pairs(arch: str) -> list:
+    """The name map of timm's V3 or V4 (see the module docstring) onto ours."""
+    stages = TIMM_STAGES[arch]
+    place = [(s, i) for s, n in enumerate(stages) for i in range(n)]  # our features[k + 1] is timm's place[k]
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=1)
+
+    def names(unit: Unit) -> tuple[str, str]:
+        if unit.part == "stem":
+            return "conv_stem", "bn1"
+        stage, index = place[unit.block - 1]
+        block = f"blocks.{stage}.{index}"
+        if unit.part in ("conv", "head"):  # ConvBnAct
+            return f"{block}.conv", f"{block}.bn1"
+        if arch in v4.VARIANTS:
+            if isinstance(model.features[unit.block], v4.FusedIB):
+                return {"expand": (f"{block}.conv_exp", f"{block}.bn1"),
+                        "project": (f"{block}.conv_pwl", f"{block}.bn2")}[unit.part]
+            return f"{block}.{TIMM_V4_PARTS[unit.part]}.conv", f"{block}.{TIMM_V4_PARTS[unit.part]}.bn"
+        if not unit.expands:  # DepthwiseSeparableConv
+            return (f"{block}.conv_dw", f"{block}.bn1") if unit.part == "depthwise" else (f"{block}.conv_pw", f"{block}.bn2")
+        return {"expand": (f"{block}.conv_pw", f"{block}.bn1"), "depthwise": (f"{block}.conv_dw", f"{block}.bn2"),
+                "project": (f"{block}.conv_pwl", f"{block}.bn3")}[unit.part]
+
+    pairs = [pair for pair in torch_style_pairs(model_units(arch), names, "classifier")
+             if not pair.ours.startswith("classifier.")]
+    for k, block in enumerate(model.features):
+        if not isinstance(getattr(block, "se", None), SqueezeExcite):
+            continue
+        stage, index = place[k - 1]
+        for ours, theirs in (("reduce", "conv_reduce"), ("expand", "conv_expand")):
+            pairs += [Pair(f"features.{k}.se.{ours}.{p}", f"blocks.{stage}.{index}.se.{theirs}.{p}") for p in ("weight", "bias")]
+    if arch in v4.VARIANTS:  # the 1x1 after the pooling: conv_head + norm_head, as our head ConvBNAct
+        pairs += [Pair("head.conv.weight", "conv_head.weight")]
+        pairs += [Pair(f"head.bn.{p}", f"norm_head.{p}") for p in ("weight", "bias", "running_mean", "running_var")]
+        pairs.append(Pair("head.bn.num_batches_tracked", "norm_head.num_batches_tracked", optional=True))
+    else:
+        pairs += [Pair("head.0.weight", "conv_head.weight"), Pair("head.0.bias", "conv_head.bias")]
+    return pairs + [Pair("classifier.weight", "classifier.weight"), Pair("classifier.bias", "classifier.bias")]
+
+
+def _plan_timm_v3_v4(tensors: dict[str, torch.Tensor]) -> Plan:
+    """timm's `mobilenetv3_large/small_*` and `mobilenetv4_conv_small/medium/large`."""
+    stages: dict[int, int] = {}
+    for key in tensors:
+        if m := re.match(r"blocks\.(\d+)\.(\d+)\.", key):
+            stages[int(m.group(1))] = max(stages.get(int(m.group(1)), 0), int(m.group(2)) + 1)
+    found = tuple(stages[s] for s in sorted(stages))
+    v4_blocks = any(".pw_exp." in key or ".conv_exp." in key for key in tensors)
+    arch = next((name for name, layout in TIMM_STAGES.items()
+                 if layout == found and (name in v4.VARIANTS) == v4_blocks), None)
+    if arch is None:
+        raise ValueError(f"unsupported timm MobileNetV{'4' if v4_blocks else '3'}: blocks per stage {found}; supported: "
+                         f"{', '.join(name for name in TIMM_SUPPORTED if name.startswith('mobilenetv' + ('4' if v4_blocks else '3')))}")
+    if "classifier.weight" not in tensors:
+        raise ValueError("the timm state dict has no classifier.weight (a headless or features-only model)")
+    last = f"blocks.{len(found) - 1}.0.conv.weight"  # the 1x1 before the pooling
+    base = (v4.VARIANTS[arch][0][-1].out_channels if arch in v4.VARIANTS else v3.VARIANTS[arch][1])
+    width = width_from(tensors[last].shape[0], base)
+    activation = "relu" if arch in v4.VARIANTS else "hardswish"
+    timm_name = arch.replace("mobilenet_v", "mobilenetv") + ("" if arch in v4.VARIANTS else f"_{round(width * 100):03d}")
+    return Plan(arch, width, int(tensors["classifier.weight"].shape[0]),
+                dict(activation=activation, bn_eps=1e-5, padding="symmetric", dropout=0.0), _timm_v3_v4_pairs(arch),
+                variant=f"timm {timm_name}")
+
+
 def plan_timm(tensors: dict[str, torch.Tensor]) -> Plan:
-    """timm's `mobilenetv1_*` and `mobilenetv2_*` (EfficientNet class) at the paper's depth."""
+    """timm's `mobilenetv1_*` and `mobilenetv2_*` (EfficientNet class) at the paper's depth, and its
+    MobileNetV3 class's `mobilenetv3_*` and `mobilenetv4_conv_*`."""
+    if "conv_stem.weight" in tensors and "conv_head.weight" in tensors and (
+            any(".se.conv_reduce." in key for key in tensors) or any(".pw_exp." in key for key in tensors)):
+        return _plan_timm_v3_v4(tensors)
     if "conv_stem.weight" not in tensors or "blocks.0.0.conv_dw.weight" not in tensors:
         raise ValueError("not a timm EfficientNet-family state dict: no 'conv_stem.weight' / 'blocks.0.0.conv_dw.weight'")
     stages: dict[int, int] = {}

@@ -1,0 +1,77 @@
+"""timm's own V3 and V4 models, their state dicts converted and compared with timm's forward pass.
+timm runs in its own process (tests/timm_worker.py), which answers its torchvision imports with a
+stand-in: timm's model code needs no torchvision, and the torchvision wheel cannot import here."""
+
+import atexit
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobilenet.convert import import_weights
+
+timm_installed = importlib.util.find_spec("timm") is not None
+pytestmark = pytest.mark.skipif(not timm_installed and not os.environ.get("CI"),
+                                reason="timm (a test dependency: make install) is not installed")
+
+SIZE = 64
+MODELS = {"mobilenetv3_large_100": ("mobilenet_v3_large", 1.0), "mobilenetv3_large_075": ("mobilenet_v3_large", 0.75),
+          "mobilenetv3_small_100": ("mobilenet_v3_small", 1.0), "mobilenetv3_small_075": ("mobilenet_v3_small", 0.75),
+          "mobilenetv4_conv_small": ("mobilenet_v4_conv_small", 1.0),
+          "mobilenetv4_conv_medium": ("mobilenet_v4_conv_medium", 1.0),
+          "mobilenetv4_conv_large": ("mobilenet_v4_conv_large", 1.0)}
+
+
+def _start_timm():
+    """The timm side, started as this file is collected (like the Keras one) at the lowest priority."""
+    if not timm_installed:
+        return None
+    out = Path(tempfile.mkdtemp(prefix="mobilenet-timm-files-"))
+    worker = Path(__file__).with_name("timm_worker.py")
+    proc = subprocess.Popen([sys.executable, str(worker), str(out), str(SIZE), *MODELS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: os.nice(19))
+
+    def stop() -> None:
+        proc.kill()
+        proc.communicate()
+        shutil.rmtree(out, ignore_errors=True)
+
+    atexit.register(stop)
+    return proc, out
+
+
+TIMM = _start_timm()
+
+
+@pytest.fixture(scope="module")
+def timm_files():
+    proc, out = TIMM
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert json.loads((out / "versions.json").read_text())["timm"].startswith("1.")
+    return out
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_timm_v3_and_v4_give_timms_logits(timm_files, name):
+    """Every tensor of timm's state dict finds its place in ours (the converter refuses to drop
+    any), and our model gives timm's logits on the same images, to float32 rounding."""
+    arch, width = MODELS[name]
+    imported = import_weights(timm_files / f"{name}.safetensors", "timm")
+    assert (imported.meta.config.name, imported.meta.config.width_mult) == (arch, width)
+    assert imported.meta.num_classes == 10
+    images = torch.from_numpy(np.load(timm_files / "images.npy"))
+    with torch.no_grad():
+        ours = imported.model.eval()(images).numpy()
+    theirs = np.load(timm_files / f"{name}.logits.npy")
+    assert np.abs(theirs).max() > 1.0
+    assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
