@@ -444,9 +444,9 @@ def build_parser() -> Parser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("study", help="the V1 paper's experiments (Tables 4-7, Figures 4-5, V1 against V2) "
-                                     "trained and measured on a dataset")
-    p.add_argument("name", help="table4, table5, table6, table7, figure4 or v1-v2")
+    p = sub.add_parser("study", help="the V1 paper's experiments (Tables 4-7, Figures 4-5), V1 against V2 and the "
+                                     "four versions at one cost, trained and measured on a dataset")
+    p.add_argument("name", help="table4, table5, table6, table7, figure4, v1-v2 or families")
     p.add_argument("--out", help="the study's folder: one run folder per point and seed, the table and PNGs")
     p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2 (default 0); more seeds add "
                                                 "runs, and the table shows their mean and spread")

@@ -1,4 +1,5 @@
-"""`mobilenet study`: the V1 paper's experiments rerun on real data, with measured accuracy and latency.
+"""`mobilenet study`: the V1 paper's experiments rerun on real data, with measured accuracy and latency
+(and the family's members against each other at the same cost).
 
 Each study is a list of points (a model, a width multiplier, and the paper's resolution, taken as
 that fraction of 224 of the data's own side: rho = 1, 6/7, 5/7, 4/7 give 28, 24, 20, 16 for
@@ -76,6 +77,9 @@ STUDIES: dict[str, tuple[str, tuple[Point, ...]]] = {
                 tuple(Point(V1, width, side) for width in WIDTHS for side in PAPER_SIDES)),
     "v1-v2": ("V1 against V2 at matched mult-adds", (Point(V1, 0.75), Point("mobilenet_v2", 1.0), Point(V1, 1.0),
                                                       Point("mobilenet_v2", 1.4))),
+    "families": ("V1, V2, V3 and V4 at matched mult-adds (150-210 M at 224)",
+                 (Point(V1, 0.5), Point("mobilenet_v3_large", 0.75), Point("mobilenet_v4_conv_small", 1.0),
+                  Point("mobilenet_v2", 0.75))),
 }
 
 

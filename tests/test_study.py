@@ -24,6 +24,10 @@ def test_each_study_expands_to_the_papers_grid():
     assert grid("table7") == [(V1, 1.0, r) for r in (28, 24, 20, 16)]
     assert grid("figure4") == [(V1, w, r) for w in (1.0, 0.75, 0.5, 0.25) for r in (28, 24, 20, 16)]
     assert grid("v1-v2") == [(V1, 0.75, 28), ("mobilenet_v2", 1.0, 28), (V1, 1.0, 28), ("mobilenet_v2", 1.4, 28)]
+    assert grid("families") == [(V1, 0.5, 28), ("mobilenet_v3_large", 0.75, 28), ("mobilenet_v4_conv_small", 1.0, 28),
+                                ("mobilenet_v2", 0.75, 28)]
+    costs = [study.cost(p.model, 224, width_mult=p.width).macs / 1e6 for p in STUDIES["families"][1]]
+    assert all(145 <= macs <= 215 for macs in costs)  # matched: 149, 155, 186, 209 million at 224
     assert [p.resolution(32) for p in STUDIES["table7"][1]] == [32, 27, 23, 18]  # CIFAR's side
     assert [p.resolution(224) for p in STUDIES["table7"][1]] == [224, 192, 160, 128]  # the paper's own
     assert Point(V1, 0.5).paper()["top1"] == 63.7  # Table 6
