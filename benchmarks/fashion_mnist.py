@@ -111,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     write_text(results / f"{args.name}.md", markdown(result))
     from mobilenet.plots import plot_accuracy_over_time
 
+    title = f"Fashion-MNIST, {RECIPE['model']} x{RECIPE['width']:g} small-input, {result['environment']['cpu']}"
     plot_accuracy_over_time({f"seed {args.seed}": epochs}, results / f"{args.name}.png", references=PUBLISHED,
-                            title=f"Fashion-MNIST, {RECIPE['model']} x{RECIPE['width']:g} small-input, "
-                                  f"{result['environment']['cpu']}")
+                            title=title)
+    if all("pflop" in m for m in epochs):  # runs from before the counter have none
+        plot_accuracy_over_time({f"seed {args.seed}": epochs}, results / f"{args.name}-pflop.png",
+                                references=PUBLISHED, title=title, x="pflop")
     last = epochs[-1]
     compute = (f", {last['pflop']:.3f} PFLOP of training (+{sum(m.get('eval_pflop', 0) for m in epochs):.3f} evaluating)"
                if "pflop" in last else "")  # runs from before the counter have none

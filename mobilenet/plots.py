@@ -89,24 +89,27 @@ def plot_curves(metrics: list[dict], path: str | os.PathLike, title: str = "") -
 
 
 def plot_accuracy_over_time(runs: dict[str, list[dict]], path: str | os.PathLike, title: str = "",
-                            references: dict[str, float] | None = None) -> None:
-    """Test top-1 against wall-clock minutes (training and evaluation), one line per run, with
+                            references: dict[str, float] | None = None, x: str = "minutes") -> None:
+    """Held-out top-1 against wall-clock minutes (training and evaluation; `x="minutes"`) or against
+    the training compute spent (`x="pflop"`, the metrics' running `pflop`), one line per run, with
     published results as dashed horizontal lines."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for label, metrics in runs.items():
-        minutes, top1, elapsed = [], [], 0.0
+        where, top1, elapsed = [], [], 0.0
         for m in metrics:
             elapsed += m["epoch_time_s"] + m.get("eval_time_s", 0.0)
             if "test_top1" in m:  # evaluated epochs only (--eval-every)
-                minutes.append(elapsed / 60)
+                where.append(elapsed / 60 if x == "minutes" else m["pflop"])
                 top1.append(100 * m["test_top1"])
-        ax.plot(minutes, top1, "o-", markersize=3, label=label)
+        ax.plot(where, top1, "o-", markersize=3, label=label)
     for i, (name, value) in enumerate(sorted((references or {}).items(), key=lambda item: item[1])):
         ax.axhline(100 * value, linestyle="--", linewidth=1, color="grey")
         # labelled outside the right edge, staggered, since published results sit close together
         ax.annotate(name, (1.0, 100 * value), xycoords=("axes fraction", "data"), xytext=(4, 9 * i - 9),
                     textcoords="offset points", fontsize=7, color="grey", va="center")
-    ax.set(xlabel="wall-clock minutes (training and evaluation)", ylabel="test top-1 (%)", title=title)
+    ax.set(xlabel="wall-clock minutes (training and evaluation)" if x == "minutes" else
+           "training PFLOP (3 x forward FLOPs x images, at the side trained at)", ylabel="held-out top-1 (%)",
+           title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     _save(fig, path)

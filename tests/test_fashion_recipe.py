@@ -31,6 +31,7 @@ def test_make_fashion_wiring(tmp_path):
     if available("onnxruntime"):
         assert result["int8"]["images"] == 40 and 0 <= result["int8"]["agreement"] <= 1
     assert (tmp_path / "results" / "fashion_mnist.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "results" / "fashion_mnist-pflop.png").read_bytes()[:4] == b"\x89PNG"  # against compute
     assert "Last epoch's test top-1" in (tmp_path / "results" / "fashion_mnist.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)  # the same command continues
     assert again.returncode == 0 and again.stdout.strip().splitlines()[-1].startswith("test top-1"), again.stderr

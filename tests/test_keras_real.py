@@ -7,14 +7,9 @@ Every Keras 3 format is written by the installed library: `.weights.h5`, `.keras
 write, are covered by the hand-built fixtures of test_convert.py.
 """
 
-import atexit
 import importlib.util
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -23,6 +18,7 @@ import pytest
 import torch
 
 from mobilenet.convert import import_weights
+from runs import Worker
 
 keras_installed = importlib.util.find_spec("keras") is not None  # found, not imported (see above)
 pytestmark = pytest.mark.skipif(not keras_installed and not os.environ.get("CI"),
@@ -36,39 +32,13 @@ FORMATS = (".weights.h5", ".keras", ".h5")
 MODELS = [(arch, alpha) for arch, alphas in WIDTHS.items() for alpha in alphas]
 
 
-def _start_keras() -> tuple[subprocess.Popen, Path] | None:
-    """The Keras side, started as this file is collected so that its ~14 s (mostly importing Keras,
-    one process, one core) run in the time the tests before it leave idle (at the lowest priority:
-    beside OpenMP threads that spin, a competing process slows them far more than it gains);
-    `keras_files` waits for it."""
-    if not keras_installed:
-        return None
-    out = Path(tempfile.mkdtemp(prefix="mobilenet-keras-files-"))
-    specs = [f"{arch}:{alpha}" for arch, alpha in MODELS]
-    worker = Path(__file__).with_name("keras_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(worker), str(out), str(SIZE), *specs], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: os.nice(19))  # the tests' threads first: it takes what they leave
-
-    def stop() -> None:  # whether or not its tests ran (deselected with -k, say)
-        proc.kill()
-        proc.communicate()
-        shutil.rmtree(out, ignore_errors=True)
-
-    atexit.register(stop)
-    return proc, out
-
-
-KERAS = _start_keras()
+# the Keras side (~14 s, mostly importing Keras), started as this file is collected
+KERAS = Worker("keras_worker.py", str(SIZE), *(f"{arch}:{alpha}" for arch, alpha in MODELS)) if keras_installed else None
 
 
 @pytest.fixture(scope="module")
 def keras_files():
-    proc, out = KERAS
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
-    return out
+    return KERAS.files()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -2,21 +2,16 @@
 timm runs in its own process (tests/timm_worker.py), which answers its torchvision imports with a
 stand-in: timm's model code needs no torchvision, and the torchvision wheel cannot import here."""
 
-import atexit
 import importlib.util
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from mobilenet.convert import import_weights
+from runs import Worker
 
 timm_installed = importlib.util.find_spec("timm") is not None
 pytestmark = pytest.mark.skipif(not timm_installed and not os.environ.get("CI"),
@@ -30,33 +25,12 @@ MODELS = {"mobilenetv3_large_100": ("mobilenet_v3_large", 1.0), "mobilenetv3_lar
           "mobilenetv4_conv_large": ("mobilenet_v4_conv_large", 1.0)}
 
 
-def _start_timm():
-    """The timm side, started as this file is collected (like the Keras one) at the lowest priority."""
-    if not timm_installed:
-        return None
-    out = Path(tempfile.mkdtemp(prefix="mobilenet-timm-files-"))
-    worker = Path(__file__).with_name("timm_worker.py")
-    proc = subprocess.Popen([sys.executable, str(worker), str(out), str(SIZE), *MODELS], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            preexec_fn=lambda: os.nice(19))
-
-    def stop() -> None:
-        proc.kill()
-        proc.communicate()
-        shutil.rmtree(out, ignore_errors=True)
-
-    atexit.register(stop)
-    return proc, out
-
-
-TIMM = _start_timm()
+TIMM = Worker("timm_worker.py", str(SIZE), *MODELS) if timm_installed else None
 
 
 @pytest.fixture(scope="module")
 def timm_files():
-    proc, out = TIMM
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
+    out = TIMM.files()
     assert json.loads((out / "versions.json").read_text())["timm"].startswith("1.")
     return out
 

@@ -1,0 +1,74 @@
+"""The time-to-accuracy ablation table (issue 26), airbench-style: each variant of the recipe, its
+held-out top-1 after the last epoch, its training compute and time, read from finished run folders.
+
+    .venv/bin/python benchmarks/fashion_ablation.py "baseline, 20 epochs=runs/ablate/base20" \
+        "progressive 16->28, 40 epochs=runs/ablate/prog40" --name fashion_mnist_ablation_val
+
+Variants are compared on what their runs were evaluated on: a validation split cut from the
+training set (`--val-split`) while tuning, never the test split. Writes benchmarks/results/NAME.{md,json}
+and NAME.png (held-out top-1 against training PFLOP, per evaluated epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mobilenet.bench import environment
+from mobilenet.files import write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHOWN = ("epochs", "batch_size", "lr", "label_smoothing", "random_erasing", "min_resolution", "resize_start",
+         "resize_end", "ema_decay", "tta_flip", "val_split", "seed")
+
+
+def read_run(folder: Path) -> dict:
+    config = json.loads((folder / "config.json").read_text())
+    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    last = metrics[-1]
+    if last["epoch"] != config["epochs"] or "test_top1" not in last:
+        raise ValueError(f"{folder}: not finished ({last['epoch']} of {config['epochs']} epochs)")
+    return {"config": {key: config.get(key) for key in SHOWN}, "split": last.get("test_split"),
+            "top1": last["test_top1"], "pflop": last["pflop"],
+            "minutes": sum(m["epoch_time_s"] + m.get("eval_time_s", 0.0) for m in metrics) / 60,
+            "curve": [(m["pflop"], m["test_top1"]) for m in metrics if "test_top1" in m],
+            "images_per_s": [round(m["images_per_s"]) for m in metrics]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", metavar="LABEL=FOLDER")
+    parser.add_argument("--name", default="fashion_mnist_ablation")
+    parser.add_argument("--note", default="", help="a line on how the runs were made (shared cores, threads)")
+    args = parser.parse_args(argv)
+    variants = {}
+    for spec in args.runs:
+        label, _, folder = spec.rpartition("=")
+        variants[label] = read_run(Path(folder))
+    env = environment(__import__("torch").get_num_threads())
+    base = next(iter(variants.values()))
+    lines = [f"# Fashion-MNIST time-to-accuracy ablation: {args.name}", "",
+             f"Machine: {env['cpu']}; torch {env['versions']['torch']}. {args.note}".rstrip(), "",
+             "| variant | held-out split | top-1 % | vs first | training PFLOP | minutes | options |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for label, run in variants.items():
+        options = ", ".join(f"{k} {v}" for k, v in run["config"].items() if v not in (None, False, 0.0))
+        lines.append(f"| {label} | {run['split']} | {100 * run['top1']:.2f} | {100 * (run['top1'] - base['top1']):+.2f} "
+                     f"| {run['pflop']:.3f} | {run['minutes']:.1f} | {options} |")
+    write_text(RESULTS / f"{args.name}.md", "\n".join(lines) + "\n")
+    write_text(RESULTS / f"{args.name}.json", json.dumps({"environment": env, "note": args.note,
+                                                          "variants": variants}, indent=2) + "\n")
+    from mobilenet.plots import plot_accuracy_over_time
+
+    curves = {label: [{"epoch": i + 1, "pflop": p, "test_top1": t, "epoch_time_s": 0.0}
+                      for i, (p, t) in enumerate(run["curve"])] for label, run in variants.items()}
+    plot_accuracy_over_time(curves, RESULTS / f"{args.name}.png", title=f"Fashion-MNIST ablation, {env['cpu']}",
+                            x="pflop")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
