@@ -1,6 +1,6 @@
 """The deployment table: every runtime and precision beside the peers users would pick, per CPU.
 
-For each checkpoint and batch size, one `mobilenet bench --backend all` run (all backends
+For each checkpoint and batch size, one `mobilenet bench --runtime all` run (all backends
 interleaved): ONNX Runtime fp32 and INT8, OpenVINO f32, bf16 and INT8, the peers built with their
 tools' defaults (`onnxruntime-default`: torch.onnx.export + a default session; `openvino-default`:
 openvino.convert_model + compile_model with no settings), and `auto`, our choice by measurement,

@@ -22,9 +22,10 @@ from mobilenet.export.runtime import RUNTIMES
 from mobilenet.models.layers import check_num_classes, check_width
 
 EXIT_USAGE = 2
-RUNTIME_HELP = ("auto (default): the fastest measured here among those installed (fp32 ones checked "
-                "against PyTorch; bf16 and INT8 ones only if their top-1 agreement with fp32 on the model's own "
-                "data passes --min-agreement), decided once and cached; onnxruntime; openvino (fp32); pytorch")
+RUNTIME_HELP = ("where the model runs: auto (default): the fastest measured here among those installed (fp32 ones "
+                "checked against PyTorch; bf16 and INT8 ones only if their top-1 agreement with fp32 on the model's "
+                "own data passes --min-agreement), decided once and cached; onnxruntime; openvino (fp32); pytorch "
+                "(--backend is the old name, kept for one release)")
 AGREEMENT_HELP = (f"the share of the model's test images on which a bf16 or INT8 model must give fp32's top-1 class "
                   f"(default {MIN_AGREEMENT:g}; the same guard in export, eval, predict and bench)")
 PRECISION_HELP = ("with --backend auto: any (default) lets bf16 and INT8 compete where they agree with fp32; "
@@ -84,9 +85,10 @@ resolution_arg = _positive_int("resolution")
 def cmd_models(args: argparse.Namespace) -> int:
     from mobilenet.models import MODELS
 
+    width = max(map(len, MODELS)) + 1
     for name in sorted(MODELS):
         doc = (MODELS[name].__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<20} {doc}")
+        print(f"{name:<{width}} {doc}")
     return 0
 
 
@@ -223,7 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mobilenet.export import resolve_runtime, runtime_model, training_data
     from mobilenet.plots import plot_confusion, readable
 
-    runtime = resolve_runtime(args.backend)
+    runtime = resolve_runtime(args.runtime)
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_suffix(".confusion.png")
     _check_plot(plot, args.checkpoint, given=args.plot is not None)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
@@ -298,7 +300,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mobilenet.export import resolve_runtime, runtime_model
     from mobilenet.plots import readable
 
-    runtime = resolve_runtime(args.backend)
+    runtime = resolve_runtime(args.runtime)
     model, meta = load_checkpoint(args.checkpoint, with_meta=True)
     missing = [path for path in args.images if not os.path.exists(path)]
     if len(missing) == len(args.images):  # nothing to answer: said before the runtimes are set up (seconds)
@@ -389,7 +391,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from mobilenet import bench
 
-    options = dict(batch=args.batch, backends=args.backend, threads=args.threads, iterations=args.iterations,
+    options = dict(batch=args.batch, backends=args.runtime, threads=args.threads, iterations=args.iterations,
                    warmup=args.warmup)
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
     if args.sweep:
@@ -468,7 +470,7 @@ def build_parser() -> Parser:
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=256, help="images per call (default 256)")
     p.add_argument("--workers", type=_at_least_zero("--workers"), default=2, help="image decoding processes (default 2)")
     p.add_argument("--plot", default=None, help="confusion-matrix PNG (default: beside the checkpoint)")
-    p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
+    p.add_argument("--runtime", "--backend", dest="runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--precision", default="any", choices=["any", "fp32"], help=PRECISION_HELP)
     p.add_argument("--min-agreement", type=agreement_arg, default=None, help=AGREEMENT_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -478,7 +480,7 @@ def build_parser() -> Parser:
     p.add_argument("checkpoint", help="a checkpoint (.safetensors) written by train or convert")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
     p.add_argument("--top-k", type=_positive_int("--top-k"), default=5, help="classes to show per image (default 5)")
-    p.add_argument("--backend", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
+    p.add_argument("--runtime", "--backend", dest="runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--precision", default="any", choices=["any", "fp32"], help=PRECISION_HELP)
     p.add_argument("--min-agreement", type=agreement_arg, default=None, help=AGREEMENT_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON list")
@@ -525,8 +527,9 @@ def build_parser() -> Parser:
                    help="input side in pixels (default: the checkpoint's, or 224)")
     p.add_argument("--batch-size", "--batch", dest="batch", type=_positive_int("--batch-size"), default=1,
                    help="images per call (default 1; --batch is the old name, kept for one release)")
-    p.add_argument("--backend", type=_argtype(_backends, str), default=None,
-                   help="comma-separated names, or all (the default): " + ",".join(BENCH_BACKENDS))
+    p.add_argument("--runtime", "--backend", dest="runtime", type=_argtype(_backends, str), default=None,
+                   help="comma-separated names, or all (the default): " + ",".join(BENCH_BACKENDS) +
+                   " (--backend is the old name, kept for one release)")
     p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="threads (default: torch's)")
     p.add_argument("--iterations", type=_positive_int("--iterations"), default=30,
                    help="timed calls per backend (default 30)")

@@ -106,7 +106,7 @@ def test_parse_backends(text, expected):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--backend", "eager,tensorrt"], "unknown backend 'tensorrt'"),
+    (["--backend", "eager,tensorrt"], "unknown runtime 'tensorrt'"),
     (["--batch", "0"], "--batch-size must be a positive integer"),
     (["--sweep", "--width", "0.5"], "--sweep measures the paper's grid"),
 ])

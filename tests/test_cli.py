@@ -8,7 +8,10 @@ import pytest
 def test_models_lists_the_registry(cli):
     out = cli("models")
     assert out.returncode == 0
-    assert [line.split()[0] for line in out.stdout.splitlines()] == ["conv_mobilenet_v1", "mobilenet_v1", "mobilenet_v2"]
+    from mobilenet import list_models
+
+    assert [line.split()[0] for line in out.stdout.splitlines()] == list_models()
+    assert {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v4_conv_small"} <= set(list_models())
 
 
 def test_cost_table(cli):
@@ -35,9 +38,12 @@ def test_cost_small_input_and_classes(cli):
 def test_tables_all_match(cli):
     out = cli("tables")
     assert out.returncode == 0
-    for table in ("V1 Table 2", "V1 Table 4", "V1 Table 6", "V1 Table 7", "V2 Table 4"):
+    from mobilenet.paper import PAPER_ROWS, TABLE2_SHARES
+
+    for table in ("V1 Table 2", "V1 Table 4", "V1 Table 5", "V1 Table 6", "V1 Table 7", "V2 Table 4", "V3 Table 3",
+                  "V4 paper"):
         assert table in out.stdout
-    assert " NO" not in out.stdout and out.stdout.count("| yes") == 16
+    assert " NO" not in out.stdout and out.stdout.count("| yes") == len(PAPER_ROWS) + len(TABLE2_SHARES) == 25
 
 
 @pytest.mark.parametrize("args,message", [

@@ -166,7 +166,7 @@ def test_runtime_names_are_checked():
     import mobilenet.export.runtime as runtime
 
     assert runtime.resolve_runtime("auto") == "auto" and runtime.resolve_runtime("openvino") == "openvino"
-    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
         runtime.resolve_runtime("tensorrt")
 
 

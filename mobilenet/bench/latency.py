@@ -129,7 +129,7 @@ def parse_backends(backends: str | Sequence[str] | None) -> list[str]:
         return list(BACKENDS)
     unknown = [b for b in names if b not in BACKENDS]
     if unknown or not names:
-        raise ValueError(f"unknown backend {', '.join(map(repr, unknown)) or '(none given)'}; "
+        raise ValueError(f"unknown runtime {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"choose from: {', '.join(BACKENDS)}")
     return list(dict.fromkeys(names))
 

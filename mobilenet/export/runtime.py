@@ -36,7 +36,7 @@ def resolve_runtime(runtime: str = "auto") -> str:
     """`runtime` if it is one of `RUNTIMES` ("auto" is decided by `runtime_model`, by measuring);
     ValueError for an unknown name."""
     if runtime not in RUNTIMES:
-        raise ValueError(f"unknown backend {runtime!r}; choose from: {', '.join(RUNTIMES)}")
+        raise ValueError(f"unknown runtime {runtime!r}; choose from: {', '.join(RUNTIMES)}")
     return runtime
 
 
