@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
              "| variant | held-out split | top-1 % | vs first | training PFLOP | minutes | options |",
              "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for label, run in variants.items():
-        options = ", ".join(f"{k} {v}" for k, v in run["config"].items() if v not in (None, False, 0.0))
+        resizing = run["config"].get("min_resolution") is not None  # the ramp means nothing without it
+        options = ", ".join(f"{k} {v}" for k, v in run["config"].items()
+                            if v not in (None, False, 0.0) and (resizing or not k.startswith("resize_")))
         lines.append(f"| {label} | {run['split']} | {100 * run['top1']:.2f} | {100 * (run['top1'] - base['top1']):+.2f} "
                      f"| {run['pflop']:.3f} | {run['minutes']:.1f} | {options} |")
     write_text(RESULTS / f"{args.name}.md", "\n".join(lines) + "\n")
