@@ -53,7 +53,7 @@ def test_the_fastest_checked_candidate_wins(fake, tmp_path):
     assert set(built) == {"pytorch", "onnxruntime", "openvino"}
     assert decision.chosen == "openvino" and "max |logit difference|" in decision.refused["onnxruntime"], decision
     assert decision.median_ms["openvino"] < decision.median_ms["pytorch"]
-    assert "backend openvino: fastest measured here" in decision.describe()
+    assert "runtime openvino: fastest measured here" in decision.describe()
 
 
 def test_reduced_precision_needs_the_models_data_and_agreement(fake):

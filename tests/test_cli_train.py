@@ -45,7 +45,7 @@ def test_eval_json(cli, trained, tmp_path):
     assert set(data["per_class"]) == {"0", "1", "2"}
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
     assert data["backend"] in {c.name for c in candidates(True, True)}  # measured here: see test_choose.py
-    assert data["backend_choice"].startswith(f"backend {data['backend']}: fastest measured here")
+    assert data["backend_choice"].startswith(f"runtime {data['backend']}: fastest measured here")
     # the metrics the training run logged for its best epoch are what eval measures again, in fp32
     logged = max(json.loads(line)["test_top1"] for line in (trained / "metrics.jsonl").read_text().splitlines())
     fp32 = json.loads(cli("eval", trained / "best.safetensors", "--data", "digits", "--classes", "0,1,2", "--json",

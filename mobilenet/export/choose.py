@@ -67,7 +67,7 @@ class Decision:
         why = f"fastest measured here: {self.median_ms[self.chosen]:.2f} ms a batch" + (f" (then {others})" if others else "")
         if self.chosen in self.agreement:
             why += f", top-1 agreement with fp32 {100 * self.agreement[self.chosen]:.1f}%"
-        return f"backend {self.chosen}: {why}{' [decided earlier, cached]' if self.cached else ''}"
+        return f"runtime {self.chosen}: {why}{' [decided earlier, cached]' if self.cached else ''}"
 
 
 def candidates(with_data: bool, bf16: bool) -> list[Candidate]:
