@@ -81,8 +81,8 @@ MODELS = {
 # A kernel bug found by adding V4 (stop 34), not yet understood: with the fused BatchNorm + ReLU on
 # V4 Conv-S's first plain convolutions (8 channels at 32x32), the gradients are 5.8e-3 off the float64
 # step where PyTorch's are 9e-6 off; each of those layers alone is 5e-5 off. Only with 2 threads: with
-# torch.set_num_threads(1) the same step is 7e-6 off (deterministically): a threading bug of bn_act.c
-# that V1 and V2 have not shown. Kept failing, visibly.
+# torch.set_num_threads(1) the same step is 7e-6 off (deterministically); but running only the kernel
+# calls on one thread does not help, so it is not the kernel's own threading. Kept failing, visibly.
 KNOWN_BAD = {"v4-uib": "fused BatchNorm+ReLU on V4 Conv-S's plain convolutions: gradients 5.8e-3 off float64"}
 CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BAD[name])) if name in KNOWN_BAD
          else name for name in MODELS]
