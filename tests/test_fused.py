@@ -76,16 +76,12 @@ MODELS = {
     "v2-with-shortcuts": dict(name="mobilenet_v2", width_mult=0.35),
     "conv-baseline": dict(name="conv_mobilenet_v1", width_mult=0.25),
     "v3-se-hardswish": dict(name="mobilenet_v3_small", width_mult=0.5),  # 5x5 depthwise, SE's biased 1x1s
-    "v4-uib": dict(name="mobilenet_v4_conv_small", width_mult=0.25),  # depthwise with BatchNorm and no activation
+    # V4 at width 0.5: at 0.25 one pre-activation of features.7 lies 5e-7 from zero and falls on the other
+    # side of it in fp32 than in float64 (the fused forward is closer to float64 than PyTorch's there, so
+    # it is not a kernel error): its ReLU gradient flips and the three models' steps part ways, which is
+    # the comparison's discontinuity, not the kernels' accuracy (measured at stop 34)
+    "v4-uib": dict(name="mobilenet_v4_conv_small", width_mult=0.5),  # depthwise with BatchNorm, no activation
 }
-# A kernel bug found by adding V4 (stop 34), not yet understood: with the fused BatchNorm + ReLU on
-# V4 Conv-S's first plain convolutions (8 channels at 32x32), the gradients are 5.8e-3 off the float64
-# step where PyTorch's are 9e-6 off; each of those layers alone is 5e-5 off. Only with 2 threads: with
-# torch.set_num_threads(1) the same step is 7e-6 off (deterministically); but running only the kernel
-# calls on one thread does not help, so it is not the kernel's own threading. Kept failing, visibly.
-KNOWN_BAD = {"v4-uib": "fused BatchNorm+ReLU on V4 Conv-S's plain convolutions: gradients 5.8e-3 off float64"}
-CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BAD[name])) if name in KNOWN_BAD
-         else name for name in MODELS]
 
 
 def three_models(model: str, bn_mode: str) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -130,7 +126,7 @@ def flat(tensors) -> torch.Tensor:
     return torch.cat([t.detach().double().flatten() for t in tensors])
 
 
-@pytest.mark.parametrize("model", CASES)
+@pytest.mark.parametrize("model", MODELS)
 def test_with_fixed_statistics_fused_steps_are_as_exact_as_plain_ones(model):
     """BatchNorm in eval mode (--freeze-bn, fine-tuning). The oracle is the same step in float64, not the
     plain fp32 step: at initialisation the gradients vanish towards the input (norms of 1e-8), and a
@@ -171,7 +167,7 @@ def test_a_trained_fused_model_folds_for_inference_with_its_activations(model):
         torch.testing.assert_close(folded(images), net.eval()(images), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", CASES)
+@pytest.mark.parametrize("model", MODELS)
 def test_with_batch_statistics_fused_steps_are_as_exact_as_plain_ones(model):
     """BatchNorm in training mode. Here a deep network at initialisation amplifies rounding: PyTorch's
     own fp32 step differs from the same step in float64 by up to 2% in its gradients (V1, measured),
