@@ -151,9 +151,10 @@ def _application_sequence(arch: str) -> dict[str, list[str]]:
     V3's squeeze-and-excitation layers come between its block's depthwise and projection)."""
     layers = LAYER_NAMES[arch]
     sequence: dict[str, list[str]] = {"conv2d": [], "depthwise_conv2d": [], "batch_normalization": [], "dense": []}
+    excited = _se_blocks(arch) if arch in V3_TAILS else []
     for unit in model_units(arch):
         conv, bn = layers(unit)
-        if unit.part == "project" and arch in V3_TAILS and unit.block in _se_blocks(arch):
+        if unit.part == "project" and unit.block in excited:
             sequence["conv2d"] += [f"{_v3_prefix(unit.block)}squeeze_excite_conv",
                                    f"{_v3_prefix(unit.block)}squeeze_excite_conv_1"]
         sequence["depthwise_conv2d" if unit.part == "depthwise" else "conv2d"].append(conv)

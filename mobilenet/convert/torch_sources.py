@@ -200,8 +200,7 @@ def _timm_v3_v4_pairs(arch: str) -> list:
         return {"expand": (f"{block}.conv_pw", f"{block}.bn1"), "depthwise": (f"{block}.conv_dw", f"{block}.bn2"),
                 "project": (f"{block}.conv_pwl", f"{block}.bn3")}[unit.part]
 
-    pairs = [pair for pair in torch_style_pairs(model_units(arch), names, "classifier")
-             if not pair.ours.startswith("classifier.")]
+    pairs = torch_style_pairs(model_units(arch), names, "classifier")  # the classifier: the same names
     for k, block in enumerate(model.features):
         if not isinstance(getattr(block, "se", None), SqueezeExcite):
             continue
@@ -214,7 +213,7 @@ def _timm_v3_v4_pairs(arch: str) -> list:
         pairs.append(Pair("head.bn.num_batches_tracked", "norm_head.num_batches_tracked", optional=True))
     else:
         pairs += [Pair("head.0.weight", "conv_head.weight"), Pair("head.0.bias", "conv_head.bias")]
-    return pairs + [Pair("classifier.weight", "classifier.weight"), Pair("classifier.bias", "classifier.bias")]
+    return pairs
 
 
 def _plan_timm_v3_v4(tensors: dict[str, torch.Tensor]) -> Plan:

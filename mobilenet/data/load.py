@@ -92,9 +92,7 @@ def hold_out(dataset: InMemoryDataset | ImageFolder, fraction: float
         raise ValueError("no class has two images to split between training and validation")
     take = torch.zeros(len(labels), dtype=torch.bool)
     take[torch.cat(held)] = True
-    index = (lambda mask: torch.nonzero(mask).flatten()) if isinstance(dataset, InMemoryDataset) else \
-        (lambda mask: torch.nonzero(mask).flatten().numpy())
-    return dataset.subset(index(~take)), dataset.subset(index(take))
+    return dataset.subset(torch.nonzero(~take).flatten().numpy()), dataset.subset(torch.nonzero(take).flatten().numpy())
 
 
 def fingerprint(*datasets: InMemoryDataset | ImageFolder) -> str:

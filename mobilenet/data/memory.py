@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -128,8 +129,8 @@ class InMemoryDataset:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
 
-    def subset(self, indices: torch.Tensor) -> InMemoryDataset:
-        """The images at ``indices`` (a 1-D int64 tensor), in that order."""
+    def subset(self, indices: np.ndarray) -> InMemoryDataset:
+        """The images at ``indices`` (a 1-D integer array), in that order."""
         return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
 
     def select_classes(self, names: Sequence[str]) -> InMemoryDataset:
