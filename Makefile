@@ -34,8 +34,10 @@ demo: install
 	$(BIN)/mobilenet cost mobilenet_v1 --width 0.5 --small-input --resolution 32 --num-classes 10 | tail -n 1
 	@echo "run directory: $(DEMO_OUT) (curves.png, last.confusion.png, metrics.jsonl, checkpoints)"
 
+# One pytest-xdist worker per core, each on its share of the threads (tests/conftest.py); the tests
+# that share a costly fixture or worker process stay on one worker (xdist_group).
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 # The phone exports (ExecuTorch, LiteRT, Core ML): each converter is 1-2 GB, so each gets its own
 # virtual environment beside .venv, kept out of `make install` and `make test`. .ci/run calls this

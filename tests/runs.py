@@ -1,5 +1,16 @@
 """What several test files train: one tiny configuration, so a change to it is made once."""
 
+import atexit
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
 from mobilenet.train import TrainConfig
 
 
@@ -11,37 +22,52 @@ def tiny(out, **overrides) -> TrainConfig:
     return TrainConfig(**config)
 
 
+@contextlib.contextmanager
+def threads(count: int):
+    """Compute on `count` threads inside the block: a model trained there is the same whatever share of
+    the cores this test process has (pytest-xdist gives each worker fewer), since the order of a sum
+    changes with the threads and a few epochs of SGD amplify that into another model."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class Worker:
     """A reference library's side of a real-library test (tests/keras_worker.py, tests/timm_worker.py),
     started in its own process as the test file is collected, so that its import and model building
     run in the time the tests before it leave idle: one thread, at the lowest priority (beside
     OpenMP threads that spin, a competing process slows them far more than it gains). `files()`
     waits for it and returns the folder it wrote; the process and folder go at exit, whether or not
-    its tests ran (deselected with -k, say)."""
+    its tests ran (deselected with -k, say). Under pytest-xdist every worker collects every file, so
+    there it starts when its tests first ask for it, in the one worker that runs them (the test files
+    put them in one xdist_group)."""
 
     def __init__(self, script: str, *args: str) -> None:
-        import atexit
-        import os
-        import shutil
-        import subprocess
-        import sys
-        import tempfile
-        from pathlib import Path
-
         self.out = Path(tempfile.mkdtemp(prefix=f"mobilenet-{Path(script).stem}-"))
         worker = Path(__file__).with_name(script)
-        self.proc = subprocess.Popen([sys.executable, str(worker), str(self.out), *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                                     preexec_fn=lambda: os.nice(19))
+        self.command = [sys.executable, str(worker), str(self.out), *args]
+        self.proc = None
 
         def stop() -> None:
-            self.proc.kill()
-            self.proc.communicate()
+            if self.proc is not None:
+                self.proc.kill()
+                self.proc.communicate()
             shutil.rmtree(self.out, ignore_errors=True)
 
         atexit.register(stop)
+        if "PYTEST_XDIST_WORKER" not in os.environ:
+            self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=lambda: os.nice(19))
 
     def files(self):
+        if self.proc is None:
+            self.start()
         stdout, stderr = self.proc.communicate(timeout=600)
         assert self.proc.returncode == 0, stderr[-3000:]
         return self.out

@@ -23,6 +23,9 @@ from runs import tiny
 ONNX = available("onnx") and available("onnxruntime")
 
 
+pytestmark = pytest.mark.xdist_group("test_cli_inputs")  # one pytest-xdist worker: `run` is built once
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished two-epoch run folder."""

@@ -14,6 +14,9 @@ TINY = ["--model", "mobilenet_v1", "--width", "0.25", "--small-input", "--resolu
         "--classes", "0,1,2", "--batch-size", "32", "--lr", "0.05", "--no-progress"]
 
 
+pytestmark = pytest.mark.xdist_group("test_cli_train")  # one pytest-xdist worker: `trained` is built once
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny digits run, shared by the tests below."""

@@ -199,28 +199,6 @@ def test_pt2_round_trip(small, tmp_path):
 
 # --- INT8 ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def digits_checkpoint(tmp_path_factory):
-    """A V1 0.25 trained for three epochs on the digits (about 92% test top-1, ~4 s), as a checkpoint."""
-    train = load_dataset("digits", "train")
-    torch.manual_seed(0)
-    model = create_model("mobilenet_v1", width_mult=0.25, num_classes=10).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    mean, std = torch.tensor(train.mean).view(1, 3, 1, 1), torch.tensor(train.std).view(1, 3, 1, 1)
-    model.train()
-    for epoch in range(3):
-        for index in torch.randperm(len(train)).split(32):
-            x = (train.images[index].float() / 255 - mean) / std
-            loss = nn.functional.cross_entropy(model(x), train.labels[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    meta = ModelMeta(config=model.config, classes=train.classes, resolution=32, mean=train.mean, std=train.std)
-    path = tmp_path_factory.mktemp("digits") / "model.safetensors"
-    save_checkpoint(path, model.eval(), meta)
-    return path, model
-
-
 def test_int8_export_reports_agreement_and_accuracy(digits_checkpoint, tmp_path):
     path, model = digits_checkpoint
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"

@@ -21,8 +21,9 @@ from mobilenet.convert import import_weights
 from runs import Worker
 
 keras_installed = importlib.util.find_spec("keras") is not None  # found, not imported (see above)
-pytestmark = pytest.mark.skipif(not keras_installed and not os.environ.get("CI"),
-                                reason="keras (a test dependency: make install) is not installed")
+pytestmark = [pytest.mark.skipif(not keras_installed and not os.environ.get("CI"),
+                                 reason="keras (a test dependency: make install) is not installed"),
+              pytest.mark.xdist_group("keras")]  # one xdist worker starts the worker process
 
 SIZE = 64  # a multiple of 32: Keras MobileNet pads bottom/right, which is TensorFlow 'SAME' at such sizes
 WIDTHS = {"mobilenet_v1": ("0.25", "0.5", "0.75", "1.0"),  # every alpha keras.applications offers

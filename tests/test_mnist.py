@@ -190,6 +190,9 @@ def test_a_grayscale_model_costs_its_one_channel():
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10) and grey.layers[0].input_shape == (1, 28, 28)
 
 
+pytestmark = pytest.mark.xdist_group("test_mnist")  # one pytest-xdist worker: `grey_run` is built once
+
+
 @pytest.fixture(scope="module")
 def grey_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("idx")

@@ -14,8 +14,9 @@ from mobilenet.convert import import_weights
 from runs import Worker
 
 timm_installed = importlib.util.find_spec("timm") is not None
-pytestmark = pytest.mark.skipif(not timm_installed and not os.environ.get("CI"),
-                                reason="timm (a test dependency: make install) is not installed")
+pytestmark = [pytest.mark.skipif(not timm_installed and not os.environ.get("CI"),
+                                 reason="timm (a test dependency: make install) is not installed"),
+              pytest.mark.xdist_group("timm")]  # one xdist worker starts the worker process
 
 SIZE = 64
 MODELS = {"mobilenetv3_large_100": ("mobilenet_v3_large", 1.0), "mobilenetv3_large_075": ("mobilenet_v3_large", 0.75),
