@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	# timm is the tests' oracle for V3 and V4 weights; without its dependencies, which would bring
 	# torchvision and with it another torch (tests/timm_worker.py runs its model code without them)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps "timm==1.0.31"
+	# torchvision's Python models are the tests' oracle for its V3 weights; its wheel is a CUDA build whose
+	# C operators do not load here, so it goes into a folder off the import path (tests/torchvision_worker.py)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
+		--target $(VENV)/torchvision-0.28 "torchvision==0.28.0"
 	$(BIN)/python -m mobilenet.fused
 	@echo "$(TORCH)" > $(STAMP)
 

@@ -107,15 +107,18 @@ def import_weights(source: str | os.PathLike, source_format: str) -> Imported:
 def convert(source: str | os.PathLike, source_format: str, output: str | os.PathLike) -> ModelMeta:
     """Convert a torchvision / timm / Keras weights file into our checkpoint at `output`.
 
-    Supported: torchvision MobileNetV2 (`.pth`); timm mobilenetv1_100 / _125 and mobilenetv2_050 /
-    _100 / _140 and other plain widths (`.safetensors` or `.pth`); Keras applications MobileNet
-    (alpha 0.25-1.0) and MobileNetV2 (alpha 0.35-1.4) with their classifier (`.h5`: Keras 2
-    weights or full-model files, Keras 3 `.weights.h5` and `.keras`). Anything else (timm's depth-multiplied
-    110d/120d or head-conv 100h, MobileNetV3, headless files) is refused with a ValueError saying
-    why, as is a file that pickles code, or any tensor left unmapped, missing or of the wrong shape.
+    Supported: torchvision MobileNetV2 and MobileNetV3 Large/Small at width 1.0 (`.pth`); timm
+    mobilenetv1_100 / _125, mobilenetv2_050 / _100 / _140 and other plain widths, mobilenetv3_large/small
+    and mobilenetv4_conv_small/medium/large (`.safetensors` or `.pth`); Keras applications MobileNet
+    (alpha 0.25-1.0), MobileNetV2 (alpha 0.35-1.4) and MobileNetV3Large/Small with their classifier
+    (`.h5`: Keras 2 weights or full-model files, Keras 3 `.weights.h5` and `.keras`). Anything else
+    (timm's depth-multiplied 110d/120d or head-conv 100h, torchvision's V3 at other widths, headless
+    files) is refused with a ValueError saying why, as is a file that pickles code, or any tensor left
+    unmapped, missing or of the wrong shape.
 
     The checkpoint records the faithful options in its configuration (torchvision and timm: ReLU6,
-    BatchNorm eps 1e-5, symmetric padding; Keras: ReLU6, eps 1e-3, TensorFlow 'SAME' padding),
+    BatchNorm eps 1e-5, symmetric padding; torchvision's V3: hard-swish, eps 1e-3; Keras: ReLU6,
+    eps 1e-3, TensorFlow 'SAME' padding),
     and in its metadata the source's preprocessing: resolution, mean and std, and in `extra` the
     centre-crop fraction, interpolation, source file, its sha256 and the published weights' name.
     Returns that metadata.

@@ -4,8 +4,9 @@ One table serves both `download` (URL, file name, checksum) and `convert` (the p
 weights were trained and evaluated with, recorded in the converted checkpoint). Facts come from the
 publishers' own code:
 
-- torchvision: `torchvision/models/mobilenetv2.py` (`MobileNet_V2_Weights`): IMAGENET1K_V1 is
-  evaluated at resize 256 / crop 224, IMAGENET1K_V2 at resize 232 / crop 224, both bilinear,
+- torchvision: `torchvision/models/mobilenetv2.py` and `mobilenetv3.py` (`MobileNet_V2_Weights`,
+  `MobileNet_V3_Large_Weights`, `MobileNet_V3_Small_Weights`, torchvision 0.28): IMAGENET1K_V1 is
+  evaluated at resize 256 / crop 224, IMAGENET1K_V2 at resize 232 / crop 224, all bilinear,
   ImageNet mean and std. torchvision names files `<name>-<first 8 hex digits of the sha256>.pth`
   (the torch.hub convention), so those 8 digits are what can be verified.
 - timm: `timm/models/efficientnet.py` (`default_cfgs`): weights live in the Hugging Face repos
@@ -49,14 +50,15 @@ class Weights:
 
 
 def _torchvision() -> list[Weights]:
-    base = "https://download.pytorch.org/models/"
-    common = dict(format="torchvision", arch="mobilenet_v2", width=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    return [
-        Weights(name="mobilenet_v2.IMAGENET1K_V1", url=base + "mobilenet_v2-b0353104.pth",
-                filename="mobilenet_v2-b0353104.pth", sha256_prefix="b0353104", crop_fraction=224 / 256, **common),
-        Weights(name="mobilenet_v2.IMAGENET1K_V2", url=base + "mobilenet_v2-7ebf99e0.pth",
-                filename="mobilenet_v2-7ebf99e0.pth", sha256_prefix="7ebf99e0", crop_fraction=224 / 232, **common),
+    rows = [  # (arch, tag, the sha256 prefix in the file name, resize side before the 224 crop)
+        ("mobilenet_v2", "IMAGENET1K_V1", "b0353104", 256), ("mobilenet_v2", "IMAGENET1K_V2", "7ebf99e0", 232),
+        ("mobilenet_v3_large", "IMAGENET1K_V1", "8738ca79", 256), ("mobilenet_v3_large", "IMAGENET1K_V2", "5c1a4163", 232),
+        ("mobilenet_v3_small", "IMAGENET1K_V1", "047dcff4", 256),
     ]
+    return [Weights(name=f"{arch}.{tag}", format="torchvision", url=f"https://download.pytorch.org/models/{arch}-{digits}.pth",
+                    filename=f"{arch}-{digits}.pth", sha256_prefix=digits, arch=arch, width=1.0, mean=IMAGENET_MEAN,
+                    std=IMAGENET_STD, crop_fraction=224 / resize)
+            for arch, tag, digits, resize in rows]
 
 
 def _timm() -> list[Weights]:
@@ -96,7 +98,7 @@ WEIGHTS: tuple[Weights, ...] = (*_torchvision(), *_timm(), *_keras())
 # Short names: the model alone means its one published ImageNet tag (torchvision: the V1 recipe,
 # the one that reproduces the paper).
 ALIASES = {
-    ("torchvision", "mobilenet_v2"): "mobilenet_v2.IMAGENET1K_V1",
+    **{("torchvision", w.arch): w.name for w in WEIGHTS if w.format == "torchvision" and w.name.endswith(".IMAGENET1K_V1")},
     **{("timm", w.name.split(".")[0]): w.name for w in WEIGHTS if w.format == "timm"},
 }
 

@@ -14,6 +14,17 @@ torchvision MobileNetV2 (`torchvision/models/mobilenetv2.py`): `features.0` is C
 conv, `conv.2` BN. `features.18` is the 1x1 head, `classifier.1` the nn.Linear (after Dropout 0.2).
 ReLU6, BatchNorm eps 1e-5, symmetric padding.
 
+torchvision MobileNetV3 (`torchvision/models/mobilenetv3.py`): `features.0` and the 1x1 before the
+pooling (`features.16` Large, `features.12` Small) are Conv2dNormActivation; each InvertedResidual
+has a Sequential `block` of the layers it has, in order: the 1x1 expansion (absent where the
+expansion size equals the input), the depthwise convolution, SqueezeExcitation (`fc1`, `fc2`, both
+1x1 convolutions with biases) where the row has SE, the projection (each Conv2dNormActivation, `.0`
+conv, `.1` BatchNorm). After the pooling, `classifier.0` is an nn.Linear (our 1x1 head convolution)
+and `classifier.3` the classifier (after Hardswish and Dropout 0.2). BatchNorm eps 1e-3, symmetric
+padding. torchvision scales the expansion and head channels by the width directly, unlike the
+authors (and Keras and timm, whose rules we build): the models are the same at width 1.0 only, the
+width of every published torchvision V3.
+
 timm (`timm/models/efficientnet.py` `_gen_mobilenet_v1` / `_gen_mobilenet_v2`,
 `_efficientnet_blocks.py`, `_efficientnet_builder.py`): `conv_stem` + `bn1`, then `blocks.<stage>.
 <index>`; a DepthwiseSeparableConv has `conv_dw`, `bn1`, `conv_pw`, `bn2` (V1's 'dsa' blocks put an
@@ -133,11 +144,56 @@ def _torchvision_names(unit: Unit) -> tuple[str, str]:
     return f"features.{i}.conv.{conv}", f"features.{i}.conv.{conv + 1}"
 
 
+def _plan_torchvision_v3(tensors: dict[str, torch.Tensor]) -> Plan:
+    """torchvision's MobileNetV3 Large or Small (see the module docstring) onto ours."""
+    blocks = {int(m.group(1)) for k in tensors if (m := re.match(r"features\.(\d+)\.", k))}
+    arch = next((name for name, (rows, _, _) in v3.VARIANTS.items() if max(blocks) == len(rows) + 1), None)
+    if arch is None or "classifier.3.weight" not in tensors:
+        raise ValueError(f"unsupported torchvision MobileNetV3: features.0-{max(blocks)} and "
+                         f"{'a' if 'classifier.3.weight' in tensors else 'no'} classifier.3; Large has features.0-16, "
+                         "Small features.0-12, each with classifier.0 and classifier.3")
+    last, last_channels = max(blocks), v3.VARIANTS[arch][1]
+    if f"features.{last}.0.weight" in tensors and tensors[f"features.{last}.0.weight"].shape[0] != last_channels:
+        raise ValueError(f"torchvision {arch} at another width than 1.0 (features.{last} has "
+                         f"{tensors[f'features.{last}.0.weight'].shape[0]} channels, not {last_channels}): "
+                         "torchvision scales its channels unlike the authors' rules this package builds, "
+                         "so only width 1.0 (every published torchvision V3) is read")
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=1)
+
+    def layer(unit: Unit) -> int:  # the place of the unit's layer in torchvision's `block`
+        return {"expand": 0, "depthwise": int(unit.expands)}.get(unit.part, int(unit.expands) + 1 + has_se(unit.block))
+
+    def has_se(k: int) -> bool:
+        return isinstance(getattr(model.features[k], "se", None), SqueezeExcite)
+
+    def names(unit: Unit) -> tuple[str, str]:
+        i = unit.block
+        if unit.part in ("stem", "head"):
+            return f"features.{i}.0", f"features.{i}.1"
+        return f"features.{i}.block.{layer(unit)}.0", f"features.{i}.block.{layer(unit)}.1"
+
+    units = model_units(arch)
+    pairs = torch_style_pairs(units, names, "classifier.3")
+    for unit in units:
+        if unit.part == "depthwise" and has_se(unit.block):  # SqueezeExcitation follows the depthwise layer
+            k, se = unit.block, layer(unit) + 1
+            for ours, theirs in (("reduce", "fc1"), ("expand", "fc2")):
+                pairs += [Pair(f"features.{k}.se.{ours}.{p}", f"features.{k}.block.{se}.{theirs}.{p}") for p in ("weight", "bias")]
+    pairs += [Pair("head.0.weight", "classifier.0.weight", lambda w: w[:, :, None, None]),  # nn.Linear -> 1x1 conv
+              Pair("head.0.bias", "classifier.0.bias")]
+    return Plan(arch, 1.0, int(tensors["classifier.3.weight"].shape[0]),
+                dict(activation="hardswish", bn_eps=1e-3, padding="symmetric", dropout=0.2), pairs,
+                variant=f"torchvision {arch}")
+
+
 def plan_torchvision(tensors: dict[str, torch.Tensor]) -> Plan:
-    """torchvision's MobileNetV2 (its only MobileNet of the papers this package builds)."""
+    """torchvision's MobileNetV2 and MobileNetV3 Large and Small (its MobileNets of the papers)."""
+    if any(re.match(r"features\.\d+\.block\.", k) for k in tensors):
+        return _plan_torchvision_v3(tensors)
     if "features.1.conv.0.0.weight" not in tensors or "features.0.0.weight" not in tensors:
-        hint = " (this looks like MobileNetV3, which we do not build)" if any(".block." in k for k in tensors) else ""
-        raise ValueError(f"not a torchvision MobileNetV2 state dict: no 'features.1.conv.0.0.weight'{hint}")
+        raise ValueError("not a torchvision MobileNetV2 or V3 state dict: no 'features.1.conv.0.0.weight' "
+                         "(V2) and no 'features.N.block.' (V3)")
     blocks = {int(m.group(1)) for k in tensors if (m := re.match(r"features\.(\d+)\.", k))}
     units = model_units("mobilenet_v2")
     head = units[-1].block
