@@ -15,11 +15,10 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,export,openvino]"
-	# timm is the tests' oracle for V3 and V4 weights; without its dependencies, which would bring
-	# torchvision and with it another torch (tests/timm_worker.py runs its model code without them)
+	# timm and torchvision are the tests' oracles for V3 and V4 weights, both without their dependencies
+	# (which would bring another torch); torchvision's wheel is a CUDA build whose C operators do not
+	# load here, so it goes into a folder off the import path (tests/real_torchvision.py)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps "timm==1.0.31"
-	# torchvision's Python models are the tests' oracle for its V3 weights; its wheel is a CUDA build whose
-	# C operators do not load here, so it goes into a folder off the import path (tests/torchvision_worker.py)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
 		--target $(VENV)/torchvision-0.28 "torchvision==0.28.0"
 	$(BIN)/python -m mobilenet.fused

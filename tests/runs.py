@@ -14,6 +14,10 @@ import torch
 from mobilenet.train import TrainConfig
 
 
+# torchvision 0.28, for the reference-library workers: where `make install` puts it (tests/real_torchvision.py)
+TORCHVISION = Path(sys.prefix) / "torchvision-0.28"
+
+
 def tiny(out, **overrides) -> TrainConfig:
     """A run of a few seconds: a thin V1 on three digit classes at 16x16."""
     config = dict(out=str(out), model="mobilenet_v1", width=0.25, small_input=True, data="digits",

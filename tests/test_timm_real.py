@@ -1,6 +1,6 @@
 """timm's own V3 and V4 models, their state dicts converted and compared with timm's forward pass.
-timm runs in its own process (tests/timm_worker.py), which answers its torchvision imports with a
-stand-in: timm's model code needs no torchvision, and the torchvision wheel cannot import here."""
+timm runs in its own process (tests/timm_worker.py) with the torchvision it imports, from the folder
+off the import path where `make install` puts it (a CUDA build, see tests/real_torchvision.py)."""
 
 import importlib.util
 import json
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from mobilenet.convert import import_weights
-from runs import Worker
+from runs import TORCHVISION, Worker
 
-timm_installed = importlib.util.find_spec("timm") is not None
+timm_installed = importlib.util.find_spec("timm") is not None and (TORCHVISION / "torchvision").is_dir()
 pytestmark = [pytest.mark.skipif(not timm_installed and not os.environ.get("CI"),
-                                 reason="timm (a test dependency: make install) is not installed"),
+                                 reason="timm and torchvision (test dependencies: make install) are not installed"),
               pytest.mark.xdist_group("timm")]  # one xdist worker starts the worker process
 
 SIZE = 64
@@ -26,7 +26,7 @@ MODELS = {"mobilenetv3_large_100": ("mobilenet_v3_large", 1.0), "mobilenetv3_lar
           "mobilenetv4_conv_large": ("mobilenet_v4_conv_large", 1.0)}
 
 
-TIMM = Worker("timm_worker.py", str(SIZE), *MODELS) if timm_installed else None
+TIMM = Worker("timm_worker.py", str(TORCHVISION), str(SIZE), *MODELS) if timm_installed else None
 
 
 @pytest.fixture(scope="module")

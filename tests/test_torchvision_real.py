@@ -4,8 +4,6 @@ compared with torchvision's forward pass. torchvision runs in its own process
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +11,9 @@ import torch
 
 from mobilenet.convert import import_weights
 from mobilenet.models import create_model
-from runs import Worker
+from runs import TORCHVISION, Worker
 
-TORCHVISION = Path(sys.prefix) / "torchvision-0.28"  # where `make install` puts it
-installed = (TORCHVISION / "torchvision" / "__init__.py").exists()
+installed = (TORCHVISION / "torchvision").is_dir()
 pytestmark = [pytest.mark.skipif(not installed and not os.environ.get("CI"),
                                  reason=f"torchvision (a test dependency: make install) is not in {TORCHVISION}"),
               pytest.mark.xdist_group("torchvision")]  # one xdist worker starts the worker process

@@ -1,59 +1,22 @@
 """The timm side of the real-timm tests, run in its own process: timm 1.0.31 (installed without its
-dependencies by `make install`) imports torchvision only for its data pipeline, which is not used
-here, and the torchvision wheel does not import against this CPU torch; a stand-in module answers
-those imports. Builds each named timm model (random weights, BatchNorm statistics far from 0 and 1),
-saves its state dict as safetensors and its own logits on fixed images.
+dependencies by `make install`) with the torchvision it imports, from its folder off the import path
+(tests/real_torchvision.py).
+Builds each named timm model (random weights, BatchNorm statistics far from 0 and 1), saves its
+state dict as safetensors and its own logits on fixed images.
 
-    python timm_worker.py OUT_DIR SIZE NAME [NAME ...]
+    python timm_worker.py OUT_DIR TORCHVISION_DIR SIZE NAME [NAME ...]
 
 writes OUT_DIR/images.npy (N x 3 x SIZE x SIZE), OUT_DIR/<name>.safetensors, OUT_DIR/<name>.logits.npy
 and OUT_DIR/versions.json.
 """
 
-import importlib.abc
-import importlib.machinery
 import json
 import sys
-import types
 from pathlib import Path
 
+import real_torchvision
 
-class _Placeholder(type):
-    """Classes whose every missing attribute is a distinct placeholder (enum members, say)."""
-
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = f"{cls.__name__}.{name}"
-        setattr(cls, name, value)
-        return value
-
-
-class _StandIn(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = _Placeholder(name, (), {"__init__": lambda self, *a, **k: None})
-        setattr(self, name, value)
-        return value
-
-
-class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path, target=None):
-        if fullname == "torchvision" or fullname.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _StandIn(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
-sys.meta_path.insert(0, _Finder())
+real_torchvision.use(sys.argv[2])
 
 import numpy as np  # noqa: E402
 import timm  # noqa: E402
@@ -64,7 +27,7 @@ CLASSES, IMAGES = 10, 4
 
 
 def main() -> None:
-    out, size, names = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    out, size, names = Path(sys.argv[1]), int(sys.argv[3]), sys.argv[4:]
     torch.manual_seed(0)
     images = torch.randn(IMAGES, 3, size, size)
     np.save(out / "images.npy", images.numpy())

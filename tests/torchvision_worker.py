@@ -1,9 +1,6 @@
-"""The torchvision side of the real-torchvision tests, run in its own process. torchvision 0.28's wheel
-is a CUDA build: `make install` puts it, without its dependencies, in a folder off the import path
-(.venv/torchvision-0.28). Its C operators do not load against this CPU torch, and its models need
-none of them; only the two modules its __init__ imports to register their autograd and meta kernels
-would fail, so they are answered with empty modules and everything else imports as published.
-Builds each named model (random weights, BatchNorm statistics far from 0 and 1), saves its state
+"""The torchvision side of the real-torchvision tests, run in its own process with torchvision 0.28
+from its folder off the import path (tests/real_torchvision.py says why and how). Builds each named
+model (random weights, BatchNorm statistics far from 0 and 1), saves its state
 dict the way torchvision publishes weights (torch.save of the state dict, a .pth) and its logits.
 
     python torchvision_worker.py OUT_DIR TORCHVISION_DIR SIZE NAME [NAME ...]
@@ -14,12 +11,11 @@ OUT_DIR/versions.json.
 
 import json
 import sys
-import types
 from pathlib import Path
 
-sys.path.insert(0, sys.argv[2])
-for registrations in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-    sys.modules[registrations] = types.ModuleType(registrations)
+import real_torchvision
+
+real_torchvision.use(sys.argv[2])
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
