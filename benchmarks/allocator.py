@@ -51,7 +51,7 @@ print(json.dumps({"step_ms": 1e3 * statistics.median(times), "page_faults_per_st
 
 
 def main() -> None:
-    from mobilenet.bench.machine import cpu_slug
+    from mobilenet.machine import cpu_slug
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)

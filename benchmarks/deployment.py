@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mobilenet.bench import build, checkpoint_images, environment, measure
-from mobilenet.bench.machine import cpu_flags, cpu_slug
+from mobilenet.machine import cpu_flags, cpu_slug
 from mobilenet.files import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from mobilenet.bench import environment
-from mobilenet.bench.machine import cpu_slug
+from mobilenet.machine import cpu_slug
 from mobilenet.checkpoint import load_checkpoint
 from mobilenet.data import load_dataset, make_loader
 from mobilenet.export import inference_model, quantize, sample_images, training_data

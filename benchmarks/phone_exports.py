@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from mobilenet.bench import environment, measure
-from mobilenet.bench.machine import cpu_flags, cpu_slug
+from mobilenet.machine import cpu_flags, cpu_slug
 from mobilenet.checkpoint import load_checkpoint
 from mobilenet.export import export_checkpoint
 from mobilenet.export.phone import NEEDS, PHONE_FORMATS, SUFFIXES

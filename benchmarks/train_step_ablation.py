@@ -70,7 +70,7 @@ def make_step(model_args: tuple[str, float, bool], batch: int, channels_last: bo
 
 def main() -> None:
     from train_throughput import MODELS  # this folder is on the path when run as a script
-    from mobilenet.bench.machine import cpu_slug
+    from mobilenet.machine import cpu_slug
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated keys of MODELS")

@@ -87,7 +87,7 @@ VARIANTS = {"default": {}, "unfused": {"fused_bn": False}, "nchw": {"channels_la
 
 
 def main() -> None:
-    from mobilenet.bench.machine import MatmulProbe, cpu_slug, forward_flops
+    from mobilenet.machine import MatmulProbe, cpu_slug, forward_flops
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated keys of MODELS")

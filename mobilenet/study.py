@@ -19,12 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilenet import cache
 from mobilenet.checkpoint import load_checkpoint
 from mobilenet.checks import some
 from mobilenet.cost import check_model_resolution, cost
 from mobilenet.data import load_dataset
 from mobilenet.data.folder import SMALL_INPUT_SIDE
 from mobilenet.files import write_text
+from mobilenet.machine import environment
 from mobilenet.models import create_model
 from mobilenet.paper import PAPER_ROWS, TF_SLIM_V1
 from mobilenet.train import TrainConfig, train
@@ -234,7 +236,6 @@ def int8_accuracy(checkpoint: Path) -> dict:
 def batch1_latency(checkpoint: Path) -> tuple[float, str]:
     """Median latency at batch 1 (ms) of the runtime `auto` chooses for the checkpoint, and its name
     (the decision is cached under the data root, as `eval` and `predict` cache it)."""
-    from mobilenet.data.load import default_root
     from mobilenet.export import sample_images, training_data
     from mobilenet.export.choose import CACHE_FILE, choose
     from mobilenet.files import file_digest
@@ -246,7 +247,7 @@ def batch1_latency(checkpoint: Path) -> tuple[float, str]:
     images = sample_images(load_dataset(source.data, "test", **options), 256, meta=meta)
     calibration = sample_images(load_dataset(source.data, "train", **options), 256, seed=1, meta=meta)
     _, decision = choose(model, meta.resolution, 1, images=images, calibration=calibration,
-                         model_id=file_digest(checkpoint, "sha256"), cache=default_root() / CACHE_FILE)
+                         model_id=file_digest(checkpoint, "sha256"), cache=cache.folder() / CACHE_FILE)
     return decision.median_ms[decision.chosen], decision.chosen
 
 
@@ -333,7 +334,6 @@ def markdown(name: str, record: dict, rows: list[dict], environment: dict) -> st
 
 def write_report(name: str, folders: list[Path], out: Path) -> list[Path]:
     """The table (Markdown, JSON) and the trade-off PNGs of study `name` from `folders`, in `out`."""
-    from mobilenet.bench.machine import environment
     from mobilenet.plots import plot_tradeoff
 
     import torch

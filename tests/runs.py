@@ -47,7 +47,7 @@ class Worker:
     waits for it and returns the folder it wrote; the process and folder go at exit, whether or not
     its tests ran (deselected with -k, say). Under pytest-xdist every worker collects every file, so
     there it starts when its tests first ask for it, in the one worker that runs them (the test files
-    put them in one xdist_group)."""
+    put them in one xdist_group), at normal priority since that test waits for it."""
 
     def __init__(self, script: str, *args: str) -> None:
         self.out = Path(tempfile.mkdtemp(prefix=f"mobilenet-{Path(script).stem}-"))
@@ -63,14 +63,14 @@ class Worker:
 
         atexit.register(stop)
         if "PYTEST_XDIST_WORKER" not in os.environ:
-            self.start()
+            self.start(niceness=19)
 
-    def start(self) -> None:
+    def start(self, niceness: int = 0) -> None:
         self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=lambda: os.nice(19))
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=lambda: os.nice(niceness))
 
     def files(self):
-        if self.proc is None:
+        if self.proc is None:  # started on demand, with a test waiting for it: at normal priority
             self.start()
         stdout, stderr = self.proc.communicate(timeout=600)
         assert self.proc.returncode == 0, stderr[-3000:]

@@ -83,7 +83,7 @@ def test_a_decision_is_cached_per_model_cpu_and_versions(fake, tmp_path, monkeyp
     built.clear()
     choose.choose(model, 16, 8, model_id="abc", cache=cache)  # another batch size: measured again
     assert len(built) == 3
-    import mobilenet.bench.machine as machine
+    import mobilenet.machine as machine
 
     monkeypatch.setattr(machine, "cpu_name", lambda: "another CPU")
     built.clear()

@@ -359,7 +359,7 @@ def test_the_builds_for_other_cpu_classes_pass_the_kernel_tests_too(march):
     class and dtype) against the kernels compiled for another CPU class (the native build is the rest of
     this run), so that an AVX-512 machine's CI also checks what an AVX2-only CPU runs, and the other
     way round where the machine runs both."""
-    from mobilenet.bench.machine import cpu_flags
+    from mobilenet.machine import cpu_flags
 
     if os.environ.get(fused.TARGET_VARIABLE):
         pytest.skip(f"this run is the {fused.target()} build")

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenet.bench.machine import MATMUL_CALLS, MatmulProbe, compute_bound, environment
+from mobilenet.machine import MATMUL_CALLS, MatmulProbe, compute_bound, environment
 from mobilenet.checks import whole_number
 from mobilenet.export.fold import inference_model
 from mobilenet.models import MobileNet

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mobilenet.bench.machine import environment
+from mobilenet.machine import environment
 from mobilenet.bench.latency import build, is_checkpoint, measure
 from mobilenet.bench.report import fastest, sweep_table
 

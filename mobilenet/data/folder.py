@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from mobilenet import cache
 from mobilenet.checks import check_resolution, some
 from mobilenet.files import require_regular
 from mobilenet.data import decoded
@@ -330,10 +331,8 @@ class ImageFolder(torch.utils.data.Dataset):
             if max(a.size for a in sample) * len(self) <= decoded.MEMORY_LIMIT:
                 self.decoded = DecodedImages.build(len(self), self.pixels, progress=progress)
                 return
-            from mobilenet.data.load import default_root
-
             key = folder_key(self.root, self.split, self.channels, list(self.paths))
-            path = default_root() / "decoded" / f"{key}.u8"
+            path = cache.folder() / "decoded" / f"{key}.u8"
             say = lambda line: print(line, file=sys.stderr)  # noqa: E731
             self.decoded = (DecodedImages.open(path, len(self), say)
                             or DecodedImages.build(len(self), self.pixels, path, progress))

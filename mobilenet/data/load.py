@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from mobilenet.cache import folder as default_root  # named datasets live in the cache folder
 from mobilenet.data import cifar, mnist
 from mobilenet.data.digits import load_digits
 from mobilenet.data.folder import ImageFolder
@@ -23,11 +24,6 @@ ALLOWED = (
     f"{', '.join(map(repr, NAMED))}, a cifar-10-python.tar.gz file, a cifar-10-batches-py folder "
     "or an image folder with train/ and val/"
 )
-
-
-def default_root() -> Path:
-    """Where named datasets are looked up and downloaded: ``$MOBILENET_DATA`` or ``~/.cache/mobilenet``."""
-    return Path(os.environ.get("MOBILENET_DATA") or Path.home() / ".cache" / "mobilenet").expanduser()
 
 
 def load_dataset(

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mobilenet import machine
 from mobilenet.export.fold import inference_model
 from mobilenet.export.guard import check_min_agreement, describe_shortfall, passes
 from mobilenet.files import read_cache, temporary_folder, update_cache
@@ -137,11 +138,9 @@ def time_candidates(runners: dict[str, Callable[[], object]]) -> dict[str, float
 def cache_key(model_id: str, batch: int, resolution: int, names: list[str], min_agreement: float) -> str:
     """What a decision depends on: the model, this CPU, the runtimes' versions, the call's shape and
     the agreement required."""
-    from mobilenet.bench.machine import cpu_flags, cpu_name
-
     versions = {name: _version(name) for name in ("torch", "onnxruntime", "openvino")}
-    text = json.dumps([model_id, cpu_name(), sorted(cpu_flags()), versions, batch, resolution, sorted(names),
-                       min_agreement])
+    text = json.dumps([model_id, machine.cpu_name(), sorted(machine.cpu_flags()), versions, batch, resolution,
+                       sorted(names), min_agreement])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mobilenet import cache
 from mobilenet.files import temporary_folder
 from mobilenet.optional import require
 from mobilenet.export.fold import inference_model
@@ -56,11 +57,10 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", thre
     runtime = resolve_runtime(runtime)
     model = model.eval()
     if runtime == "auto":
-        from mobilenet.data.load import default_root
         from mobilenet.export.choose import CACHE_FILE, choose
 
         fast, decision = choose(model, resolution, batch, images=images, calibration=calibration, model_id=model_id,
-                                cache=default_root() / CACHE_FILE, threads=threads, min_agreement=min_agreement)
+                                cache=cache.folder() / CACHE_FILE, threads=threads, min_agreement=min_agreement)
         if say:
             say(decision.describe())
         return fast, decision.chosen

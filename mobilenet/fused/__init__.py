@@ -35,6 +35,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mobilenet import cache
+from mobilenet.machine import cpu_flags, cpu_name
+
 SOURCES = [Path(__file__).with_name(name) for name in ("bn_act.c", "depthwise.c")]
 HEADERS = [Path(__file__).with_name("common.h")]
 FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC"]  # and -march (`target()`)
@@ -54,9 +57,7 @@ _why_not: str | None = None  # why the kernel is unavailable, once we know
 
 
 def kernel_folder() -> Path:
-    from mobilenet.data.load import default_root
-
-    return default_root() / "kernels"
+    return cache.folder() / "kernels"
 
 
 def _compiler() -> str | None:
@@ -75,8 +76,6 @@ def _flags() -> list[str]:
 def _library_path(compiler: str) -> Path:
     """The compiled kernel's path, keyed by everything it depends on: the source, the compiler and
     its flags, and this CPU (-march=native)."""
-    from mobilenet.bench.machine import cpu_flags, cpu_name
-
     texts = [path.read_text() for path in SOURCES + HEADERS]
     key = "\n".join([*texts, compiler, " ".join(_flags()), cpu_name(), " ".join(cpu_flags())])
     return kernel_folder() / f"kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"

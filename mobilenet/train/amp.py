@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from mobilenet.files import read_cache, update_cache
+from mobilenet.machine import cpu_flags, cpu_name
 
 CACHE_FILE = "amp-choices.json"
 MIN_GAIN = 1.05  # bf16 must make the step at least this much faster
@@ -217,7 +218,6 @@ def stored_choice(stored, candidates: tuple[str, ...]) -> StepChoice | None:
 
 
 def cache_key(model: nn.Module, images: torch.Tensor) -> str:
-    from mobilenet.bench.machine import cpu_flags, cpu_name
     from mobilenet.fused import version
 
     config = model.config.to_dict() if hasattr(model, "config") else type(model).__name__

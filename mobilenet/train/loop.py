@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mobilenet import cache
 from mobilenet.checkpoint import (
     ModelMeta, load_training_state, read_checkpoint, save_model_state, save_training_state,
 )
@@ -35,6 +36,7 @@ from mobilenet.data.memory import stats_to_channels
 from mobilenet.evaluate import EvalResult, evaluate
 from mobilenet.files import write_text
 from mobilenet.fused import KERNELS, fuse
+from mobilenet.machine import forward_flops, matmul_probe
 from mobilenet.models import create_model
 from mobilenet.train.amp import CACHE_FILE as AMP_CACHE
 from mobilenet.train.amp import StepChoice, choose_step
@@ -150,12 +152,10 @@ class Run:
             choice = StepChoice(tuple(kernels) if fused else (), last["amp"] == "bf16", "recorded by this run",
                                 last.get("amp_probe"), last.get("step_probes"))
         else:
-            from mobilenet.data.load import default_root
-
             report = (lambda what: print(f"probing the training step (once per machine, model and batch): {what}",
                                          flush=True)) if self.is_main else None  # facts, not a bar: always said
             choice = choose_step(config.amp, fused, self.model, *self._probe_batch(), self.criterion,
-                                 cache=default_root() / AMP_CACHE, report=report)
+                                 cache=cache.folder() / AMP_CACHE, report=report)
             if self.dist.enabled:  # every process must compute alike: a choice only if every one made it
                 names = list(KERNELS)
                 votes = self.dist.all_reduce(torch.tensor([float(choice.bf16)] + [float(k in choice.kernels)
@@ -462,8 +462,6 @@ class Run:
         yet) and the share of it the epoch reached."""
         if self.device.type != "cpu":
             return {}
-        from mobilenet.bench.machine import forward_flops, matmul_probe
-
         if side not in self._forward_flops:
             self._forward_flops[side] = forward_flops(self.model, 1, side)
         probe = matmul_probe()

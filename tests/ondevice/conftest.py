@@ -17,6 +17,33 @@ def checkpoint(tmp_path_factory):
     return out / "last.safetensors"
 
 
+@pytest.fixture(scope="session", params=["mobilenet_v3_small", "mobilenet_v4_conv_small"])
+def later_checkpoint(request, tmp_path_factory):
+    """V3-Small (squeeze-and-excitation, hard-swish, hard sigmoid, 5x5 depthwise) and V4 Conv-S (UIB
+    blocks) at width 0.5 and 64x64, random weights with BatchNorm statistics far from 0 and 1 and
+    logits of a real size: what the export checks need is their operators, not accuracy. Returns
+    (checkpoint, model, images)."""
+    import torch
+
+    from mobilenet import create_model
+    from mobilenet.checkpoint import ModelMeta, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(request.param, width_mult=0.5, num_classes=5).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_(1, 0.2)
+                module.bias.normal_(0, 0.2)
+        model.classifier.weight.normal_(0, 1)
+    meta = ModelMeta(config=model.config, classes=list("abcde"), resolution=64, mean=(0.5,) * 3, std=(0.25,) * 3)
+    path = tmp_path_factory.mktemp(request.param) / "model.safetensors"
+    save_checkpoint(path, model, meta)
+    return path, model, torch.randn(3, 3, 64, 64)
+
+
 @pytest.fixture(scope="session")
 def model_and_meta(checkpoint):
     from mobilenet.checkpoint import load_checkpoint

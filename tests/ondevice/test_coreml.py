@@ -39,6 +39,19 @@ def test_fp16_package_has_the_model_s_interface_and_metadata(cli, checkpoint, mo
     assert "(pixel / 255 - mean) / std" in spec.description.input[0].shortDescription
 
 
+def test_v3_and_v4_convert_to_an_ml_program(cli, later_checkpoint, tmp_path):
+    """Hard-swish, hard sigmoid, squeeze-and-excitation and the UIB blocks convert, with the model's interface."""
+    checkpoint, model, _ = later_checkpoint
+    out = tmp_path / "later.mlpackage"
+    result = cli("export", str(checkpoint), "--format", "coreml", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    spec = spec_of(out)
+    (inp,), (outp,) = spec.description.input, spec.description.output
+    assert spec.WhichOneof("Type") == "mlProgram" and list(inp.type.multiArrayType.shape) == [1, 3, 64, 64]
+    parameters = sum(p.numel() for p in model.parameters() if p.ndim > 1)
+    assert 2 * parameters <= weight_bytes(out) <= 2.5 * parameters + 65536  # fp16: two bytes a weight
+
+
 def test_int8_weights_halve_the_package_and_replace_the_old_one(cli, checkpoint, tmp_path):
     out = tmp_path / "m.mlpackage"
     assert cli("export", str(checkpoint), "--format", "coreml", "--output", str(out)).returncode == 0

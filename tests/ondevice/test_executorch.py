@@ -38,6 +38,18 @@ def test_fp32_program_computes_what_the_checkpoint_does(cli, checkpoint, model_a
     assert props["channel_order"] == "RGB" and props["layout"] == "NCHW"
 
 
+def test_v3_and_v4_programs_compute_what_pytorch_does(cli, later_checkpoint, tmp_path):
+    """Hard-swish, hard sigmoid, squeeze-and-excitation and the UIB blocks, lowered and run by ExecuTorch."""
+    checkpoint, model, images = later_checkpoint
+    out = tmp_path / "later.pte"
+    result = cli("export", str(checkpoint), "--format", "executorch", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    with torch.no_grad():
+        expected = model(images)
+    got = torch.cat([run_pte(out, image[None]) for image in images])
+    assert expected.abs().max() > 1 and (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
 def test_batch_size_is_fixed_stated_and_refused_cleanly(cli, checkpoint, model_and_meta, test_images, tmp_path):
     out = tmp_path / "b4.pte"
     assert cli("export", str(checkpoint), "--format", "executorch", "--output", str(out),

@@ -49,6 +49,18 @@ def test_fp32_model_computes_what_the_checkpoint_does(cli, checkpoint, model_and
     assert "input_scale" not in props
 
 
+def test_v3_and_v4_models_compute_what_pytorch_does(cli, later_checkpoint, tmp_path):
+    """Hard-swish, hard sigmoid, squeeze-and-excitation and the UIB blocks, converted and run by LiteRT."""
+    checkpoint, model, images = later_checkpoint
+    out = tmp_path / "later.tflite"
+    result = cli("export", str(checkpoint), "--format", "tflite", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    with torch.no_grad():
+        expected = model(images).numpy()
+    got = np.concatenate([interpret(out, image[None].numpy()) for image in images])
+    assert np.abs(expected).max() > 1 and np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
 def test_int8_model_takes_int8_with_its_scale_in_the_metadata(cli, checkpoint, model_and_meta, test_images, tmp_path):
     out = tmp_path / "int8.tflite"
     result = cli("export", str(checkpoint), "--format", "tflite", "--int8", "--output", str(out), "--json")
