@@ -114,7 +114,7 @@ def _counted_flops(model: nn.Module, batch: int, resolution: int) -> int:
 
     shadow = copy.deepcopy(model).to("meta").eval()  # eval: a batch of one is fine for BatchNorm
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        shadow(torch.empty(batch, model.config.in_chans, resolution, resolution, device="meta"))
+        shadow(torch.empty(model.config.input_shape(batch, resolution), device="meta"))
     return int(counter.get_total_flops())
 
 

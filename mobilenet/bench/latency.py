@@ -284,7 +284,7 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
     torch.set_num_threads(threads)
     say = progress or (lambda message: None)
     model = model.eval()
-    images = torch.randn(batch, model.config.in_chans, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(model.config.input_shape(batch, resolution), generator=torch.Generator().manual_seed(0))
     runners: dict[str, Callable] = {}
     timings: dict[str, Timing] = {}
     skipped: list[dict] = []

@@ -166,7 +166,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     report = {"checkpoint": str(checkpoint), "output": str(output), "format": format, "int8": int8,
               "classes": len(meta.classes), "resolution": meta.resolution}
     if source is None:
-        size = (CHECK_IMAGES, meta.config.in_chans, meta.resolution, meta.resolution)
+        size = meta.config.input_shape(CHECK_IMAGES, meta.resolution)
         check = torch.randn(size, generator=torch.Generator().manual_seed(0))
         describe = f"{CHECK_IMAGES} random inputs (no data found: pass --calibration-data to check on real images)"
     else:

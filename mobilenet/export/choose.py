@@ -207,7 +207,7 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
             return build(by_name[decision.chosen], model, resolution, work,
                          calibration if calibration is not None else images, threads), decision
         decision = Decision(chosen="pytorch")
-        inputs = torch.randn(batch, model.config.in_chans, resolution, resolution,
+        inputs = torch.randn(model.config.input_shape(batch, resolution),
                              generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             expected = model(inputs).float()

@@ -56,7 +56,7 @@ def convert(model: nn.Module, batch: int, resolution: int, int8: bool = False):
     """The coremltools MLModel of `model` (fused here) at a fixed input of `batch` x C x `resolution`^2."""
     require("coremltools", purpose="Core ML export")
     fused = inference_model(model, channels_last=False)
-    example = torch.zeros(batch, model.config.in_chans, resolution, resolution)
+    example = torch.zeros(model.config.input_shape(batch, resolution))
     with torch.no_grad(), quiet():  # among what it prints: "Torch version ... has not been tested with coremltools"
         import coremltools as ct
 

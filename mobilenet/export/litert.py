@@ -50,7 +50,7 @@ def convert(model: nn.Module, batch: int, resolution: int, calibration: torch.Te
 
         litert_torch.config.show_progress = False  # its progress lines go to stdout
         fused = inference_model(model, channels_last=False)
-        example = torch.zeros(batch, model.config.in_chans, resolution, resolution)
+        example = torch.zeros(model.config.input_shape(batch, resolution))
         options = {}
         if calibration is not None:
             quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))

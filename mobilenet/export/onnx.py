@@ -124,7 +124,7 @@ def to_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, *, dynam
             opset: int = OPSET) -> None:
     """Write `model` (fused, NCHW, as it is) to `path` with a dynamic batch; no check, not atomic."""
     require("onnx", *(["onnxscript"] if dynamo else []), purpose="ONNX export")
-    example = torch.zeros(2, model.config.in_chans, resolution, resolution)
+    example = torch.zeros(model.config.input_shape(2, resolution))
     common = dict(input_names=[INPUT], output_names=[OUTPUT], opset_version=opset)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice

@@ -76,12 +76,10 @@ def phone_metadata(meta, model: nn.Module, resolution: int, batch: int) -> dict:
     """What an app needs to feed the file, as JSON values: the checkpoint's metadata (classes, mean,
     std, resolution, configuration) with the input's fixed shape, layout and channel order."""
     props = decode(metadata(meta, model, resolution))
-    channels = model.config.in_chans
-    order = "RGB" if channels == 3 else "grey"
-    props.update(format=FORMAT, batch_size=batch, input_shape=[batch, channels, resolution, resolution],
-                 layout="NCHW", channel_order=order,
-                 preprocessing=f"float32 {batch} x {channels} x {resolution} x {resolution} (NCHW, {order}): "
-                               "(pixel / 255 - mean) / std")
+    shape = model.config.input_shape(batch, resolution)
+    order = "RGB" if model.config.in_chans == 3 else "grey"
+    props.update(format=FORMAT, batch_size=batch, input_shape=list(shape), layout="NCHW", channel_order=order,
+                 preprocessing=f"float32 {' x '.join(map(str, shape))} (NCHW, {order}): (pixel / 255 - mean) / std")
     return props
 
 

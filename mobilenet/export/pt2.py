@@ -25,7 +25,7 @@ def export_program(model: nn.Module, resolution: int) -> torch.export.ExportedPr
 
     The example batch has 2 images: with 1, torch.export specialises the batch size to 1.
     """
-    example = torch.zeros(2, model.config.in_chans, resolution, resolution)
+    example = torch.zeros(model.config.input_shape(2, resolution))
     return torch.export.export(inference_model(model, channels_last=False), (example,),
                                dynamic_shapes=({0: torch.export.Dim("batch")},))
 

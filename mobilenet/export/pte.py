@@ -41,7 +41,7 @@ def lower(model: nn.Module, batch: int, resolution: int, calibration: torch.Tens
         from executorch.exir import to_edge_transform_and_lower
 
         fused = inference_model(model, channels_last=False)
-        example = torch.zeros(batch, model.config.in_chans, resolution, resolution)
+        example = torch.zeros(model.config.input_shape(batch, resolution))
         if calibration is not None:
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                                  get_symmetric_quantization_config)

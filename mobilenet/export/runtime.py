@@ -72,7 +72,7 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", thre
 
     with temporary_folder("runtime") as work:
         fast = build(Candidate(runtime), model, resolution, work, None, threads)
-    images = torch.randn(CHECK_IMAGES, model.config.in_chans, resolution, resolution,
+    images = torch.randn(model.config.input_shape(CHECK_IMAGES, resolution),
                          generator=torch.Generator().manual_seed(0))
     check_against(fast.session, model, images, "random inputs")
     return fast, runtime

@@ -52,6 +52,10 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def input_shape(self, batch: int, resolution: int) -> tuple[int, int, int, int]:
+        """The shape of a batch the model takes: (batch, in_chans, resolution, resolution), NCHW."""
+        return batch, self.in_chans, resolution, resolution
+
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         """A config from JSON-like data (a checkpoint's metadata); ValueError names what is wrong."""
