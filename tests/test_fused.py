@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import mobilenet.fused as fused
+import mobilenet.fused.library as fused_library
 from mobilenet.fused import BatchNormAct2d, DepthwiseConv2d, PointwiseConv2d, fuse, fuse_depthwise, fuse_pointwise
 from mobilenet.models import create_model
 
@@ -329,10 +330,10 @@ def test_a_cached_library_that_is_not_the_one_built_is_never_loaded(tmp_path, mo
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setenv("MOBILENET_DATA", str(tmp_path))
-    monkeypatch.setattr(fused.subprocess, "run", compile_)
+    monkeypatch.setattr(fused_library.subprocess, "run", compile_)
     library = fused.build()
     record = library.with_name(library.name + ".sha256")
-    assert library.read_bytes() == good and record.exists() and fused._intact(library)
+    assert library.read_bytes() == good and record.exists() and fused_library._intact(library)
     if damage == "truncated":
         library.write_bytes(good[:len(good) // 2])
     elif damage == "replaced":  # any other library: its constructor would run when it is loaded
@@ -340,7 +341,7 @@ def test_a_cached_library_that_is_not_the_one_built_is_never_loaded(tmp_path, mo
     else:
         record.unlink()
     capsys.readouterr()
-    assert fused.build() == library and library.read_bytes() == good and fused._intact(library)
+    assert fused.build() == library and library.read_bytes() == good and fused_library._intact(library)
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "do not match the checksum" in notes[0] and str(library) in notes[0], err

@@ -1,14 +1,14 @@
-/* A depthwise convolution's backward pass (input and weight gradients) for channels-last activations.
+/* A depthwise convolution's forward pass and both gradients (input and weight) for channels-last activations.
  *
  * oneDNN runs the depthwise backward pass slowly on some CPUs and dtypes (on a Xeon with AMX, the
  * bfloat16 input gradient of a stride-2 layer falls back to a path about 30x slower than fp32's), and
- * a depthwise layer is few FLOPs over large activations: memory-bound work. Here each gradient works
+ * a depthwise layer is few FLOPs over large activations: memory-bound work. Here each pass works
  * a row of pixels at a time. The rows it reads are first spread into float rows with the zero padding
  * written out (and, for the input gradient of a strided layer, zeros between the pixels: it is then a
  * stride-1 convolution with the kernel flipped), each kept per thread while neighbouring rows need it,
  * so the inner loops have no edge cases and no conversions. The channels go in vectors of WIDE (one
- * register, common.h), then narrower ones, with the taps' weights and the sums in registers; along a row, 3-wide kernels keep a window
- * of three pixels in registers, so each pixel is loaded once.
+ * register, common.h), then narrower ones, with the taps' weights and the sums in registers; along a
+ * row, 3-wide kernels keep a window of three pixels in registers, so each pixel is loaded once.
  *
  * Layouts: x and dx N x H x W x C, dy N x OH x OW x C (channels-last), the weight and its gradient
  * KH x KW x C (tap-major, fp32). Output pixel (o, q) sees input pixel (o*sh - ph + a, q*sw - pw + e)
@@ -17,7 +17,9 @@
  */
 #include "common.h"
 
-#define MAX_TAPS 64 /* kernels up to 8x8 (the caller falls back to PyTorch beyond) */
+#ifndef MAX_TAPS /* the largest kernel's taps: given by the build (-DMAX_TAPS, mobilenet/fused/library.py), */
+#error "MAX_TAPS must be defined" /* whose modules send larger kernels to PyTorch */
+#endif
 #define FOLD 8      /* output rows the weight gradient sums in float before adding into double */
 
 /* Channels [k, k+V) of one row of a convolution over rows of padded pixels: pixel q sums, over the rows
