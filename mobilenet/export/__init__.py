@@ -28,11 +28,11 @@ from mobilenet.optional import MissingPackage, available, require
 from mobilenet.export.guard import MIN_AGREEMENT, check_min_agreement
 from mobilenet.export.fold import fold_batchnorm, fold_conv_bn, inference_model
 from mobilenet.export.int8 import Int8Report, export_int8, quantize
-from mobilenet.export.onnx import CheckResult, export_onnx, read_metadata, session
+from mobilenet.export.onnx import CheckResult, OnnxRuntimeModel, export_onnx, read_metadata, session
 from mobilenet.export import phone
 from mobilenet.export.phone import PHONE_FORMATS, read_phone_metadata
 from mobilenet.export.pt2 import export_pt2, load_pt2
-from mobilenet.export.runtime import RUNTIMES, OnnxRuntimeModel, resolve_runtime, runtime_model
+from mobilenet.export.runtime import RUNTIMES, resolve_runtime, runtime_model
 
 FORMATS = ("onnx", "pt2", "openvino", *PHONE_FORMATS)  # openvino: IR, an .xml and its .bin
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml", **phone.SUFFIXES}  # each format's file name ends so

@@ -32,8 +32,11 @@ import torch
 from torch import nn
 
 from mobilenet import machine
+from mobilenet.export import openvino
 from mobilenet.export.fold import inference_model
 from mobilenet.export.guard import check_min_agreement, describe_shortfall, passes
+from mobilenet.export.int8 import quantize
+from mobilenet.export.onnx import FP32_TOLERANCE, OnnxRuntimeModel, session, to_onnx
 from mobilenet.files import read_cache, temporary_folder, update_cache
 from mobilenet.optional import available
 
@@ -90,34 +93,24 @@ def candidates(with_data: bool, bf16: bool) -> list[Candidate]:
 def _bf16() -> bool:
     if not available("openvino"):
         return False
-    from mobilenet.export.openvino import capabilities
-
-    return "BF16" in capabilities()
+    return "BF16" in openvino.capabilities()
 
 
 def build(candidate: Candidate, model: nn.Module, resolution: int, workdir: Path,
           calibration: torch.Tensor | None, threads: int | None) -> nn.Module:
     """The candidate as a module (float images in, logits out)."""
-    from mobilenet.export.runtime import OnnxRuntimeModel
-
     if candidate.runtime == "pytorch":
         return inference_model(model)
-    from mobilenet.export.onnx import session, to_onnx
-
     path = workdir / "fp32.onnx"
     if not path.exists():
         to_onnx(inference_model(model, channels_last=False), path, resolution)
     if candidate.precision == "int8":
-        from mobilenet.export.int8 import quantize
-
         int8 = workdir / "int8.onnx"
         if not int8.exists():
             quantize(path, int8, calibration)
         path = int8
     if candidate.runtime == "onnxruntime":
         return OnnxRuntimeModel(session(path, threads))
-    from mobilenet.export import openvino
-
     return OnnxRuntimeModel(openvino.session(path, "bf16" if candidate.precision == "bf16" else "f32", threads))
 
 
@@ -189,7 +182,6 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
     decision made once be reused; `min_agreement` is the guard's threshold (default
     `guard.MIN_AGREEMENT`). A cached decision that cannot be used is measured again, with a note on stderr.
     """
-    from mobilenet.export.onnx import FP32_TOLERANCE
 
     model = model.eval()
     min_agreement = check_min_agreement(min_agreement)

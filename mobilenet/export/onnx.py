@@ -169,5 +169,16 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, images: torch.Tensor,
     return result
 
 
-__all__ = ["CheckResult", "FP32_TOLERANCE", "INPUT", "OUTPUT", "add_metadata", "check_against", "export_onnx",
-           "metadata", "read_metadata", "run", "session", "to_onnx"]
+class OnnxRuntimeModel(nn.Module):
+    """An ONNX Runtime session behind a module's interface: a float image batch in, logits out."""
+
+    def __init__(self, session) -> None:
+        super().__init__()
+        self.session = session
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run(self.session, images))
+
+
+__all__ = ["CheckResult", "FP32_TOLERANCE", "INPUT", "OUTPUT", "OnnxRuntimeModel", "add_metadata", "check_against",
+           "export_onnx", "metadata", "read_metadata", "run", "session", "to_onnx"]

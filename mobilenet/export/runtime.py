@@ -11,26 +11,14 @@ import torch
 from torch import nn
 
 from mobilenet import cache
+from mobilenet.export import choose, onnx
+from mobilenet.export.fold import inference_model
 from mobilenet.files import temporary_folder
 from mobilenet.optional import require
-from mobilenet.export.fold import inference_model
 
 RUNTIMES = ("auto", "onnxruntime", "openvino", "pytorch")
 NEEDS = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
 CHECK_IMAGES = 2
-
-
-class OnnxRuntimeModel(nn.Module):
-    """An ONNX Runtime session behind a module's interface: a float image batch in, logits out."""
-
-    def __init__(self, session) -> None:
-        super().__init__()
-        self.session = session
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from mobilenet.export.onnx import run
-
-        return torch.from_numpy(run(self.session, images))
 
 
 def resolve_runtime(runtime: str = "auto") -> str:
@@ -57,25 +45,21 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", thre
     runtime = resolve_runtime(runtime)
     model = model.eval()
     if runtime == "auto":
-        from mobilenet.export.choose import CACHE_FILE, choose
-
-        fast, decision = choose(model, resolution, batch, images=images, calibration=calibration, model_id=model_id,
-                                cache=cache.folder() / CACHE_FILE, threads=threads, min_agreement=min_agreement)
+        fast, decision = choose.choose(model, resolution, batch, images=images, calibration=calibration,
+                                       model_id=model_id, cache=cache.folder() / choose.CACHE_FILE, threads=threads,
+                                       min_agreement=min_agreement)
         if say:
             say(decision.describe())
         return fast, decision.chosen
     if runtime == "pytorch":
         return inference_model(model), runtime
     require(*NEEDS[runtime], purpose=f"the {runtime} backend")
-    from mobilenet.export.choose import Candidate, build
-    from mobilenet.export.onnx import check_against
-
     with temporary_folder("runtime") as work:
-        fast = build(Candidate(runtime), model, resolution, work, None, threads)
+        fast = choose.build(choose.Candidate(runtime), model, resolution, work, None, threads)
     images = torch.randn(model.config.input_shape(CHECK_IMAGES, resolution),
                          generator=torch.Generator().manual_seed(0))
-    check_against(fast.session, model, images, "random inputs")
+    onnx.check_against(fast.session, model, images, "random inputs")
     return fast, runtime
 
 
-__all__ = ["NEEDS", "RUNTIMES", "OnnxRuntimeModel", "resolve_runtime", "runtime_model"]
+__all__ = ["NEEDS", "RUNTIMES", "resolve_runtime", "runtime_model"]
