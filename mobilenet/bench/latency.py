@@ -244,7 +244,7 @@ def _plain_onnxruntime(model: nn.Module, images: torch.Tensor, path: Path) -> Ca
 
     import onnxruntime as ort
 
-    from mobilenet.export.phone import quiet
+    from mobilenet.export.phone_common import quiet
 
     # the exporter's progress lines ("[torch.onnx] Obtain model graph...") kept out of the report,
     # and replayed only if it fails

@@ -31,6 +31,7 @@ from mobilenet.export.int8 import Int8Report, export_int8, quantize
 from mobilenet.export.onnx import CheckResult, OnnxRuntimeModel, export_onnx, read_metadata, session
 from mobilenet.export import phone
 from mobilenet.export.phone import PHONE_FORMATS, read_phone_metadata
+from mobilenet.export.phone_common import check_batch
 from mobilenet.export.pt2 import export_pt2, load_pt2
 from mobilenet.export.runtime import RUNTIMES, resolve_runtime, runtime_model
 
@@ -129,10 +130,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         raise ValueError("INT8 quantization is for onnx, openvino, executorch, tflite or coreml, not pt2")
     whole_number(calibration_images, "calibration_images")
     if format in PHONE_FORMATS:
-        from mobilenet.export.phone import NEEDS, check_batch, phone_outputs
-
         check_batch(batch)
-        outputs = phone_outputs(format, output)
+        outputs = phone.phone_outputs(format, output)
     elif batch != 1:
         raise ValueError(f"--batch-size is for the phone formats ({', '.join(PHONE_FORMATS)}); "
                          f"{format} files take any batch")
@@ -157,7 +156,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     elif format == "openvino":
         require("onnx", "openvino", *(["onnxruntime"] if int8 else []), purpose="OpenVINO IR export")
     elif format in PHONE_FORMATS:
-        require(*NEEDS[format], purpose=f"{format} export")
+        require(*phone.NEEDS[format], purpose=f"{format} export")
     model, meta = load_checkpoint(checkpoint, with_meta=True)
     source = DataSource(calibration_data, data_root) if calibration_data else training_data(meta, checkpoint)
     if int8 and source is None:
@@ -175,14 +174,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         describe = f"{len(check)} {source.data} test images"
         report["data"] = source.data
     if format in PHONE_FORMATS:
-        from mobilenet.export.phone import export_phone
-
         calibration = loader = None
         if int8 and format != "coreml":  # Core ML's int8 is weights only: nothing to calibrate or compare
             calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta)
             loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)
             report["calibration_images"] = len(calibration)
-        report.update(export_phone(format, model, output, check, meta=meta, describe=describe, batch=batch, int8=int8,
+        report.update(phone.export_phone(format, model, output, check, meta=meta, describe=describe, batch=batch, int8=int8,
                                    calibration=calibration, test_loader=loader, min_agreement=min_agreement,
                                    force=force), batch=batch)
     elif int8:

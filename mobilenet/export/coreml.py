@@ -27,7 +27,7 @@ from torch import nn
 
 from mobilenet.export.fold import inference_model
 from mobilenet.export.onnx import INPUT, OUTPUT
-from mobilenet.export.phone import check_batch, decode, phone_metadata, quiet
+from mobilenet.export.phone_common import check_batch, decode, phone_metadata, quiet
 from mobilenet.files import TEMPORARY
 from mobilenet.optional import require
 

@@ -30,7 +30,7 @@ from mobilenet.export.fold import inference_model
 from mobilenet.export.int8 import Int8Report, compare
 from mobilenet.export.onnx import CheckResult, check_against
 from mobilenet.export.guard import guard
-from mobilenet.export.phone import PhoneSession, check_batch, phone_metadata, quantize_pt2e, quiet
+from mobilenet.export.phone_common import PhoneSession, check_batch, phone_metadata, quantize_pt2e, quiet
 from mobilenet.files import atomic_output, temporary_folder
 from mobilenet.optional import require
 

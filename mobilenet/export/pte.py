@@ -24,7 +24,7 @@ from mobilenet.export.fold import inference_model
 from mobilenet.export.int8 import Int8Report, compare
 from mobilenet.export.onnx import CheckResult, check_against
 from mobilenet.export.guard import guard
-from mobilenet.export.phone import PhoneSession, check_batch, phone_metadata, quantize_pt2e, quiet, side_file
+from mobilenet.export.phone_common import PhoneSession, check_batch, phone_metadata, quantize_pt2e, quiet, side_file
 from mobilenet.files import atomic_outputs, temporary_folder
 from mobilenet.optional import require
 
