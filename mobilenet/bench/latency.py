@@ -58,6 +58,7 @@ from torch import nn
 from mobilenet.machine import MATMUL_CALLS, MatmulProbe, compute_bound, environment
 from mobilenet.checks import whole_number
 from mobilenet.export.fold import inference_model
+from mobilenet.export.formats import FORMATS
 from mobilenet.models import MobileNet
 from mobilenet.optional import MissingPackage, require
 
@@ -65,12 +66,11 @@ BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int
             "openvino-int8", "executorch", "executorch-int8", "tflite", "tflite-int8", "auto", "onnxruntime-default",
             "openvino-default")
 ALL = "all"  # every backend above (the default)
-ORT = ("onnx", "onnxruntime")
-NEEDS = {"onnxruntime": ORT, "onnxruntime-int8": ORT, "openvino": ("onnx", "openvino"),
-         "openvino-bf16": ("onnx", "openvino"), "openvino-int8": (*ORT, "openvino"),  # ORT quantizes
+ORT, OV = FORMATS["onnx"].needs, FORMATS["openvino"].needs
+NEEDS = {"onnxruntime": ORT, "onnxruntime-int8": ORT, "openvino": OV, "openvino-bf16": OV,
+         "openvino-int8": (*OV, "onnxruntime"),  # ONNX Runtime quantizes
          "onnxruntime-default": (*ORT, "onnxscript"), "openvino-default": ("openvino",),
-         "executorch": ("executorch",), "executorch-int8": ("executorch",),
-         "tflite": ("litert_torch", "ai_edge_litert"), "tflite-int8": ("litert_torch", "ai_edge_litert")}
+         **{f"{name}{kind}": FORMATS[name].needs for name in ("executorch", "tflite") for kind in ("", "-int8")}}
 INT8_CALIBRATION_IMAGES = 32
 ROUNDS = 5  # the timed calls of each backend are spread over this many interleaved rounds
 SETTLE_S = 0.1  # untimed calls at the start of each backend's turn, in seconds of running it

@@ -30,13 +30,14 @@ from mobilenet.export.fold import fold_batchnorm, fold_conv_bn, inference_model
 from mobilenet.export.int8 import Int8Report, export_int8, quantize
 from mobilenet.export.onnx import CheckResult, OnnxRuntimeModel, export_onnx, read_metadata, session
 from mobilenet.export import phone
-from mobilenet.export.phone import PHONE_FORMATS, read_phone_metadata
+from mobilenet.export.formats import FORMATS as format_table
+from mobilenet.export.formats import PHONE_FORMATS, SUFFIXES
+from mobilenet.export.phone import read_phone_metadata
 from mobilenet.export.phone_common import check_batch
 from mobilenet.export.pt2 import export_pt2, load_pt2
 from mobilenet.export.runtime import RUNTIMES, resolve_runtime, runtime_model
 
-FORMATS = ("onnx", "pt2", "openvino", *PHONE_FORMATS)  # openvino: IR, an .xml and its .bin
-SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml", **phone.SUFFIXES}  # each format's file name ends so
+FORMATS = tuple(format_table)
 CALIBRATION_IMAGES = 256
 CHECK_IMAGES = 8
 
@@ -151,12 +152,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
                 raise FileNotFoundError(f"output folder {Path(path).parent} does not exist")
         refuse_overwrite(path, {"checkpoint": checkpoint, "calibration data": calibration_data})
         refuse_replacing_ours(path)
-    if format == "onnx":
-        require("onnx", "onnxruntime", purpose="ONNX export")
-    elif format == "openvino":
-        require("onnx", "openvino", *(["onnxruntime"] if int8 else []), purpose="OpenVINO IR export")
-    elif format in PHONE_FORMATS:
-        require(*phone.NEEDS[format], purpose=f"{format} export")
+    quantizer = ("onnxruntime",) if int8 and format == "openvino" else ()  # ONNX Runtime quantizes the IR's ONNX
+    require(*format_table[format].needs, *quantizer, purpose=f"{format} export")
     model, meta = load_checkpoint(checkpoint, with_meta=True)
     source = DataSource(calibration_data, data_root) if calibration_data else training_data(meta, checkpoint)
     if int8 and source is None:

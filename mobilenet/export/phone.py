@@ -34,12 +34,10 @@ import torch
 from torch import nn
 
 from mobilenet.export import coreml, litert, pte
+from mobilenet.export.formats import FORMATS, PHONE_FORMATS, SUFFIXES
 from mobilenet.export.phone_common import side_file
 
-PHONE_FORMATS = ("executorch", "tflite", "coreml")
-SUFFIXES = {"executorch": ".pte", "tflite": ".tflite", "coreml": ".mlpackage"}
-NEEDS = {"executorch": ("executorch",), "tflite": ("litert_torch", "ai_edge_litert"), "coreml": ("coremltools",)}
-RUNTIME = {"executorch": "ExecuTorch's Python runtime (XNNPACK)", "tflite": "LiteRT's interpreter (XNNPACK)"}
+NEEDS = {name: FORMATS[name].needs for name in PHONE_FORMATS}
 
 
 def read_phone_metadata(path: str | os.PathLike) -> dict:
@@ -77,7 +75,7 @@ def export_phone(format: str, model: nn.Module, output: str | os.PathLike, image
     export = pte.export_executorch if format == "executorch" else litert.export_tflite
     result = export(model, output, images, meta=meta, describe=describe, batch=batch, calibration=calibration,
                     test_loader=test_loader, min_agreement=min_agreement, force=force)
-    report = {"checked_by": RUNTIME[format]}
+    report = {"checked_by": FORMATS[format].checked_by}
     if not int8:
         report["check"] = result.to_dict()
     else:
@@ -85,4 +83,4 @@ def export_phone(format: str, model: nn.Module, output: str | os.PathLike, image
     return report
 
 
-__all__ = ["NEEDS", "PHONE_FORMATS", "RUNTIME", "SUFFIXES", "export_phone", "phone_outputs", "read_phone_metadata"]
+__all__ = ["NEEDS", "PHONE_FORMATS", "SUFFIXES", "export_phone", "phone_outputs", "read_phone_metadata"]

@@ -13,12 +13,13 @@ from torch import nn
 from mobilenet import cache
 from mobilenet.export import choose, onnx
 from mobilenet.export.fold import inference_model
+from mobilenet.export.formats import FORMATS
 from mobilenet.files import temporary_folder
 from mobilenet.optional import require
 
 RUNTIMES = ("auto", "onnxruntime", "openvino", "pytorch")
-NEEDS = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
-CHECK_IMAGES = 2
+NEEDS = {"onnxruntime": FORMATS["onnx"].needs, "openvino": FORMATS["openvino"].needs}  # both run the ONNX export
+RANDOM_CHECKS = 2  # random inputs a runtime is checked on before use (an export checks test images)
 
 
 def resolve_runtime(runtime: str = "auto") -> str:
@@ -56,7 +57,7 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", thre
     require(*NEEDS[runtime], purpose=f"the {runtime} backend")
     with temporary_folder("runtime") as work:
         fast = choose.build(choose.Candidate(runtime), model, resolution, work, None, threads)
-    images = torch.randn(model.config.input_shape(CHECK_IMAGES, resolution),
+    images = torch.randn(model.config.input_shape(RANDOM_CHECKS, resolution),
                          generator=torch.Generator().manual_seed(0))
     onnx.check_against(fast.session, model, images, "random inputs")
     return fast, runtime
