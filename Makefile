@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,export,openvino]"
 	# timm and torchvision are the tests' oracles for V3 and V4 weights, both without their dependencies
 	# (which would bring another torch); torchvision's wheel is a CUDA build whose C operators do not
-	# load here, so it goes into a folder off the import path (tests/real_torchvision.py)
+	# load here, so it goes into a folder off the import path (tests/reference.py)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps "timm==1.0.31"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
 		--target $(VENV)/torchvision-0.28 "torchvision==0.28.0"

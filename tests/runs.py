@@ -14,7 +14,7 @@ import torch
 from mobilenet.train import TrainConfig
 
 
-# torchvision 0.28, for the reference-library workers: where `make install` puts it (tests/real_torchvision.py)
+# torchvision 0.28, for the reference-library workers: where `make install` puts it (tests/reference.py)
 TORCHVISION = Path(sys.prefix) / "torchvision-0.28"
 
 

@@ -1,6 +1,6 @@
 """timm's own V3 and V4 models, their state dicts converted and compared with timm's forward pass.
 timm runs in its own process (tests/timm_worker.py) with the torchvision it imports, from the folder
-off the import path where `make install` puts it (a CUDA build, see tests/real_torchvision.py)."""
+off the import path where `make install` puts it (a CUDA build, see tests/reference.py)."""
 
 import importlib.util
 import json

@@ -27,16 +27,12 @@ def later_checkpoint(request, tmp_path_factory):
 
     from mobilenet import create_model
     from mobilenet.checkpoint import ModelMeta, save_checkpoint
+    from reference import randomise_batchnorm
 
     torch.manual_seed(0)
     model = create_model(request.param, width_mult=0.5, num_classes=5).eval()
+    randomise_batchnorm(model)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.normal_(1, 0.2)
-                module.bias.normal_(0, 0.2)
         model.classifier.weight.normal_(0, 1)
     meta = ModelMeta(config=model.config, classes=list("abcde"), resolution=64, mean=(0.5,) * 3, std=(0.25,) * 3)
     path = tmp_path_factory.mktemp(request.param) / "model.safetensors"
