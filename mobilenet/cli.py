@@ -219,10 +219,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mobilenet.checkpoint import load_checkpoint
-    from mobilenet.data import load_dataset, make_loader
+    from mobilenet.data import make_loader
     from mobilenet.data.load import split_name
     from mobilenet.evaluate import evaluate
-    from mobilenet.export import resolve_runtime, runtime_model, training_data
+    from mobilenet.export import DataSource, resolve_runtime, runtime_model, training_data
     from mobilenet.plots import plot_confusion, readable
 
     runtime = resolve_runtime(args.runtime)
@@ -235,15 +235,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.checkpoint} does not record the data it was trained on: pass --data")
         args.data, args.data_root = source.data, args.data_root or source.root
         args.classes = args.classes or (list(source.classes) if source.classes else None)
-    dataset = load_dataset(args.data, args.split, classes=args.classes, resolution=meta.resolution, root=args.data_root,
-                           channels=meta.config.in_chans)
+    source = DataSource(args.data, args.data_root, tuple(args.classes) if args.classes else None, "--data")
+    dataset = source.load(args.split, meta)
     _checkpoint_and_data_classes(meta, dataset, args.checkpoint)
     split = split_name(dataset, args.split)
     if not len(dataset):
         raise ValueError(f"the {split} split of {args.data} holds no images: nothing to evaluate")
     extra = {}
     if runtime == "auto" and args.precision == "any":  # the model's own data: bf16/INT8 may compete, judged on it
-        extra = _own_images(meta, dataset, args.checkpoint, args.data, args.classes, args.data_root, args.batch_size)
+        extra = _own_images(meta, dataset, args.checkpoint, source, args.batch_size)
     elif runtime == "auto":
         extra = {"model_id": _file_id(args.checkpoint), "batch": args.batch_size}
     said: list[str] = []  # what `auto` chose and why: reported with the results
@@ -277,17 +277,15 @@ def _file_id(path: str) -> str:
     return file_digest(path, "sha256")
 
 
-def _own_images(meta, dataset, checkpoint: str, data: str, classes, root, batch: int) -> dict:
-    """What `runtime_model(..., "auto")` needs to let bf16 and INT8 compete on the model's own data:
-    some of its images (for the agreement), training images (for INT8 calibration), the batch."""
-    from mobilenet.data import load_dataset
+def _own_images(meta, dataset, checkpoint: str, source, batch: int) -> dict:
+    """What `runtime_model(..., "auto")` needs to let bf16 and INT8 compete on the model's own data
+    (`source`, a DataSource): some of `dataset`'s images (for the agreement), training images (for
+    INT8 calibration), the batch."""
     from mobilenet.export import sample_images
 
     images = sample_images(dataset, AGREEMENT_IMAGES, meta=meta)
     try:
-        train = load_dataset(data, "train", classes=classes, resolution=meta.resolution, root=root,
-                             channels=meta.config.in_chans)
-        calibration = sample_images(train, 256, seed=1, meta=meta)
+        calibration = sample_images(source.load("train", meta), 256, seed=1, meta=meta)
     except (OSError, ValueError):
         calibration = images
     return {"images": images, "calibration": calibration, "batch": batch, "model_id": _file_id(checkpoint)}
@@ -297,7 +295,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mobilenet.checkpoint import load_checkpoint
     from mobilenet.data.memory import CHANNELS
     from mobilenet.evaluate import predict_files
-    from mobilenet.export import resolve_runtime, runtime_model
+    from mobilenet.export import resolve_runtime, runtime_model, training_data
     from mobilenet.plots import readable
 
     runtime = resolve_runtime(args.runtime)
@@ -309,20 +307,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if meta.config.in_chans not in CHANNELS:
         raise ValueError(f"{args.checkpoint} takes images of {meta.config.in_chans} channels; predict reads image "
                          "files as RGB (3 channels) or grey (1)")
-    extra = {}
-    if runtime == "auto" and args.precision == "any" and meta.data:  # its data is known: bf16/INT8 may compete
+    extra = {"model_id": _file_id(args.checkpoint)} if runtime == "auto" else {}  # fp32 candidates only
+    source = training_data(meta, args.checkpoint) if runtime == "auto" and args.precision == "any" else None
+    if source is not None:  # its data is known: bf16/INT8 may compete, judged on it
         try:
-            from mobilenet.data import load_dataset
-
-            source = meta.data
-            dataset = load_dataset(source["data"], "test", classes=source.get("classes"), resolution=meta.resolution,
-                                   root=source.get("root"), channels=meta.config.in_chans)
-            extra = _own_images(meta, dataset, args.checkpoint, source["data"], source.get("classes"),
-                                source.get("root"), 1)
-        except (OSError, ValueError):
-            extra = {"model_id": _file_id(args.checkpoint)}  # fp32 candidates only
-    elif runtime == "auto":
-        extra = {"model_id": _file_id(args.checkpoint)}
+            extra = _own_images(meta, source.load("test", meta), args.checkpoint, source, 1)
+        except (OSError, ValueError):  # not found on this machine
+            pass
     fast, _ = runtime_model(model, meta.resolution, runtime, say=None if args.json else print,
                             min_agreement=args.min_agreement, **extra)
     results = predict_files(fast, args.images, meta.resolution, meta.mean, meta.std, meta.classes,

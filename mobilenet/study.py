@@ -242,10 +242,8 @@ def batch1_latency(checkpoint: Path) -> tuple[float, str]:
 
     model, meta = load_checkpoint(checkpoint, with_meta=True)
     source = training_data(meta, checkpoint)
-    options = dict(classes=list(source.classes) if source.classes else None, resolution=meta.resolution,
-                   root=source.root, channels=meta.config.in_chans)
-    images = sample_images(load_dataset(source.data, "test", **options), 256, meta=meta)
-    calibration = sample_images(load_dataset(source.data, "train", **options), 256, seed=1, meta=meta)
+    images = sample_images(source.load("test", meta), 256, meta=meta)
+    calibration = sample_images(source.load("train", meta), 256, seed=1, meta=meta)
     _, decision = choose(model, meta.resolution, 1, images=images, calibration=calibration,
                          model_id=file_digest(checkpoint, "sha256"), cache=cache.folder() / CACHE_FILE)
     return decision.median_ms[decision.chosen], decision.chosen

@@ -363,7 +363,6 @@ def checkpoint_images(checkpoint: str, resolution: int, count: int = AGREEMENT_I
     """Test images of the data a checkpoint names in its metadata, at `resolution`, normalised as it
     expects (for the auto row: bf16 and INT8 may then compete); None if not found here."""
     from mobilenet.checkpoint import load_checkpoint
-    from mobilenet.data import load_dataset
     from mobilenet.export import sample_images, training_data
 
     _, meta = load_checkpoint(checkpoint, with_meta=True)
@@ -371,8 +370,7 @@ def checkpoint_images(checkpoint: str, resolution: int, count: int = AGREEMENT_I
     if source is None:
         return None
     try:
-        test = load_dataset(source.data, "test", classes=list(source.classes) if source.classes else None,
-                            resolution=resolution, root=source.root, channels=meta.config.in_chans)
+        test = source.load("test", meta, resolution)
     except (OSError, ValueError):
         return None
     return sample_images(test, count, meta=meta)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mobilenet.checks import some, whole_number
+from mobilenet.data import load_dataset
 from mobilenet.data.loader import Normalize
 from mobilenet.files import atomic_output, check_output_path
 from mobilenet.optional import MissingPackage, available, require
@@ -51,6 +52,12 @@ class DataSource:
     classes: tuple[str, ...] | None = None
     found_in: str = "--calibration-data"
 
+    def load(self, split: str, meta, resolution: int | None = None):
+        """Split `split` of this data as the checkpoint of `meta` takes it: at its resolution (or
+        `resolution`), in its input channels, only these classes."""
+        return load_dataset(self.data, split, classes=list(self.classes) if self.classes else None,
+                            resolution=resolution or meta.resolution, root=self.root, channels=meta.config.in_chans)
+
 
 def training_data(meta, checkpoint: str | os.PathLike) -> DataSource | None:
     """The data a checkpoint was trained on, as its training run recorded it in the checkpoint's
@@ -74,10 +81,7 @@ def sample_images(dataset, count: int, seed: int = 0, meta=None) -> torch.Tensor
 
 
 def _load_split(source: DataSource, split: str, meta):
-    from mobilenet.data import load_dataset
-
-    dataset = load_dataset(source.data, split, classes=list(source.classes) if source.classes else None,
-                           resolution=meta.resolution, root=source.root, channels=meta.config.in_chans)
+    dataset = source.load(split, meta)
     if list(dataset.classes) != list(meta.classes):
         raise ValueError(f"the data {source.data!r} (from {source.found_in}) has classes {some(dataset.classes)}, "
                          f"not the checkpoint's {some(meta.classes)}")
