@@ -1,7 +1,6 @@
 """What several test files train: one tiny configuration, so a change to it is made once."""
 
 import atexit
-import contextlib
 import os
 import shutil
 import subprocess
@@ -9,10 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from mobilenet.train import TrainConfig
-
 
 # torchvision 0.28, for the reference-library workers: where `make install` puts it (tests/reference.py)
 TORCHVISION = Path(sys.prefix) / "torchvision-0.28"
@@ -26,21 +22,8 @@ def tiny(out, **overrides) -> TrainConfig:
     return TrainConfig(**config)
 
 
-@contextlib.contextmanager
-def threads(count: int):
-    """Compute on `count` threads inside the block: a model trained there is the same whatever share of
-    the cores this test process has (pytest-xdist gives each worker fewer), since the order of a sum
-    changes with the threads and a few epochs of SGD amplify that into another model."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class Worker:
-    """A reference library's side of a real-library test (tests/keras_worker.py, tests/timm_worker.py),
+    """A reference library's side of a real-library test (tests/keras_worker.py, timm_worker.py, torchvision_worker.py),
     started in its own process as the test file is collected, so that its import and model building
     run in the time the tests before it leave idle: one thread, at the lowest priority (beside
     OpenMP threads that spin, a competing process slows them far more than it gains). `files()`
