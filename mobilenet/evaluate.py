@@ -10,6 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mobilenet.data.folder import decode_image, eval_transform, to_mode
+from mobilenet.data.loader import Normalize
+
 
 @dataclass
 class EvalResult:
@@ -89,9 +92,6 @@ def predict_files(model: nn.Module, paths: list[str | os.PathLike], resolution: 
     the short side to resolution / crop_fraction, then centre-crop (1.0: the whole image), in as
     many channels as `mean` has (an RGB photo becomes grey for a grayscale model). A file
     that cannot be decoded gets `{"image": path, "error": message}` in its place."""
-    from mobilenet.data.folder import decode_image, eval_transform, to_mode
-    from mobilenet.data.loader import Normalize
-
     model.eval()
     normalize = Normalize(mean, std, channels_last=False)
     k = max(1, min(top_k, len(classes)))

@@ -25,9 +25,12 @@ from mobilenet.checks import some
 from mobilenet.cost import check_model_resolution, cost
 from mobilenet.data import load_dataset
 from mobilenet.data.folder import SMALL_INPUT_SIDE
-from mobilenet.files import write_text
+from mobilenet.export import export_checkpoint, sample_images, training_data
+from mobilenet.export.choose import CACHE_FILE, choose
+from mobilenet.files import file_digest, write_text
 from mobilenet.machine import environment
 from mobilenet.models import create_model
+from mobilenet.optional import available
 from mobilenet.paper import PAPER_ROWS, TF_SLIM_V1
 from mobilenet.train import TrainConfig, train
 from mobilenet.train.recipes import FAST
@@ -220,9 +223,6 @@ def measure_point(point: Point, seed: int, native: int, folder: Path, options: d
 
 def int8_accuracy(checkpoint: Path) -> dict:
     """INT8 (ONNX Runtime, static, calibrated on training images) against fp32 on the whole test split."""
-    from mobilenet.export import export_checkpoint
-    from mobilenet.optional import available
-
     if not (available("onnx") and available("onnxruntime")):
         return {"skipped": "onnx and onnxruntime are not installed"}
     try:
@@ -236,10 +236,6 @@ def int8_accuracy(checkpoint: Path) -> dict:
 def batch1_latency(checkpoint: Path) -> tuple[float, str]:
     """Median latency at batch 1 (ms) of the runtime `auto` chooses for the checkpoint, and its name
     (the decision is cached under the data root, as `eval` and `predict` cache it)."""
-    from mobilenet.export import sample_images, training_data
-    from mobilenet.export.choose import CACHE_FILE, choose
-    from mobilenet.files import file_digest
-
     model, meta = load_checkpoint(checkpoint, with_meta=True)
     source = training_data(meta, checkpoint)
     images = sample_images(source.load("test", meta), 256, meta=meta)

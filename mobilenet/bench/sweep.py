@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from mobilenet.cost import cost
+from mobilenet.files import check_output_path, write_text
 from mobilenet.machine import environment
 from mobilenet.bench.latency import build, is_checkpoint, measure
 from mobilenet.bench.report import fastest, sweep_table
@@ -24,8 +26,6 @@ def sweep(model: str = "mobilenet_v1", *, widths: Sequence[float] = SWEEP_WIDTHS
     """`measure` over the width x resolution grid of the V1 paper's Figure 4 (16 models by default),
     each row with its analytic mult-adds and parameters, and one compute bound for all (`one_bound`).
     `options` go to `measure`."""
-    from mobilenet.cost import cost
-
     if is_checkpoint(model):
         raise ValueError(f"the sweep builds the grid's models by name; {model} is a checkpoint")
     say = progress or (lambda message: None)
@@ -62,8 +62,6 @@ def one_bound(rows: list[dict]) -> None:
 def sweep_outputs(folder: str | os.PathLike, model: str, batch: int) -> list[Path]:
     """The JSON, table and plot a sweep writes into `folder`, each checked (the folder exists and is
     writable, no path is a folder or a special file): called before the minutes of measuring."""
-    from mobilenet.files import check_output_path
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder {folder} does not exist")
@@ -73,7 +71,6 @@ def sweep_outputs(folder: str | os.PathLike, model: str, batch: int) -> list[Pat
 
 def write_sweep(result: dict, folder: str | os.PathLike) -> list[Path]:
     """Write the sweep's JSON, markdown table and PNG plot into `folder`, each atomically; returns their paths."""
-    from mobilenet.files import write_text
     from mobilenet.plots import plot_sweep
 
     paths = sweep_outputs(folder, result["model"], result["batch"])

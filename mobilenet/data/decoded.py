@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from mobilenet.files import CHUNK, atomic_output
+
 SMALL_SIDE = 96  # images this small (or smaller) on both sides are decoded once
 MEMORY_LIMIT = 1 << 30  # bytes of pixels kept in memory; more goes to a memory-mapped file
 SAMPLE = 32  # images decoded first, spread over the folder, to judge its image size
@@ -55,8 +57,6 @@ class DecodedImages:
         """Decode all `count` images with `decode(index) -> uint8 H x W x C`, into memory
         (`path` None) or into the file `path` (written atomically, its index and checksum beside it).
         Raises `NotSmall` at the first image larger than `SMALL_SIDE`, before it costs more memory."""
-        from mobilenet.files import atomic_output
-
         shapes = np.zeros((count, 3), dtype=np.int64)
         arrays = []
         with tqdm(total=count, desc="decoding the images once", unit="img", disable=None if progress else True,
@@ -87,8 +87,6 @@ class DecodedImages:
         """The decoded cache of `count` images written before, memory-mapped, if it is whole and its
         pixels match the checksum in its index; None if it is not there, and (after a line to `say`)
         if it is anything else: it is then decoded again."""
-        from mobilenet.files import CHUNK
-
         index = _index(path)
         if not path.exists() and not index.exists():
             return None

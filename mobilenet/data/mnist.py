@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilenet import files
 from mobilenet.checks import check_resolution
 from mobilenet.data.memory import InMemoryDataset, resize_uint8
 
@@ -83,10 +84,8 @@ DATASETS = {
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """The array in an IDX file, gzip-compressed or not; ValueError naming the file for a wrong
     magic number, an unknown type, a truncated file or bytes left over."""
-    from mobilenet.files import require_regular
-
     path = Path(path)
-    require_regular(path, "IDX file")
+    files.require_regular(path, "IDX file")
     try:
         raw = path.read_bytes()
         data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
@@ -147,8 +146,6 @@ def find_folder(dataset: IdxDataset, root: Path) -> Path | None:
 def download_idx(dataset: IdxDataset, root: Path) -> Path:
     """Fetch the four published `.gz` files into `root/<name>` (those present are kept once their
     md5 is checked), trying each mirror; returns the folder."""
-    from mobilenet import files
-
     folder = root / dataset.name
     folder.mkdir(parents=True, exist_ok=True)
     for name, md5 in dataset.md5.items():
