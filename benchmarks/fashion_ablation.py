@@ -46,8 +46,9 @@ def read_run(folder: Path) -> dict:
             "images_per_s": [round(m["images_per_s"]) for m in metrics]}
 
 
-def held_out_top1(folder: Path, flip: bool) -> float:
-    """The run's last checkpoint on the split it was evaluated on, rebuilt as the trainer builds it."""
+def held_out_top1(folder: Path) -> tuple[float, float]:
+    """The run's last checkpoint on the split it was evaluated on, rebuilt as the trainer builds it:
+    top-1 without and with test-time flips."""
     config = json.loads((folder / "config.json").read_text())
     model, meta = load_checkpoint(folder / "last.safetensors", with_meta=True)
     options = dict(classes=config["classes"], resolution=config["resolution"], root=config["data_root"],
@@ -56,7 +57,8 @@ def held_out_top1(folder: Path, flip: bool) -> float:
     held = hold_out(train, config["val_split"])[1] if config["val_split"] else load_dataset(config["data"], "test",
                                                                                              **options)
     loader = make_loader(held, 256, train=False, workers=0, channels_last=True, mean=meta.mean, std=meta.std)
-    return evaluate(model.eval().to(memory_format=torch.channels_last), loader, len(train.classes), flip=flip).top1
+    model = model.eval().to(memory_format=torch.channels_last)
+    return tuple(evaluate(model, loader, len(train.classes), flip=flip).top1 for flip in (False, True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         label, _, folder = spec.rpartition("=")
         variants[label] = read_run(Path(folder))
         if args.flips:
-            again = held_out_top1(Path(folder), flip=False)  # the recorded figure, recomputed from the checkpoint
-            variants[label].update(top1_recomputed=again, top1_flips=held_out_top1(Path(folder), flip=True))
+            again, flips = held_out_top1(Path(folder))  # again: the recorded figure, recomputed
+            variants[label].update(top1_recomputed=again, top1_flips=flips)
     env = environment(torch.get_num_threads())
     base = next(iter(variants.values()))
     lines = [f"# Fashion-MNIST time-to-accuracy ablation: {args.name}", "",

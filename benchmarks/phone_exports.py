@@ -26,7 +26,7 @@ from mobilenet.bench import environment, measure
 from mobilenet.machine import cpu_flags, cpu_slug
 from mobilenet.checkpoint import load_checkpoint
 from mobilenet.export import export_checkpoint
-from mobilenet.export.phone import NEEDS, PHONE_FORMATS, SUFFIXES
+from mobilenet.export.formats import FORMATS, PHONE_FORMATS, SUFFIXES
 from mobilenet.files import write_text
 from mobilenet.optional import available
 
@@ -80,7 +80,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=50)
     args = parser.parse_args()
-    formats = [f for f in PHONE_FORMATS if all(available(p) for p in NEEDS[f])]
+    formats = [f for f in PHONE_FORMATS if all(available(p) for p in FORMATS[f].needs)]
     if not formats:
         print("no phone converter is installed here: run this with .venv-executorch, .venv-tflite or .venv-coreml "
               "(`make test-ondevice` builds them)", file=sys.stderr)

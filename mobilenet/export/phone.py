@@ -37,8 +37,6 @@ from mobilenet.export import coreml, litert, pte
 from mobilenet.export.formats import FORMATS, PHONE_FORMATS, SUFFIXES
 from mobilenet.export.phone_common import side_file
 
-NEEDS = {name: FORMATS[name].needs for name in PHONE_FORMATS}
-
 
 def read_phone_metadata(path: str | os.PathLike) -> dict:
     """The metadata of a phone export (.pte, .tflite or .mlpackage), as JSON values."""
@@ -49,7 +47,7 @@ def read_phone_metadata(path: str | os.PathLike) -> dict:
         return litert.read_metadata(path)
     if suffix == SUFFIXES["coreml"]:
         return coreml.read_metadata(path)
-    raise ValueError(f"{path} is not a phone export: expected one of {', '.join(SUFFIXES.values())}")
+    raise ValueError(f"{path} is not a phone export: expected one of {', '.join(SUFFIXES[f] for f in PHONE_FORMATS)}")
 
 
 def phone_outputs(format: str, output: str | os.PathLike) -> list[Path]:
@@ -83,4 +81,4 @@ def export_phone(format: str, model: nn.Module, output: str | os.PathLike, image
     return report
 
 
-__all__ = ["NEEDS", "PHONE_FORMATS", "SUFFIXES", "export_phone", "phone_outputs", "read_phone_metadata"]
+__all__ = ["export_phone", "phone_outputs", "read_phone_metadata"]
