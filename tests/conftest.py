@@ -26,6 +26,10 @@ if WORKERS > 1:
 # only tests/test_amp.py is about them: every other training takes the step with all of our kernels in
 # fp32 (those the machine can build), the same on every CPU. Subprocesses inherit it.
 os.environ.setdefault("MOBILENET_STEP", "fp32:bn_act,depthwise,pointwise")
+# Likewise `auto`'s runtime choice (mobilenet.export.choose builds and times every runtime installed:
+# seconds per model and batch size): only the tests about it measure (they remove this); every other
+# `eval`, `predict` and study runs PyTorch (the runtimes themselves: test_export.py, test_choose.py).
+os.environ.setdefault("MOBILENET_RUNTIME", "pytorch")
 
 
 @pytest.fixture(autouse=True, scope="session")

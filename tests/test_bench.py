@@ -186,13 +186,15 @@ def test_peer_rows_and_the_auto_row():
 
 
 @pytest.mark.skipif(not all(map(bench.available, ("onnx", "onnxruntime"))), reason="needs onnxruntime")
-def test_auto_row_of_a_checkpoint_judges_reduced_precisions_on_its_data(cli, tmp_path):
+def test_auto_row_of_a_checkpoint_judges_reduced_precisions_on_its_data(cli, tmp_path, monkeypatch):
     """From a checkpoint whose data is found, bf16 and INT8 compete in the auto row, and the row
     says what was chosen and, for a reduced precision, its agreement (>= 99%) with fp32."""
     from runs import tiny
 
     from mobilenet.export import choose, guard
     from mobilenet.train import train
+
+    monkeypatch.delenv(choose.FORCE_VARIABLE)  # measured (conftest.py forces it elsewhere)
 
     train(tiny(tmp_path / "run"))  # its checkpoint records its data: three digit classes
     checkpoint = tmp_path / "run" / "last.safetensors"

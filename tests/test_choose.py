@@ -13,6 +13,12 @@ import mobilenet.export.choose as choose
 from mobilenet import create_model
 
 
+@pytest.fixture(autouse=True)
+def measured(monkeypatch):
+    """These tests are about measuring: the suite's forced runtime (conftest.py) is removed."""
+    monkeypatch.delenv(choose.FORCE_VARIABLE, raising=False)
+
+
 class Fake(nn.Module):
     """A candidate that takes `ms` a call and returns `logits(x)`."""
 
@@ -54,6 +60,30 @@ def test_the_fastest_checked_candidate_wins(fake, tmp_path):
     assert decision.chosen == "openvino" and "max |logit difference|" in decision.refused["onnxruntime"], decision
     assert decision.median_ms["openvino"] < decision.median_ms["pytorch"]
     assert "runtime openvino: fastest measured here" in decision.describe()
+
+
+def test_a_forced_runtime_is_the_only_one_built_checked_and_timed_and_is_not_cached(fake, tmp_path, monkeypatch):
+    model, plans, built = fake
+    plans.update({"pytorch": (1, False), "onnxruntime": (30, False), "openvino": (1, True),
+                  "onnxruntime-int8": (1, True), "openvino-int8": (30, False)})
+    cache = tmp_path / "choices.json"
+    monkeypatch.setenv(choose.FORCE_VARIABLE, "onnxruntime")  # slower than pytorch: forced all the same
+    fast, decision = choose.choose(model, 16, 2, model_id="m", cache=cache)
+    assert built == ["onnxruntime"] and decision.chosen == "onnxruntime" and fast.ms == 30
+    assert list(decision.median_ms) == ["onnxruntime"] and decision.median_ms["onnxruntime"] >= 30
+    assert decision.describe().startswith("runtime onnxruntime: forced by $MOBILENET_RUNTIME, 3")
+    assert not cache.exists()
+    images = torch.randn(8, 3, 16, 16)
+    monkeypatch.setenv(choose.FORCE_VARIABLE, "openvino-int8")  # a reduced precision passes the guard first
+    _, decision = choose.choose(model, 16, 2, images=images)
+    assert decision.agreement == {"openvino-int8": 1.0} and "agreement with fp32 100.0%" in decision.describe()
+    for name, why in (("onnxruntime-int8", "top-1 agreement"), ("openvino", "max |logit difference|")):
+        monkeypatch.setenv(choose.FORCE_VARIABLE, name)  # a forced runtime that fails its check is refused
+        with pytest.raises(ValueError, match=rf"^\$MOBILENET_RUNTIME={name}: {why}"):
+            choose.choose(model, 16, 2, images=images)
+    monkeypatch.setenv(choose.FORCE_VARIABLE, "onnxruntime-int8")  # INT8 is a candidate only with images
+    with pytest.raises(ValueError, match="is not a candidate here; choose from: pytorch, onnxruntime, openvino$"):
+        choose.choose(model, 16, 2)
 
 
 def test_reduced_precision_needs_the_models_data_and_agreement(fake):

@@ -15,12 +15,17 @@ The decision is cached per (model, CPU, runtime versions, batch, resolution, can
 that changes (a retrained checkpoint, another CPU, an upgraded runtime) measures afresh. A cached
 decision is used only if it is well formed and its choice still passes the guard; otherwise it is
 measured again, with a line saying why.
+
+`$MOBILENET_RUNTIME` (a candidate's name, e.g. `onnxruntime` or `openvino-int8`) forces the choice
+where measuring every candidate is not wanted (CI, a test suite, a fleet whose machines are known):
+only that candidate is built, checked as above and timed, and the decision is not cached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -43,6 +48,7 @@ from mobilenet.optional import available
 ROUNDS = 3  # interleaved rounds of timed calls
 CALLS = 2  # timed calls per candidate and round
 CACHE_FILE = "runtime-choices.json"
+FORCE_VARIABLE = "MOBILENET_RUNTIME"
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,13 @@ class Decision:
     agreement: dict[str, float] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # candidate: why it was not considered
     cached: bool = False
+    forced: bool = False  # by $MOBILENET_RUNTIME, not measured
 
     def describe(self) -> str:
+        if self.forced:
+            agreement = self.agreement.get(self.chosen)
+            return (f"runtime {self.chosen}: forced by ${FORCE_VARIABLE}, {self.median_ms[self.chosen]:.2f} ms a batch"
+                    + (f", top-1 agreement with fp32 {100 * agreement:.1f}%" if agreement is not None else ""))
         others = ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(self.median_ms.items(), key=lambda x: x[1])
                            if name != self.chosen)
         why = f"fastest measured here: {self.median_ms[self.chosen]:.2f} ms a batch" + (f" (then {others})" if others else "")
@@ -181,13 +192,18 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
     `images`). `model_id` (e.g. the checkpoint file's digest) and `cache` (a JSON file) let a
     decision made once be reused; `min_agreement` is the guard's threshold (default
     `guard.MIN_AGREEMENT`). A cached decision that cannot be used is measured again, with a note on stderr.
+    `$MOBILENET_RUNTIME` names the candidate instead of measuring (ValueError if it is not one here or
+    fails its check).
     """
 
     model = model.eval()
     min_agreement = check_min_agreement(min_agreement)
     found = candidates(images is not None, _bf16() if images is not None else False)
     names = [c.name for c in found]
-    key = cache_key(model_id, batch, resolution, names, min_agreement) if model_id and cache else None
+    forced = os.environ.get(FORCE_VARIABLE)
+    if forced and forced not in names:
+        raise ValueError(f"${FORCE_VARIABLE}={forced!r} is not a candidate here; choose from: {', '.join(names)}")
+    key = cache_key(model_id, batch, resolution, names, min_agreement) if model_id and cache and not forced else None
     note = lambda line: print(line, file=sys.stderr)  # noqa: E731
     entries = read_cache(cache, say=note) if key else {}
     decision, why = stored_decision(entries[key], names, min_agreement) if key in entries else (None, None)
@@ -198,14 +214,14 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
         if decision is not None:
             return build(by_name[decision.chosen], model, resolution, work,
                          calibration if calibration is not None else images, threads), decision
-        decision = Decision(chosen="pytorch")
+        decision = Decision(chosen=forced or "pytorch", forced=bool(forced))
         inputs = torch.randn(model.config.input_shape(batch, resolution),
                              generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             expected = model(inputs).float()
             reference_top1 = model(images).argmax(1) if images is not None else None
         built: dict[str, nn.Module] = {}
-        for candidate in found:
+        for candidate in [by_name[forced]] if forced else found:
             try:
                 runner = build(candidate, model, resolution, work, calibration if calibration is not None
                                else images, threads)
@@ -226,12 +242,14 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
                 decision.refused[candidate.name] = str(error).splitlines()[0][:120]
                 continue
             built[candidate.name] = runner
+        if forced and forced in decision.refused:
+            raise ValueError(f"${FORCE_VARIABLE}={forced}: {decision.refused[forced]}")
         with torch.inference_mode():
             decision.median_ms = time_candidates({name: (lambda m=m: m(inputs)) for name, m in built.items()})
-        decision.chosen = min(decision.median_ms, key=decision.median_ms.get)
+        decision.chosen = min(decision.median_ms, key=decision.median_ms.get)  # a forced one: the only one
         if key:
-            update_cache(cache, key, {k: v for k, v in asdict(decision).items() if k != "cached"})
+            update_cache(cache, key, {k: v for k, v in asdict(decision).items() if k not in ("cached", "forced")})
         return built[decision.chosen], decision
 
 
-__all__ = ["CACHE_FILE", "Candidate", "Decision", "build", "candidates", "choose", "time_candidates"]
+__all__ = ["CACHE_FILE", "FORCE_VARIABLE", "Candidate", "Decision", "build", "candidates", "choose", "time_candidates"]
