@@ -146,12 +146,12 @@ def test_openvino_ir_export_refuses_cleanly_and_keeps_the_old_files(digits_check
     assert result.returncode == 2 and "NAME.xml" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     (tmp_path / "m.xml").write_text("old graph")
     (tmp_path / "m.bin").write_text("old weights")
-    from mobilenet.export import onnx
+    from mobilenet.export import openvino
 
     def disagree(*args, **kwargs):
         raise ValueError("exported model disagrees with PyTorch (injected)")
 
-    monkeypatch.setattr(onnx, "check_against", disagree)
+    monkeypatch.setattr(openvino, "check_against", disagree)
     result = cli("export", checkpoint, "--format", "openvino", "--output", tmp_path / "m.xml")
     assert result.returncode == 2 and "disagrees" in result.stderr
     assert (tmp_path / "m.xml").read_text() == "old graph" and (tmp_path / "m.bin").read_text() == "old weights"

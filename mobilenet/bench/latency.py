@@ -68,7 +68,7 @@ BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int
 ALL = "all"  # every backend above (the default)
 ORT, OV = FORMATS["onnx"].needs, FORMATS["openvino"].needs
 NEEDS = {"onnxruntime": ORT, "onnxruntime-int8": ORT, "openvino": OV, "openvino-bf16": OV,
-         "openvino-int8": (*OV, "onnxruntime"),  # ONNX Runtime quantizes
+         "openvino-int8": (*OV, *FORMATS["openvino"].int8_needs),
          "onnxruntime-default": (*ORT, "onnxscript"), "openvino-default": ("openvino",),
          **{f"{name}{kind}": FORMATS[name].needs for name in ("executorch", "tflite") for kind in ("", "-int8")}}
 INT8_CALIBRATION_IMAGES = 32

@@ -22,15 +22,16 @@ from pathlib import Path
 import torch
 
 from mobilenet.checks import some, whole_number
-from mobilenet.data import load_dataset
+from mobilenet.checkpoint import load_checkpoint, refuse_replacing_ours
+from mobilenet.data import load_dataset, make_loader
 from mobilenet.data.loader import Normalize
-from mobilenet.files import atomic_output, check_output_path
+from mobilenet.files import atomic_output, check_output_path, refuse_overwrite
 from mobilenet.optional import MissingPackage, available, require
 from mobilenet.export.guard import MIN_AGREEMENT, check_min_agreement
 from mobilenet.export.fold import fold_batchnorm, fold_conv_bn, inference_model
 from mobilenet.export.int8 import Int8Report, export_int8, quantize
 from mobilenet.export.onnx import CheckResult, OnnxRuntimeModel, export_onnx, read_metadata, session
-from mobilenet.export import phone
+from mobilenet.export import openvino, phone
 from mobilenet.export.formats import FORMATS as format_table
 from mobilenet.export.formats import PHONE_FORMATS, SUFFIXES
 from mobilenet.export.phone import read_phone_metadata
@@ -123,16 +124,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     metadata names (a training run records it), and on random inputs if neither is found; INT8 needs real
     data (ValueError otherwise). Returns a JSON-ready report. Writes nothing unless every check passes.
     """
-    from mobilenet.checkpoint import load_checkpoint, refuse_replacing_ours
-    from mobilenet.data import make_loader
-    from mobilenet.files import refuse_overwrite
-
     refuse_overwrite(output, {"checkpoint": checkpoint, "calibration data": calibration_data})
     refuse_replacing_ours(output)  # these two first: the most important thing to say of a wrong --output
     format = output_format(output, format)
     check_min_agreement(min_agreement)
-    if int8 and format == "pt2":
-        raise ValueError("INT8 quantization is for onnx, openvino, executorch, tflite or coreml, not pt2")
+    record = format_table[format]
+    if int8 and not record.int8:
+        *others, last = [f.name for f in format_table.values() if f.int8]
+        raise ValueError(f"INT8 quantization is for {', '.join(others)} or {last}, not {format}")
     whole_number(calibration_images, "calibration_images")
     if format in PHONE_FORMATS:
         check_batch(batch)
@@ -143,9 +142,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     else:
         outputs = [output]
     if format == "openvino":
-        from mobilenet.export.openvino import ir_paths
-
-        outputs = list(ir_paths(output))
+        outputs = list(openvino.ir_paths(output))
     for path in outputs:
         if format != "coreml":
             check_output_path(path)
@@ -156,8 +153,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
                 raise FileNotFoundError(f"output folder {Path(path).parent} does not exist")
         refuse_overwrite(path, {"checkpoint": checkpoint, "calibration data": calibration_data})
         refuse_replacing_ours(path)
-    quantizer = ("onnxruntime",) if int8 and format == "openvino" else ()  # ONNX Runtime quantizes the IR's ONNX
-    require(*format_table[format].needs, *quantizer, purpose=f"{format} export")
+    require(*record.needs, *(record.int8_needs if int8 else ()), purpose=f"{format} export")
     model, meta = load_checkpoint(checkpoint, with_meta=True)
     source = DataSource(calibration_data, data_root) if calibration_data else training_data(meta, checkpoint)
     if int8 and source is None:
@@ -174,35 +170,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         check = sample_images(test, CHECK_IMAGES, meta=meta)
         describe = f"{len(check)} {source.data} test images"
         report["data"] = source.data
-    if format in PHONE_FORMATS:
-        calibration = loader = None
-        if int8 and format != "coreml":  # Core ML's int8 is weights only: nothing to calibrate or compare
-            calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta)
-            loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)
-            report["calibration_images"] = len(calibration)
-        report.update(phone.export_phone(format, model, output, check, meta=meta, describe=describe, batch=batch, int8=int8,
-                                   calibration=calibration, test_loader=loader, min_agreement=min_agreement,
-                                   force=force), batch=batch)
-    elif int8:
+    calibration = loader = None
+    if int8 and record.calibrated:
         calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta)
         loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)
-        if format == "openvino":
-            from mobilenet.export.openvino import export_openvino
-
-            result = export_openvino(model, output, check, meta=meta, describe=describe, calibration=calibration,
-                                     test_loader=loader, min_agreement=min_agreement, force=force)
-        else:
-            result = export_int8(model, output, calibration, loader, check, meta=meta, describe=describe,
-                                 min_agreement=min_agreement, force=force)
-        report.update(result.to_dict(), calibration_images=len(calibration))
-    elif format == "openvino":
-        from mobilenet.export.openvino import export_openvino
-
-        report["check"] = export_openvino(model, output, check, meta=meta, describe=describe).to_dict()
-    elif format == "onnx":
-        report["check"] = export_onnx(model, output, check, meta=meta, describe=describe).to_dict()
-    else:
-        report["check"] = export_pt2(model, output, check, meta=meta, describe=describe).to_dict()
+        report["calibration_images"] = len(calibration)
+    report.update(record.write(model, output, check, meta=meta, describe=describe, batch=batch, int8=int8,
+                               calibration=calibration, test_loader=loader, min_agreement=min_agreement,
+                               force=force))
     report["bytes"] = sum(file_bytes(path) for path in outputs)
     return report
 

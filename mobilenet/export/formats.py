@@ -1,9 +1,10 @@
 """The file formats `mobilenet export` writes, one record each, read by export (the suffix decides
-the format; the packages to ask for), the phone dispatch, the bench's rows and `auto`'s runtimes.
-Adding a format is adding its record here and its writer module (phone.py dispatches the phones')."""
+the format; the packages to ask for; the writer), the bench's rows and `auto`'s runtimes.
+Adding a format is adding its record here and its module with the writer the record names."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 
@@ -13,17 +14,33 @@ class Format:
     suffix: str  # what the file's name ends with (OpenVINO: the .xml beside its .bin)
     needs: tuple[str, ...]  # the packages it is written and checked with, as imported
     checked_by: str  # what runs the file here to check it against PyTorch
+    # "module:function" that writes and checks a file of this format (`write` below); named, not imported,
+    # because the writers import the optional packages of `needs`
+    writer: str
     phone: bool = False  # traced at a fixed batch for a phone runtime (phone.py)
+    int8: bool = True  # has an INT8 form
+    int8_needs: tuple[str, ...] = ()  # the packages its INT8 form needs besides `needs`
+    calibrated: bool = True  # its INT8 form is calibrated on training images and compared with fp32 on test images
+
+    def write(self, model, output, check, **options) -> dict:
+        """Write `model` to `output` in this format, checked on the `check` images, and return the export
+        report's entries (`check`, or an INT8 report's). `options`, the same for every writer: meta,
+        describe, batch, int8, calibration, test_loader, min_agreement, force."""
+        module, function = self.writer.split(":")
+        return getattr(importlib.import_module(module), function)(self.name, model, output, check, **options)
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("onnx", ".onnx", ("onnx", "onnxruntime"), "ONNX Runtime"),
-    Format("pt2", ".pt2", (), "torch.export's own program"),
-    Format("openvino", ".xml", ("onnx", "openvino"), "OpenVINO"),
-    Format("executorch", ".pte", ("executorch",), "ExecuTorch's Python runtime (XNNPACK)", phone=True),
-    Format("tflite", ".tflite", ("litert_torch", "ai_edge_litert"), "LiteRT's interpreter (XNNPACK)", phone=True),
+    Format("onnx", ".onnx", ("onnx", "onnxruntime"), "ONNX Runtime", "mobilenet.export.int8:write_onnx"),
+    Format("pt2", ".pt2", (), "torch.export's own program", "mobilenet.export.pt2:write", int8=False),
+    Format("openvino", ".xml", ("onnx", "openvino"), "OpenVINO", "mobilenet.export.openvino:write",
+           int8_needs=("onnxruntime",)),  # ONNX Runtime's quantizer writes the INT8 ONNX it is made from
+    Format("executorch", ".pte", ("executorch",), "ExecuTorch's Python runtime (XNNPACK)",
+           "mobilenet.export.phone:export_phone", phone=True),
+    Format("tflite", ".tflite", ("litert_torch", "ai_edge_litert"), "LiteRT's interpreter (XNNPACK)",
+           "mobilenet.export.phone:export_phone", phone=True),
     Format("coreml", ".mlpackage", ("coremltools",), "coremltools, structurally (Core ML runs on Apple's systems)",
-           phone=True),
+           "mobilenet.export.phone:export_phone", phone=True, calibrated=False),  # INT8 weights only
 )}
 
 PHONE_FORMATS = tuple(name for name, f in FORMATS.items() if f.phone)

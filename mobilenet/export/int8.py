@@ -28,7 +28,8 @@ from mobilenet.export.guard import guard
 from mobilenet.files import atomic_output, temporary_folder
 from mobilenet.optional import require
 from mobilenet.export.fold import inference_model
-from mobilenet.export.onnx import INPUT, CheckResult, add_metadata, check_against, metadata, run, session, to_onnx
+from mobilenet.export.onnx import (INPUT, CheckResult, add_metadata, check_against, export_onnx, metadata, run,
+                                   session, to_onnx)
 
 CALIBRATION_BATCH = 32
 
@@ -140,4 +141,15 @@ def export_int8(model: nn.Module, path: str | os.PathLike, calibration: torch.Te
     return report
 
 
-__all__ = ["Int8Report", "compare", "describe_quantization", "export_int8", "quantize"]
+def write_onnx(format: str, model: nn.Module, output: str | os.PathLike, check: torch.Tensor, *, meta=None, describe: str = "check inputs",
+          batch: int = 1, int8: bool = False, calibration: torch.Tensor | None = None, test_loader=None,
+          min_agreement: float | None = None, force: bool = False) -> dict:
+    """The onnx format's writer (`mobilenet.export.formats`): fp32 (`export_onnx`) or, `int8`, quantized
+    (`export_int8`)."""
+    if not int8:
+        return {"check": export_onnx(model, output, check, meta=meta, describe=describe).to_dict()}
+    return export_int8(model, output, calibration, test_loader, check, meta=meta, describe=describe,
+                       min_agreement=min_agreement, force=force).to_dict()
+
+
+__all__ = ["Int8Report", "compare", "describe_quantization", "export_int8", "quantize", "write_onnx"]

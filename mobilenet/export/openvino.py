@@ -27,7 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenet.export.fold import inference_model
 from mobilenet.export.guard import guard
+from mobilenet.export.int8 import Int8Report, compare, describe_quantization, quantize
+from mobilenet.export.onnx import check_against, metadata, to_onnx
 from mobilenet.files import atomic_outputs, temporary_folder
 from mobilenet.optional import require
 
@@ -129,9 +132,6 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, images: torch.Ten
     (`atomic_outputs`), and neither if a check fails.
     """
     require("onnx", "openvino", purpose="OpenVINO IR export")
-    from mobilenet.export.fold import inference_model
-    from mobilenet.export.onnx import check_against, metadata, to_onnx
-
     xml, bin_ = ir_paths(path)
     resolution = int(images.shape[-1])
     props = metadata(meta, model, resolution)
@@ -144,8 +144,6 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, images: torch.Ten
         if calibration is None:
             write_ir(fp32_onnx, tmp_xml, tmp_bin, props)
             return check_against(session(tmp_xml, weights=tmp_bin), model, images, describe)
-        from mobilenet.export.int8 import Int8Report, compare, describe_quantization, quantize
-
         fp32_session = session(fp32_onnx)
         fp32_check = check_against(fp32_session, model, images, describe)
         int8_onnx = work / "int8.onnx"
@@ -161,5 +159,15 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, images: torch.Ten
                           fp32_bytes, tmp_bin.stat().st_size + tmp_xml.stat().st_size)
 
 
+def write(format: str, model: nn.Module, output: str | os.PathLike, check: torch.Tensor, *, meta=None, describe: str = "check inputs",
+          batch: int = 1, int8: bool = False, calibration: torch.Tensor | None = None, test_loader=None,
+          min_agreement: float | None = None, force: bool = False) -> dict:
+    """The openvino format's writer (`mobilenet.export.formats`): `export_openvino`, INT8 if `int8`."""
+    result = export_openvino(model, output, check, meta=meta, describe=describe,
+                             calibration=calibration if int8 else None, test_loader=test_loader,
+                             min_agreement=min_agreement, force=force)
+    return result.to_dict() if int8 else {"check": result.to_dict()}
+
+
 __all__ = ["OpenVinoSession", "PRECISIONS", "RT_INFO", "capabilities", "export_openvino", "ir_paths",
-           "read_metadata", "session", "write_ir"]
+           "read_metadata", "session", "write", "write_ir"]

@@ -64,21 +64,17 @@ def export_phone(format: str, model: nn.Module, output: str | os.PathLike, image
                  describe: str = "check inputs", batch: int = 1, int8: bool = False,
                  calibration: torch.Tensor | None = None, test_loader=None, min_agreement: float | None = None,
                  force: bool = False) -> dict:
-    """Write `model` to `output` in a phone format, checked as this module's docstring says; `int8`:
-    quantized (ExecuTorch and LiteRT calibrate on `calibration` images and compare with fp32 on
-    `test_loader`; Core ML's int8 weights need neither). Returns a JSON-ready report: `check`
-    (fp32) or the Int8Report's fields, and what checked it."""
+    """The phone formats' writer (`mobilenet.export.formats`): `model` to `output` in `format`, checked as
+    this module's docstring says; `int8`: quantized (ExecuTorch and LiteRT calibrate on `calibration`
+    images and compare with fp32 on `test_loader`; Core ML's int8 weights need neither). Returns a
+    JSON-ready report: `check` (fp32) or the Int8Report's fields, what checked it, and the batch."""
     if format == "coreml":
-        return coreml.export_coreml(model, output, images, meta=meta, batch=batch, int8=int8)
+        return {**coreml.export_coreml(model, output, images, meta=meta, batch=batch, int8=int8), "batch": batch}
     export = pte.export_executorch if format == "executorch" else litert.export_tflite
     result = export(model, output, images, meta=meta, describe=describe, batch=batch, calibration=calibration,
                     test_loader=test_loader, min_agreement=min_agreement, force=force)
-    report = {"checked_by": FORMATS[format].checked_by}
-    if not int8:
-        report["check"] = result.to_dict()
-    else:
-        report.update(result.to_dict())
-    return report
+    return {"checked_by": FORMATS[format].checked_by, **(result.to_dict() if int8 else {"check": result.to_dict()}),
+            "batch": batch}
 
 
 __all__ = ["export_phone", "phone_outputs", "read_phone_metadata"]
