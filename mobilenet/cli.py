@@ -9,17 +9,36 @@ import argparse
 import json
 import os
 import sys
+import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mobilenet.checks import comma_list, some, whole_number
-from mobilenet.optional import MissingPackage
+from mobilenet import bench
+from mobilenet.bench import parse_backends
 from mobilenet.bench.latency import AGREEMENT_IMAGES
 from mobilenet.bench.latency import BACKENDS as BENCH_BACKENDS
-from mobilenet.export import FORMATS, SUFFIXES
+from mobilenet.checkpoint import load_checkpoint, refuse_replacing_ours
+from mobilenet.checks import comma_list, some, whole_number
+from mobilenet.convert import convert, download
+from mobilenet.cost import check_model_resolution, cost
+from mobilenet.data import make_loader
+from mobilenet.data.load import split_name
+from mobilenet.data.memory import CHANNELS
+from mobilenet.evaluate import evaluate, predict_files
+from mobilenet.export import (FORMATS, SUFFIXES, DataSource, export_checkpoint, resolve_runtime, runtime_model,
+                              sample_images, training_data)
 from mobilenet.export.guard import MIN_AGREEMENT, check_min_agreement
 from mobilenet.export.runtime import RUNTIMES
+from mobilenet.files import Terminated, check_output_path, clean_up_on_termination, file_digest, refuse_overwrite
+from mobilenet.models import MODELS
 from mobilenet.models.layers import check_num_classes, check_width
+from mobilenet.optional import MissingPackage
+from mobilenet.paper import comparison_tables
+from mobilenet.study import check_study, run_study, write_report
+from mobilenet.train import TrainConfig, train
+
+# mobilenet.plots is imported where a command draws: it imports matplotlib (0.4 s), which most commands never need
 
 EXIT_USAGE = 2
 RUNTIME_HELP = ("where the model runs: auto (default): the fastest measured here among those installed (fp32 ones "
@@ -71,8 +90,6 @@ def _at_least_zero(name: str) -> Callable:
 
 
 def _backends(text: str) -> list[str]:
-    from mobilenet.bench import parse_backends
-
     return parse_backends(text)
 
 
@@ -83,8 +100,6 @@ resolution_arg = _positive_int("resolution")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from mobilenet.models import MODELS
-
     width = max(map(len, MODELS)) + 1
     for name in sorted(MODELS):
         doc = (MODELS[name].__doc__ or "").strip().splitlines()[0]
@@ -93,8 +108,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from mobilenet.cost import cost
-
     report = cost(args.model, args.resolution, width_mult=args.width, num_classes=args.num_classes,
                   small_input=args.small_input, in_chans=args.in_chans)
     print(json.dumps(report.to_dict()) if args.json else report.format())
@@ -102,8 +115,6 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
-    from mobilenet.paper import comparison_tables
-
     print(comparison_tables())
     return 0
 
@@ -118,20 +129,12 @@ def _seeds(text: str) -> str:
 
 def train_options() -> list[tuple[str, object]]:
     """(flag, field) of every TrainConfig field that is a command-line option (its metadata has help)."""
-    from dataclasses import fields
-
-    from mobilenet.train import TrainConfig
-
     return [(f.metadata["flag"] or "--" + f.name.replace("_", "-"), f) for f in fields(TrainConfig)
             if f.metadata.get("help")]
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, its type, choices and default read from the field."""
-    import typing
-
-    from mobilenet.train import TrainConfig
-
     hints = typing.get_type_hints(TrainConfig)
     for flag, f in train_options():
         meta = f.metadata
@@ -153,8 +156,6 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mobilenet.train import TrainConfig, train
-
     given = {f.name: getattr(args, f.name) for _, f in train_options() if getattr(args, f.name) is not None}
     epochs = given.pop("epochs", None) if args.resume else None  # --resume --epochs N: a longer (or shorter) run
     if args.resume and given:
@@ -172,8 +173,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from mobilenet.study import check_study, run_study, write_report
-
     check_study(args.name)
     if args.report:
         given = {f.name for _, f in train_options() if getattr(args, f.name) is not None}
@@ -204,9 +203,6 @@ def _checkpoint_and_data_classes(meta, dataset, path: str) -> None:
 def _check_plot(plot, checkpoint: str, given: bool) -> None:
     """Before any work: the confusion plot must not replace the checkpoint (or any of ours), and
     its folder must be writable (the default is beside the checkpoint, which may be read-only)."""
-    from mobilenet.checkpoint import refuse_replacing_ours
-    from mobilenet.files import check_output_path, refuse_overwrite
-
     refuse_overwrite(plot, {"checkpoint": checkpoint})
     refuse_replacing_ours(plot)
     try:
@@ -216,13 +212,6 @@ def _check_plot(plot, checkpoint: str, given: bool) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mobilenet.checkpoint import load_checkpoint
-    from mobilenet.data import make_loader
-    from mobilenet.data.load import split_name
-    from mobilenet.evaluate import evaluate
-    from mobilenet.export import DataSource, resolve_runtime, runtime_model, training_data
     from mobilenet.plots import plot_confusion, readable
 
     runtime = resolve_runtime(args.runtime)
@@ -272,8 +261,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _file_id(path: str) -> str:
-    from mobilenet.files import file_digest
-
     return file_digest(path, "sha256")
 
 
@@ -281,8 +268,6 @@ def _own_images(meta, dataset, checkpoint: str, source, batch: int) -> dict:
     """What `runtime_model(..., "auto")` needs to let bf16 and INT8 compete on the model's own data
     (`source`, a DataSource): some of `dataset`'s images (for the agreement), training images (for
     INT8 calibration), the batch."""
-    from mobilenet.export import sample_images
-
     images = sample_images(dataset, AGREEMENT_IMAGES, meta=meta)
     try:
         calibration = sample_images(source.load("train", meta), 256, seed=1, meta=meta)
@@ -292,10 +277,6 @@ def _own_images(meta, dataset, checkpoint: str, source, batch: int) -> dict:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mobilenet.checkpoint import load_checkpoint
-    from mobilenet.data.memory import CHANNELS
-    from mobilenet.evaluate import predict_files
-    from mobilenet.export import resolve_runtime, runtime_model, training_data
     from mobilenet.plots import readable
 
     runtime = resolve_runtime(args.runtime)
@@ -331,8 +312,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from mobilenet.convert import convert, download
-
     source = args.source
     if args.download:
         if source:
@@ -349,8 +328,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mobilenet.export import export_checkpoint
-
     report = export_checkpoint(args.checkpoint, args.output, args.format, int8=args.int8,
                                calibration_data=args.calibration_data, data_root=args.data_root,
                                calibration_images=args.calibration_images, batch=args.batch_size,
@@ -380,8 +357,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mobilenet import bench
-
     options = dict(batch=args.batch, backends=args.runtime, threads=args.threads, iterations=args.iterations,
                    warmup=args.warmup)
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
@@ -396,7 +371,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps({**result, "files": [str(p) for p in paths]}) if args.json else
               bench.sweep_table(result) + "\nwritten: " + ", ".join(map(str, paths)))
         return 0
-    from mobilenet.cost import check_model_resolution
 
     model, resolution = bench.build(args.model, width=args.width)
     resolution = check_model_resolution(args.resolution or resolution or 224, model)
@@ -545,8 +519,6 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mobilenet.files import Terminated, clean_up_on_termination
-
     clean_up_on_termination()
     try:
         args = build_parser().parse_args(argv)

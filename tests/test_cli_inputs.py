@@ -239,9 +239,9 @@ def test_eval_beside_a_read_only_checkpoint_fails_before_evaluating(capsys, run,
     try:
         (folder / "last.safetensors").write_bytes((run / "last.safetensors").read_bytes())
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-        import mobilenet.evaluate
+        import mobilenet.cli
 
-        monkeypatch.setattr(mobilenet.evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated first"))
+        monkeypatch.setattr(mobilenet.cli, "evaluate", lambda *a, **k: pytest.fail("evaluated first"))
         refused(capsys, "pass --plot FILE", "eval", folder / "last.safetensors", "--data", "digits",
                 "--classes", "0,1,2")
         monkeypatch.undo()

@@ -101,9 +101,9 @@ def test_abbreviated_flags_are_refused_not_reinterpreted(cli, trained, tmp_path,
 
 
 def test_predict_of_missing_files_says_so_before_setting_up_runtimes(cli, trained, tmp_path, monkeypatch):
-    import mobilenet.export as export
+    import mobilenet.cli
 
-    monkeypatch.setattr(export, "runtime_model", lambda *a, **k: pytest.fail("runtimes set up for nothing"))
+    monkeypatch.setattr(mobilenet.cli, "runtime_model", lambda *a, **k: pytest.fail("runtimes set up for nothing"))
     proc = cli("predict", trained / "last.safetensors", tmp_path / "nope.png", tmp_path / "nada.png")
     one_line_error(proc, f"no image file {tmp_path / 'nope.png'} (nor 1 others)")
 

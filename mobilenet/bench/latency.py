@@ -55,11 +55,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenet.machine import MATMUL_CALLS, MatmulProbe, compute_bound, environment
+from mobilenet.checkpoint import load_checkpoint
 from mobilenet.checks import whole_number
+from mobilenet.data import load_dataset
+from mobilenet.export import choose, openvino, sample_images, training_data
 from mobilenet.export.fold import inference_model
 from mobilenet.export.formats import FORMATS
-from mobilenet.models import MobileNet
+from mobilenet.export.int8 import quantize
+from mobilenet.export.litert import LiteRTSession, convert
+from mobilenet.export.onnx import run, session, to_onnx
+from mobilenet.export.phone_common import quiet
+from mobilenet.export.pte import PteSession, lower
+from mobilenet.machine import MATMUL_CALLS, MatmulProbe, compute_bound, environment
+from mobilenet.models import MobileNet, create_model
 from mobilenet.optional import MissingPackage, require
 
 BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16",
@@ -136,8 +144,6 @@ def parse_backends(backends: str | Sequence[str] | None) -> list[str]:
 
 def calibration_images(resolution: int, count: int = INT8_CALIBRATION_IMAGES, channels: int = 3) -> torch.Tensor:
     """Digits images (embedded, always available) resized to `resolution` and normalised."""
-    from mobilenet.data import load_dataset
-    from mobilenet.export import sample_images
 
     return sample_images(load_dataset("digits", "train", resolution=resolution, channels=channels), count)
 
@@ -152,10 +158,8 @@ def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str, 
     timing: a loader can produce channels_last or numpy batches directly). `notes[backend]` is
     given `auto`'s Decision."""
     if backend == "auto":
-        from mobilenet.export.choose import choose
-
-        chosen, decision = choose(model, int(images.shape[-1]), len(images), images=data_images, threads=threads,
-                                  min_agreement=min_agreement)
+        chosen, decision = choose.choose(model, int(images.shape[-1]), len(images), images=data_images,
+                                         threads=threads, min_agreement=min_agreement)
         if notes is not None:
             notes[backend] = decision
         # timed as that backend's own row is (numpy in, no tensor wrapping): the row costs what the choice costs
@@ -189,22 +193,16 @@ def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str, 
             with inductor_config.patch(freezing=True):
                 fused(x)
         return lambda: fused(x)
-    from mobilenet.export.onnx import run, session, to_onnx
-
     resolution = int(images.shape[-1])
     path = Path(workdir) / "fp32.onnx"
     if not path.exists():
         to_onnx(inference_model(model, channels_last=False), path, resolution)
     if backend.endswith("-int8"):
-        from mobilenet.export.int8 import quantize
-
         int8_path = Path(workdir) / "int8.onnx"
         if not int8_path.exists():
             quantize(path, int8_path, calibration_images(resolution, channels=model.config.in_chans))
         path = int8_path
     if backend.startswith("openvino"):
-        from mobilenet.export import openvino
-
         sess = openvino.session(path, "bf16" if backend == "openvino-bf16" else "f32", threads)
     else:
         sess = session(path, threads)
@@ -220,14 +218,10 @@ def _phone(backend: str, model: nn.Module, images: torch.Tensor, workdir: Path,
     if backend.endswith("-int8"):
         calibration = calibration_images(resolution, max(INT8_CALIBRATION_IMAGES, batch), model.config.in_chans)
     if backend.startswith("executorch"):
-        from mobilenet.export.pte import PteSession, lower
-
         path = workdir / f"{backend}.pte"
         path.write_bytes(lower(model, batch, resolution, calibration))
         session = PteSession(path, threads)
     else:
-        from mobilenet.export.litert import LiteRTSession, convert
-
         path = workdir / f"{backend}.tflite"
         path.write_bytes(convert(model, batch, resolution, calibration))
         session = LiteRTSession(path, threads)
@@ -244,7 +238,6 @@ def _plain_onnxruntime(model: nn.Module, images: torch.Tensor, path: Path) -> Ca
 
     import onnxruntime as ort
 
-    from mobilenet.export.phone_common import quiet
 
     # the exporter's progress lines ("[torch.onnx] Obtain model graph...") kept out of the report,
     # and replayed only if it fails
@@ -362,8 +355,6 @@ AGREEMENT_IMAGES = 256  # test images that judge the auto row's bf16 and INT8 ca
 def checkpoint_images(checkpoint: str, resolution: int, count: int = AGREEMENT_IMAGES) -> torch.Tensor | None:
     """Test images of the data a checkpoint names in its metadata, at `resolution`, normalised as it
     expects (for the auto row: bf16 and INT8 may then compete); None if not found here."""
-    from mobilenet.checkpoint import load_checkpoint
-    from mobilenet.export import sample_images, training_data
 
     _, meta = load_checkpoint(checkpoint, with_meta=True)
     source = training_data(meta, checkpoint)
@@ -383,11 +374,9 @@ def build(model: str, *, width: float | None = None, num_classes: int = 1000, sm
     if is_checkpoint(model):
         if width is not None:
             raise ValueError(f"{model} is a checkpoint: its width is its own, drop --width")
-        from mobilenet.checkpoint import load_checkpoint
 
         loaded, meta = load_checkpoint(model, with_meta=True)
         return loaded, meta.resolution
-    from mobilenet.models import create_model
 
     torch.manual_seed(0)
     net = create_model(model, width_mult=1.0 if width is None else width, num_classes=num_classes,

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from mobilenet.files import read_cache, update_cache
+from mobilenet.fused import KERNELS, available, fuse, version
 from mobilenet.machine import cpu_flags, cpu_name
 
 CACHE_FILE = "amp-choices.json"
@@ -93,8 +94,6 @@ def step_speedup(baseline: nn.Module, candidate: nn.Module, images: torch.Tensor
 
 def with_kernels(model: nn.Module, kernels: tuple[str, ...]) -> nn.Module:
     """A copy of `model` with these of `mobilenet.fused.KERNELS` swapped in."""
-    from mobilenet.fused import fuse
-
     copied = copy.deepcopy(model)
     fuse(copied, kernels)
     return copied
@@ -135,8 +134,6 @@ def choose_step(amp: str, fused: bool, model: nn.Module, images: torch.Tensor, l
     """The step for `amp` ("on", "off" or "auto") and `fused` (whether `mobilenet.fused`'s kernels may
     be used) on this batch shape: asked, forced ($MOBILENET_STEP), cached, or probed now (and cached).
     `report`, if given, is told what each probe is about to measure ("3 of 8: fp32 +pointwise")."""
-    from mobilenet.fused import KERNELS, available
-
     device = images.device.type
     if device != "cpu":  # the kernels are the CPU's; on CUDA autocast pays, elsewhere only if asked
         on = amp == "on" or (amp == "auto" and device == "cuda")
@@ -218,8 +215,6 @@ def stored_choice(stored, candidates: tuple[str, ...]) -> StepChoice | None:
 
 
 def cache_key(model: nn.Module, images: torch.Tensor) -> str:
-    from mobilenet.fused import version
-
     config = model.config.to_dict() if hasattr(model, "config") else type(model).__name__
     layout = "channels_last" if images.is_contiguous(memory_format=torch.channels_last) else "nchw"
     modules = sorted({type(m).__name__ for m in model.modules()})
