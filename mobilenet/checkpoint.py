@@ -23,7 +23,8 @@ from torch import nn
 
 from mobilenet.checks import check_resolution, first_line
 from mobilenet.files import atomic_output, require_regular
-from mobilenet.models import ModelConfig, create_model
+from mobilenet.data.folder import EVAL_CROP_FRACTION
+from mobilenet.models import MODELS, ModelConfig, create_model
 
 FORMAT = "mobilenet.checkpoint/1"
 STATE_FORMAT = "mobilenet.training-state/1"
@@ -48,8 +49,6 @@ class ModelMeta:
     def crop_fraction(self) -> float:
         """The centre crop of the evaluation transform the model was trained with (in `extra`;
         checkpoints that do not say were trained on image folders, whose crop is the default)."""
-        from mobilenet.data.folder import EVAL_CROP_FRACTION
-
         return float(self.extra.get("crop_fraction", EVAL_CROP_FRACTION))
 
     @property
@@ -90,8 +89,6 @@ class ModelMeta:
 
     def validate(self) -> None:
         """Check every field's type and range (a checkpoint is input like any other)."""
-        from mobilenet.models import MODELS
-
         config, classes = self.config, self.classes
         if config.name not in MODELS:
             raise ValueError(f"config must name one of the models {', '.join(sorted(MODELS))}, got {config.name!r}")

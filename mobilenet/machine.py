@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.metadata
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -34,8 +36,6 @@ def cpu_name() -> str:
 
 def cpu_slug() -> str:
     """The CPU model as a file-name part ("intel-r-xeon-r-processor"): results are kept per CPU."""
-    import re
-
     return re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")
 
 
@@ -57,9 +57,7 @@ def environment(threads: int) -> dict:
     for name in ("onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "executorch", "torchao", "litert_torch",
                  "ai_edge_litert", "coremltools"):
         if available(name):
-            from importlib.metadata import version
-
-            versions[name] = version(name)
+            versions[name] = importlib.metadata.version(name)
     return {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "threads": threads,
             "machine": platform.machine(), "system": platform.platform(), "versions": versions,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from mobilenet import cache
 from mobilenet.checkpoint import load_checkpoint
 from mobilenet.checks import some
@@ -328,9 +330,7 @@ def markdown(name: str, record: dict, rows: list[dict], environment: dict) -> st
 
 def write_report(name: str, folders: list[Path], out: Path) -> list[Path]:
     """The table (Markdown, JSON) and the trade-off PNGs of study `name` from `folders`, in `out`."""
-    from mobilenet.plots import plot_tradeoff
-
-    import torch
+    from mobilenet.plots import plot_tradeoff  # here, not at the top: matplotlib takes 0.4 s to import
 
     record, results = collect(name, [Path(folder) for folder in folders])
     rows = summarise(name, record["native_resolution"], results)

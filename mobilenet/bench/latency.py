@@ -43,10 +43,14 @@ library versions and load average.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,11 +235,6 @@ def _phone(backend: str, model: nn.Module, images: torch.Tensor, workdir: Path,
 
 def _plain_onnxruntime(model: nn.Module, images: torch.Tensor, path: Path) -> Callable[[], np.ndarray]:
     """ONNX Runtime as a tutorial uses it: torch's default export of the model, a default session."""
-    import contextlib
-    import logging
-    import sys
-    import warnings
-
     import onnxruntime as ort
 
 

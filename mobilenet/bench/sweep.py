@@ -71,7 +71,7 @@ def sweep_outputs(folder: str | os.PathLike, model: str, batch: int) -> list[Pat
 
 def write_sweep(result: dict, folder: str | os.PathLike) -> list[Path]:
     """Write the sweep's JSON, markdown table and PNG plot into `folder`, each atomically; returns their paths."""
-    from mobilenet.plots import plot_sweep
+    from mobilenet.plots import plot_sweep  # here, not at the top: matplotlib takes 0.4 s to import
 
     paths = sweep_outputs(folder, result["model"], result["batch"])
     write_text(paths[0], json.dumps(result, indent=2) + "\n")

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 from mobilenet import files
 from mobilenet.convert.catalog import FORMATS, find_weights, known_weights
+from mobilenet.convert.keras_h5 import read_keras_h5
 
 HUB_HASH = re.compile(r"-([a-f0-9]{8,64})\.")  # torch.hub: <name>-<sha256 prefix>.<ext>
 
@@ -52,8 +53,6 @@ def _check_safetensors(path: Path) -> None:
 
 
 def _check_h5(path: Path) -> None:
-    from mobilenet.convert.keras_h5 import read_keras_h5
-
     read_keras_h5(path)  # raises ValueError on anything that is not Keras weights
 
 

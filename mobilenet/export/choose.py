@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib.metadata import PackageNotFoundError, version
 import os
 import statistics
 import sys
@@ -174,8 +175,6 @@ def stored_decision(stored, names: list[str], min_agreement: float) -> tuple[Dec
 
 
 def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
