@@ -1,6 +1,6 @@
 """The deployment table: every runtime and precision beside the peers users would pick, per CPU.
 
-For each checkpoint and batch size, one `mobilenet bench --runtime all` run (all backends
+For each checkpoint and batch size, one `mobilenet bench --runtime all` run (all runtimes
 interleaved): ONNX Runtime fp32 and INT8, OpenVINO f32, bf16 and INT8, the peers built with their
 tools' defaults (`onnxruntime-default`: torch.onnx.export + a default session; `openvino-default`:
 openvino.convert_model + compile_model with no settings), and `auto`, our choice by measurement,
@@ -33,7 +33,7 @@ PEERS = ("onnxruntime-default", "openvino-default")
 def table(runs: list[dict]) -> str:
     lines = ["| model, batch | " + " | ".join(COLUMNS) + " | auto vs best peer |", "|" + " --- |" * (len(COLUMNS) + 2)]
     for run in runs:
-        rows = {r["backend"]: r for r in run["report"]["results"]}
+        rows = {r["runtime"]: r for r in run["report"]["results"]}
         base = rows["onnxruntime"]["median_ms"]
         cells = []
         for name in COLUMNS:
@@ -64,7 +64,7 @@ def main() -> int:
         images = checkpoint_images(checkpoint, resolution)
         for batch in map(int, args.batches.split(",")):
             print(f"{checkpoint}, batch {batch}", file=sys.stderr, flush=True)
-            report = measure(model, batch=batch, resolution=resolution, backends="all", iterations=args.iterations,
+            report = measure(model, batch=batch, resolution=resolution, runtimes="all", iterations=args.iterations,
                              data_images=images, progress=lambda m: print("  " + m, file=sys.stderr, flush=True))
             name = f"{model.config.name} {model.config.width_mult:g}-{resolution}"
             runs.append({"checkpoint": checkpoint, "name": name, "batch": batch, "report": report})

@@ -1,11 +1,11 @@
-"""Inference latency targets: every backend of `mobilenet.bench` on V2 and V1 1.0-224, and INT8 on a
+"""Inference latency targets: every runtime of `mobilenet.bench` on V2 and V1 1.0-224, and INT8 on a
 digits model, written with the environment to benchmarks/results/latency.{json,md}.
 
     .venv/bin/python benchmarks/latency.py                                # needs `make demo` first for the INT8 part
     .venv/bin/python benchmarks/latency.py --checkpoint /tmp/demo_run/last.safetensors
 
 The targets (fp32 unless named; "eager" is our model NCHW as built, unfused, measured in the same run):
-V2 batch 1: fastest backend <= 0.30x eager latency; batch 32: >= 8x eager throughput.
+V2 batch 1: fastest runtime <= 0.30x eager latency; batch 32: >= 8x eager throughput.
 V1 batch 1: <= 0.35x; batch 32: >= 5x. INT8: <= 0.6x the latency of fp32 ONNX Runtime, with >= 98%
 top-1 agreement with fp32 on the digits test split for a model trained like `make demo`.
 """
@@ -51,12 +51,12 @@ def eager_with_autograd_ms(model: torch.nn.Module, batch: int, calls: int) -> fl
 
 
 def fp32_verdict(report: dict, what: str, bound: float) -> dict:
-    """The fastest fp32 backend against eager, whether it meets the bound, and the best ratio any fp32
-    backend could reach here: the compute-bound limit (model FLOPs at the measured matrix-multiply
+    """The fastest fp32 runtime against eager, whether it meets the bound, and the best ratio any fp32
+    runtime could reach here: the compute-bound limit (model FLOPs at the measured matrix-multiply
     throughput) against the same eager time."""
-    rows = {r["backend"]: r for r in report["results"]}
+    rows = {r["runtime"]: r for r in report["results"]}
     eager = rows["eager"]["median_ms"]
-    best = min((r for r in rows.values() if r["backend"] in FP32 and r["backend"] != "eager"),
+    best = min((r for r in rows.values() if r["runtime"] in FP32 and r["runtime"] != "eager"),
                key=lambda r: r["median_ms"])
     limit = report["compute_bound"]["limit_ms"]
     if what == "latency":
@@ -65,13 +65,13 @@ def fp32_verdict(report: dict, what: str, bound: float) -> dict:
     else:
         ratio, possible = eager / best["median_ms"], eager / limit
         met, needed = ratio >= bound, bound / possible
-    return {"target": f"{what} {'<=' if what == 'latency' else '>='} {bound}x eager", "fastest": best["backend"],
+    return {"target": f"{what} {'<=' if what == 'latency' else '>='} {bound}x eager", "fastest": best["runtime"],
             "ratio": ratio, "met": met, "of_compute_bound": best["of_compute_bound"],
             "compute_bound_ratio": possible, "needed_of_compute_bound": needed, "reachable": needed <= 1}
 
 
 def int8_verdict(report: dict) -> dict | None:
-    rows = {r["backend"]: r for r in report["results"]}
+    rows = {r["runtime"]: r for r in report["results"]}
     if "onnxruntime" not in rows or "onnxruntime-int8" not in rows:
         return None
     ratio = rows["onnxruntime-int8"]["median_ms"] / rows["onnxruntime"]["median_ms"]
@@ -86,20 +86,20 @@ def markdown(result: dict) -> str:
         f"Machine: {env['cpu']} ({', '.join(env['cpu_flags'])}), {env['cores']} cores, {env['threads']} threads; "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         + f"; load average at start {', '.join(f'{x:.2f}' for x in env['load_average'] or [])}.", "",
-        "Median of the timed calls; each backend's calls are spread over interleaved rounds, each turn after "
+        "Median of the timed calls; each runtime's calls are spread over interleaved rounds, each turn after "
         "0.1 s of untimed calls (`mobilenet.bench.settle`). eager = our model NCHW as built (unfused).", "",
     ]
     for entry in result["runs"]:
         report = entry["report"]
         lines += [f"## {entry['model']} 1.0-{report['resolution']}, batch {report['batch']} "
-                  f"({report['iterations']} timed calls per backend)", "",
-                  "| backend | median ms | p10 ms | p90 ms | images/s | latency vs eager | throughput vs eager |",
+                  f"({report['iterations']} timed calls per runtime)", "",
+                  "| runtime | median ms | p10 ms | p90 ms | images/s | latency vs eager | throughput vs eager |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in report["results"]:
-            lines.append(f"| {r['backend']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | {r['p90_ms']:.2f} | "
+            lines.append(f"| {r['runtime']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | {r['p90_ms']:.2f} | "
                          f"{r['images_per_s']:.1f} | {r['latency_vs_eager']:.3f} | {r['throughput_vs_eager']:.2f} |")
-        lines += [f"- {s['backend']} skipped: {s['reason']}" for s in report["skipped"]]
-        rows = {r["backend"]: r for r in report["results"]}
+        lines += [f"- {s['runtime']} skipped: {s['reason']}" for s in report["skipped"]]
+        rows = {r["runtime"]: r for r in report["results"]}
         if "eager_autograd_ms" in entry and "onnxruntime" in rows:
             lines.append(f"- context, not a target: eager called without `torch.no_grad()` (autograd on), timed "
                          f"just after the run: {entry['eager_autograd_ms']:.2f} ms; fp32 onnxruntime against it: "
@@ -117,7 +117,7 @@ def markdown(result: dict) -> str:
                              f"compute-bound limit (at 100% the ratio would be {verdict['compute_bound_ratio']:.3f}x); "
                              f"the target needs {100 * verdict['needed_of_compute_bound']:.0f}%"
                              + ("" if verdict["reachable"] else
-                                ": **no fp32 backend can reach it on this machine**"))
+                                ": **no fp32 runtime can reach it on this machine**"))
         lines.append("")
     demo = result.get("demo")
     if demo:
@@ -130,7 +130,7 @@ def markdown(result: dict) -> str:
                   f"{q['calibration_images']} training images; "
                   f"{q['fp32_bytes'] / 1e6:.2f} MB -> {q['int8_bytes'] / 1e6:.2f} MB.", ""]
         for report in demo["latency"]:
-            rows = {r["backend"]: r for r in report["results"]}
+            rows = {r["runtime"]: r for r in report["results"]}
             if {"onnxruntime", "onnxruntime-int8"} <= set(rows):
                 lines.append(f"- batch {report['batch']}: fp32 onnxruntime {rows['onnxruntime']['median_ms']:.3f} ms, "
                              f"int8 {rows['onnxruntime-int8']['median_ms']:.3f} ms "
@@ -143,8 +143,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="runs/demo/last.safetensors",
                         help="a digits model trained like `make demo` (default runs/demo/last.safetensors)")
-    parser.add_argument("--iterations", type=int, default=60, help="timed calls per backend at batch 1")
-    parser.add_argument("--iterations-batch", type=int, default=10, help="timed calls per backend at batch 32")
+    parser.add_argument("--iterations", type=int, default=60, help="timed calls per runtime at batch 1")
+    parser.add_argument("--iterations-batch", type=int, default=10, help="timed calls per runtime at batch 32")
     parser.add_argument("--models", default="mobilenet_v2,mobilenet_v1")
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--output", default=str(RESULTS / "latency"), help="writes OUTPUT.json and OUTPUT.md")
@@ -179,7 +179,7 @@ def main() -> None:
             # a measurement reports the agreement whatever it is; the guard is for files that ship
             int8 = export_checkpoint(args.checkpoint, Path(work) / "int8.onnx", "onnx", int8=True, min_agreement=0)
         model, resolution = bench.build(args.checkpoint)
-        latency = [bench.measure(model, batch=b, resolution=resolution, backends="onnxruntime,onnxruntime-int8",
+        latency = [bench.measure(model, batch=b, resolution=resolution, runtimes="onnxruntime,onnxruntime-int8",
                                  iterations=200 if b == 1 else 50, warmup=5) for b in (1, 32)]
         demo = {"checkpoint": args.checkpoint, "int8": int8, "latency": latency}
         print(f"digits model: int8 agreement {100 * int8['agreement']:.2f}%, fp32 {100 * int8['fp32_top1']:.2f}%, "

@@ -65,7 +65,7 @@ def markdown(result: dict) -> str:
                      if "agreement" in row else "-")
         lines.append(f"| {name} | {check} | {agreement} | {row['bytes'] / 1e6:.2f} | {row['seconds']:.1f} |")
     if result.get("latency"):
-        rows = {r["backend"]: r for r in result["latency"]["results"]}
+        rows = {r["runtime"]: r for r in result["latency"]["results"]}
         base = rows["onnxruntime"]["median_ms"]
         lines += ["", f"Batch 1, {result['threads']} thread(s), median ms (ratio to ONNX Runtime fp32, same run):", "",
                   "| " + " | ".join(rows) + " |", "|" + " --- |" * len(rows),
@@ -92,7 +92,7 @@ def main() -> int:
         latency = None
         if RUNTIME_ROWS[format]:
             latency = measure(model, batch=1, resolution=meta.resolution, threads=args.threads,
-                              backends=["onnxruntime", "onnxruntime-int8", *RUNTIME_ROWS[format]],
+                              runtimes=["onnxruntime", "onnxruntime-int8", *RUNTIME_ROWS[format]],
                               iterations=args.iterations, progress=lambda line: print(line, file=sys.stderr))
         result = {"format": format, "checkpoint": args.checkpoint, "command": "python " + " ".join(sys.argv),
                   "threads": args.threads, "exports": exports, "latency": latency, "flags": cpu_flags(),

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mobilenet import bench
-from mobilenet.bench import parse_backends
+from mobilenet.bench import parse_runtimes
 from mobilenet.bench.latency import AGREEMENT_IMAGES
-from mobilenet.bench.latency import BACKENDS as BENCH_BACKENDS
+from mobilenet.bench.latency import RUNTIMES as BENCH_RUNTIMES
 from mobilenet.checkpoint import load_checkpoint, refuse_replacing_ours
 from mobilenet.checks import comma_list, some, whole_number
 from mobilenet.convert import convert, download
@@ -89,8 +89,8 @@ def _at_least_zero(name: str) -> Callable:
     return _argtype(lambda value: whole_number(value, name, minimum=0), int)
 
 
-def _backends(text: str) -> list[str]:
-    return parse_backends(text)
+def _runtimes(text: str) -> list[str]:
+    return parse_runtimes(text)
 
 
 width_arg = _argtype(check_width, float)
@@ -244,7 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plot_confusion(result.confusion, meta.classes, plot, title=f"{Path(args.checkpoint).name} on {args.data} ({split})")
     if args.json:
         print(json.dumps({**result.to_dict(meta.classes), "checkpoint": args.checkpoint, "data": args.data, "split": split,
-                          "backend": runtime, "backend_choice": said[0] if said else None,
+                          "runtime": runtime, "runtime_choice": said[0] if said else None,
                           "confusion_png": str(plot)}))
         return 0
     print(f"{args.checkpoint} on {args.data} ({split}, {result.num_images} images, {runtime})")
@@ -357,7 +357,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    options = dict(batch=args.batch, backends=args.runtime, threads=args.threads, iterations=args.iterations,
+    options = dict(batch=args.batch, runtimes=args.runtime, threads=args.threads, iterations=args.iterations,
                    warmup=args.warmup)
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
     if args.sweep:
@@ -485,20 +485,20 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("bench", help="inference latency and throughput per backend, measured in one run")
+    p = sub.add_parser("bench", help="inference latency and throughput per runtime, measured in one run")
     p.add_argument("model", help="a model name (random weights) or a checkpoint")
     p.add_argument("--width", type=width_arg, default=None, help="width multiplier for a model name (default 1)")
     p.add_argument("--resolution", type=resolution_arg, default=None,
                    help="input side in pixels (default: the checkpoint's, or 224)")
     p.add_argument("--batch-size", "--batch", dest="batch", type=_positive_int("--batch-size"), default=1,
                    help="images per call (default 1; --batch is the old name, kept for one release)")
-    p.add_argument("--runtime", "--backend", dest="runtime", type=_argtype(_backends, str), default=None,
-                   help="comma-separated names, or all (the default): " + ",".join(BENCH_BACKENDS) +
+    p.add_argument("--runtime", "--backend", dest="runtime", type=_argtype(_runtimes, str), default=None,
+                   help="comma-separated names, or all (the default): " + ",".join(BENCH_RUNTIMES) +
                    " (--backend is the old name, kept for one release)")
     p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="threads (default: torch's)")
     p.add_argument("--iterations", type=_positive_int("--iterations"), default=30,
-                   help="timed calls per backend (default 30)")
-    p.add_argument("--warmup", type=_positive_int("--warmup"), default=5, help="untimed calls per backend (default 5)")
+                   help="timed calls per runtime (default 30)")
+    p.add_argument("--warmup", type=_positive_int("--warmup"), default=5, help="untimed calls per runtime (default 5)")
     p.add_argument("--sweep", action="store_true",
                    help="the paper's 16 models (width 1, 0.75, 0.5, 0.25 x resolution 224, 192, 160, 128)")
     p.add_argument("--output", default=".", help="folder for the sweep's JSON, table and plot (default: here)")

@@ -1,6 +1,6 @@
 """What a measurement must say about the machine it ran on (CPU model and flags, threads, library
 versions, load), and what this machine can compute: the fp32 matrix-multiply throughput measured
-beside the backends, and a model's compute-bound limit at that throughput."""
+beside the runtimes, and a model's compute-bound limit at that throughput."""
 
 from __future__ import annotations
 

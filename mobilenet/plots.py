@@ -137,31 +137,31 @@ def plot_confusion(confusion, classes: list[str], path: str | os.PathLike, title
 
 
 def plot_sweep(result: dict, path: str | os.PathLike) -> None:
-    """Measured latency against mult-adds, log-log, one series per backend: the paper's Figure 4
+    """Measured latency against mult-adds, log-log, one series per runtime: the paper's Figure 4
     with measured time in place of accuracy's companion axis."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    backends = list(dict.fromkeys(r["backend"] for row in result["rows"] for r in row["results"]))
-    for backend in backends:
+    runtimes = list(dict.fromkeys(r["runtime"] for row in result["rows"] for r in row["results"]))
+    for runtime in runtimes:
         points = sorted((row["macs"] / 1e6, r["median_ms"]) for row in result["rows"]
-                        for r in row["results"] if r["backend"] == backend)
-        ax.plot(*zip(*points), "o-", label=backend, alpha=0.85)
+                        for r in row["results"] if r["runtime"] == runtime)
+        ax.plot(*zip(*points), "o-", label=runtime, alpha=0.85)
     best = sorted((row["macs"] / 1e6, min(r["median_ms"] for r in row["results"]))
                   for row in result["rows"] if row["results"])
-    if len(backends) > 1 and best:
+    if len(runtimes) > 1 and best:
         ax.plot(*zip(*best), "-", color="black", linewidth=3, alpha=0.3, label="fastest of all")
     bound = sorted((row["macs"] / 1e6, row["compute_bound"]["limit_ms"]) for row in result["rows"])
     if bound:
         ax.plot(*zip(*bound), "k--", label="fp32 compute bound", alpha=0.6)
-    if backends:
-        first = backends[0]
+    if runtimes:
+        first = runtimes[0]
         widths = sorted({row["width"] for row in result["rows"]}, reverse=True)
         # models of about the same mult-adds (0.75-128 and 0.5-192) sit on one spot: each width's
         # labels go to their own side of the point
         offsets = [(4, 4), (4, -10), (-34, 4), (-34, -10)]
         for row in result["rows"]:
-            ms = next((r["median_ms"] for r in row["results"] if r["backend"] == first), None)
+            ms = next((r["median_ms"] for r in row["results"] if r["runtime"] == first), None)
             if ms is not None:
                 ax.annotate(f"{row['width']:g}-{row['resolution']}", (row["macs"] / 1e6, ms), fontsize=7,
                             xytext=offsets[widths.index(row["width"]) % len(offsets)], textcoords="offset points")

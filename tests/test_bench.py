@@ -15,12 +15,12 @@ ONNX = ["onnxruntime", "onnxruntime-int8"] if all(map(bench.available, ("onnx", 
 
 
 def test_json_report_through_the_command_line(cli):
-    backends = ["eager", "channels_last", *ONNX]
+    runtimes = ["eager", "channels_last", *ONNX]
     out = cli("bench", "mobilenet_v2", "--width", "0.25", "--resolution", "64", "--batch", "2",
-              "--backend", ",".join(backends), "--iterations", "4", "--warmup", "1", "--json")
+              "--backend", ",".join(runtimes), "--iterations", "4", "--warmup", "1", "--json")  # --runtime's old name
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert [r["backend"] for r in report["results"]] == backends and report["skipped"] == []
+    assert [r["runtime"] for r in report["results"]] == runtimes and report["skipped"] == []
     assert report["batch"] == 2 and report["resolution"] == 64 and report["iterations"] == 4
     assert report["model"]["name"] == "mobilenet_v2" and report["model"]["width_mult"] == 0.25
     for row in report["results"]:
@@ -29,16 +29,16 @@ def test_json_report_through_the_command_line(cli):
         assert row["images_per_s"] == pytest.approx(2 / (row["median_ms"] / 1000))
     eager = report["results"][0]
     assert eager["latency_vs_eager"] == 1 and eager["max_abs_diff"] == 0
-    for row in report["results"][1:]:  # every backend ran the same model on the same input
-        assert row["max_abs_diff"] < (0.1 if row["backend"].endswith("int8") else 1e-4)
+    for row in report["results"][1:]:  # every runtime ran the same model on the same input
+        assert row["max_abs_diff"] < (0.1 if row["runtime"].endswith("int8") else 1e-4)
     env = report["environment"]
     assert env["cpu"] and env["threads"] >= 1 and env["versions"]["torch"]
     assert ("onnxruntime" in env["versions"]) == bool(ONNX)
     bound = report["compute_bound"]
     assert bound["flops"] == 2 * 2 * cost("mobilenet_v2", 64, width_mult=0.25).macs  # 2 FLOPs per mult-add, batch 2
     assert bound["limit_ms"] == pytest.approx(bound["flops"] / bound["matmul_gflops"] / 1e6)
-    for row in report["results"]:  # the fp32 limit is given for fp32 backends only
-        if row["backend"].endswith("int8"):
+    for row in report["results"]:  # the fp32 limit is given for fp32 runtimes only
+        if row["runtime"].endswith("int8"):
             assert "of_compute_bound" not in row
         else:
             assert row["of_compute_bound"] == pytest.approx(bound["limit_ms"] / row["median_ms"])
@@ -62,15 +62,15 @@ def test_matrix_throughput_is_the_best_product_seen():
     assert 0 < probe.best_s <= first and probe.gflops == pytest.approx(2 * 256**3 / probe.best_s / 1e9)
 
 
-def test_compile_backend():
+def test_compile_runtime():
     """torch.compile needs a C++ compiler: measured when it works, reported as skipped when not."""
     model = create_model("mobilenet_v1", width_mult=0.25, num_classes=10).eval()
-    report = bench.measure(model, resolution=32, backends="eager,compile", iterations=2, warmup=1)
-    backends = {r["backend"]: r for r in report["results"]}
-    if "compile" in backends:
-        assert backends["compile"]["max_abs_diff"] < 1e-4
+    report = bench.measure(model, resolution=32, runtimes="eager,compile", iterations=2, warmup=1)
+    runtimes = {r["runtime"]: r for r in report["results"]}
+    if "compile" in runtimes:
+        assert runtimes["compile"]["max_abs_diff"] < 1e-4
     else:
-        assert report["skipped"][0]["backend"] == "compile" and report["skipped"][0]["reason"].startswith("failed")
+        assert report["skipped"][0]["runtime"] == "compile" and report["skipped"][0]["reason"].startswith("failed")
 
 
 def test_missing_packages_are_skipped_with_a_note(monkeypatch):
@@ -78,9 +78,9 @@ def test_missing_packages_are_skipped_with_a_note(monkeypatch):
 
     monkeypatch.setattr(mobilenet.optional, "available", lambda name: name != "onnxruntime")
     model = create_model("mobilenet_v1", width_mult=0.25, num_classes=10)
-    report = bench.measure(model, resolution=32, backends="eager,onnxruntime,onnxruntime-int8", iterations=2, warmup=0)
-    assert [r["backend"] for r in report["results"]] == ["eager"]
-    assert [s["backend"] for s in report["skipped"]] == ["onnxruntime", "onnxruntime-int8"]
+    report = bench.measure(model, resolution=32, runtimes="eager,onnxruntime,onnxruntime-int8", iterations=2, warmup=0)
+    assert [r["runtime"] for r in report["results"]] == ["eager"]
+    assert [s["runtime"] for s in report["skipped"]] == ["onnxruntime", "onnxruntime-int8"]
     assert all("needs onnxruntime, which is not installed: pip install 'mobilenet[export]'" in s["reason"]
                for s in report["skipped"])
 
@@ -98,15 +98,15 @@ def test_statistics_of_a_timing():
     ("eager", ["eager"]),
     ("onnxruntime-int8, eager", ["onnxruntime-int8", "eager"]),
     ("eager,eager", ["eager"]),
-    (None, list(bench.BACKENDS)),
-    ("all", list(bench.BACKENDS)),
+    (None, list(bench.RUNTIMES)),
+    ("all", list(bench.RUNTIMES)),
 ])
 def test_parse_backends(text, expected):
-    assert bench.parse_backends(text) == expected
+    assert bench.parse_runtimes(text) == expected
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--backend", "eager,tensorrt"], "unknown runtime 'tensorrt'"),
+    (["--runtime", "eager,tensorrt"], "unknown runtime 'tensorrt'"),
     (["--batch", "0"], "--batch-size must be a positive integer"),
     (["--sweep", "--width", "0.5"], "--sweep measures the paper's grid"),
 ])
@@ -118,7 +118,7 @@ def test_bench_errors(cli, args, message):
 
 
 def test_missing_checkpoint(cli, tmp_path):
-    out = cli("bench", tmp_path / "missing.safetensors", "--backend", "eager")
+    out = cli("bench", tmp_path / "missing.safetensors", "--runtime", "eager")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "does not exist" in out.stderr
 
 
@@ -127,7 +127,7 @@ def test_sweep_writes_table_and_plot(tmp_path):
 
     from mobilenet.cost import cost
 
-    result = bench.sweep("mobilenet_v1", widths=(0.5, 0.25), resolutions=(64, 32), backends="eager,channels_last",
+    result = bench.sweep("mobilenet_v1", widths=(0.5, 0.25), resolutions=(64, 32), runtimes="eager,channels_last",
                          iterations=2, warmup=0)
     assert [(r["width"], r["resolution"]) for r in result["rows"]] == [(0.5, 64), (0.5, 32), (0.25, 64), (0.25, 32)]
     assert result["rows"][0]["macs"] == cost("mobilenet_v1", 64, width_mult=0.5).macs
@@ -137,11 +137,11 @@ def test_sweep_writes_table_and_plot(tmp_path):
     assert sorted(p.suffix for p in paths) == [".json", ".md", ".png"]
     table = paths[1].read_text().splitlines()
     assert table[0].startswith("| model | million mult-adds") and len(table) == 2 + 4 and "| 0.25-32 |" in table[-1]
-    last = {r["backend"]: r["median_ms"] for r in result["rows"][3]["results"]}
+    last = {r["runtime"]: r["median_ms"] for r in result["rows"][3]["results"]}
     best = min(last, key=last.get)
     assert table[0].endswith("| fastest | fp32 compute bound ms |")
     assert table[-1].endswith(f"| {best} {last[best]:.2f} | {result['rows'][3]['compute_bound']['limit_ms']:.2f} |")
-    assert json.loads(paths[0].read_text())["rows"][3]["results"][0]["backend"] == "eager"
+    assert json.loads(paths[0].read_text())["rows"][3]["results"][0]["runtime"] == "eager"
     with Image.open(paths[2]) as image:
         assert image.format == "PNG" and image.width > 300
 
@@ -172,9 +172,9 @@ def test_peer_rows_and_the_auto_row():
     model = randomise_batchnorm(create_model("mobilenet_v1", width_mult=0.25, num_classes=10))
     with torch.no_grad():
         model.classifier.weight.mul_(100)  # logits of a real size
-    report = bench.measure(model, resolution=32, backends="eager,onnxruntime-default,openvino-default,auto",
+    report = bench.measure(model, resolution=32, runtimes="eager,onnxruntime-default,openvino-default,auto",
                            iterations=2, warmup=1)
-    rows = {r["backend"]: r for r in report["results"]}
+    rows = {r["runtime"]: r for r in report["results"]}
     assert set(rows) == {"eager", "onnxruntime-default", "openvino-default", "auto"}, report["skipped"]
     assert rows["onnxruntime-default"]["max_abs_diff"] < 1e-4 and rows["auto"]["max_abs_diff"] < 1e-4
     assert rows["auto"]["chosen"] in ("pytorch", "onnxruntime", "openvino")
@@ -198,18 +198,18 @@ def test_auto_row_of_a_checkpoint_judges_reduced_precisions_on_its_data(cli, tmp
 
     train(tiny(tmp_path / "run"))  # its checkpoint records its data: three digit classes
     checkpoint = tmp_path / "run" / "last.safetensors"
-    result = cli("bench", checkpoint, "--backend", "auto", "--iterations", "2", "--warmup", "1", "--json")
+    result = cli("bench", checkpoint, "--runtime", "auto", "--iterations", "2", "--warmup", "1", "--json")
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)["results"]
     names = [c.name for c in choose.candidates(True, choose._bf16())]
-    assert row["backend"] == "auto" and row["chosen"] in names and any(n.endswith("int8") for n in names)
+    assert row["runtime"] == "auto" and row["chosen"] in names and any(n.endswith("int8") for n in names)
     assert ("agreement" in row) == (row["chosen"].endswith(("int8", "bf16")))
     assert row.get("agreement", 1.0) >= guard.MIN_AGREEMENT
 
 
 def test_the_auto_row_runs_its_choice_as_that_backends_row_does(monkeypatch, tmp_path):
     """The auto row once cost 4.05 ms against 2.63 for plain onnxruntime in the same run (its runner
-    wrapped the session in tensors): it now times the chosen backend's own runner."""
+    wrapped the session in tensors): it now times the chosen runtime's own runner."""
     import mobilenet.bench.latency as latency
     import mobilenet.export.choose as choose
 
@@ -223,9 +223,9 @@ def test_the_auto_row_runs_its_choice_as_that_backends_row_does(monkeypatch, tmp
     prepared = []
     real = latency.prepare
 
-    def prepare(backend, *args, **kwargs):
-        prepared.append(backend)
-        return real(backend, *args, **kwargs)
+    def prepare(runtime, *args, **kwargs):
+        prepared.append(runtime)
+        return real(runtime, *args, **kwargs)
 
     monkeypatch.setattr(latency, "prepare", prepare)
     notes = {}

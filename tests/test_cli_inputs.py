@@ -173,7 +173,7 @@ def test_a_full_disk_during_convert_is_one_line(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("resolution, text", [("7", "too small for mobilenet_v1"), ("100000", "from 1 to 4096")])
 def test_bench_resolution_is_checked_like_cost_and_train(capsys, resolution, text):
-    refused(capsys, text, "bench", "mobilenet_v1", "--resolution", resolution, "--backend", "eager")
+    refused(capsys, text, "bench", "mobilenet_v1", "--resolution", resolution, "--runtime", "eager")
     refused(capsys, text, "cost", "mobilenet_v1", "--resolution", resolution)
 
 
@@ -219,7 +219,7 @@ def test_predict_answers_for_the_good_files_and_names_the_bad_one(capsys, run, t
     Image.fromarray(np.ascontiguousarray(image)).save(tmp_path / "good.png")
     (tmp_path / "bad.png").write_bytes(b"not an image")
     code, out, err = cli(capsys, "predict", run / "last.safetensors", tmp_path / "good.png", tmp_path / "bad.png",
-                         tmp_path / "good.png", "--backend", "pytorch")
+                         tmp_path / "good.png", "--runtime", "pytorch")
     assert code == 2
     assert out.count("good.png:") == 2
     assert len(err.strip().splitlines()) == 1 and "bad.png" in err and "Traceback" not in err
@@ -299,7 +299,7 @@ def test_eval_and_export_show_progress_on_a_terminal(run, tmp_path):
     """On a terminal eval draws a bar with a rate (and int8 export one for its comparison);
     piped, they print none."""
     command = [sys.executable, "-m", "mobilenet", "eval", str(run / "last.safetensors"), "--data", "digits",
-               "--classes", "0,1,2", "--backend", "pytorch", "--batch-size", "8", "--plot", str(tmp_path / "cm.png")]
+               "--classes", "0,1,2", "--runtime", "pytorch", "--batch-size", "8", "--plot", str(tmp_path / "cm.png")]
     code, shown = on_a_terminal(command)
     assert code == 0 and "evaluating" in shown and "img/s" in shown, shown
     piped = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -351,7 +351,7 @@ def test_photos_are_read_upright(capsys, run, tmp_path):
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif)
     assert np.array_equal(np.asarray(decode_image(tmp_path / "sideways.png")), np.asarray(upright))
     code, out, err = cli(capsys, "predict", run / "last.safetensors", tmp_path / "upright.png",
-                         tmp_path / "sideways.png", "--backend", "pytorch", "--json")
+                         tmp_path / "sideways.png", "--runtime", "pytorch", "--json")
     first, second = json.loads(out)
     assert code == 0 and first["predictions"] == second["predictions"], err
 
@@ -365,7 +365,7 @@ def test_a_strip_image_is_refused_before_it_is_resized(capsys, run, tmp_path):
     Image.new("RGB", (20, 20)).save(tmp_path / "fine.png")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     code, out, err = cli(capsys, "predict", run / "last.safetensors", tmp_path / "strip.png", tmp_path / "fine.png",
-                         "--backend", "pytorch")
+                         "--runtime", "pytorch")
     assert code == 2 and "fine.png:" in out and len(err.strip().splitlines()) == 1, err
     assert "strip.png" in err and "would be resized to" in err and "MAX_IMAGE_PIXELS" in err
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # kB: no giant buffer
@@ -381,7 +381,7 @@ def test_a_named_pipe_is_refused_not_read(capsys, run, tmp_path):
     signal.alarm(60)  # a regression fails the test instead of hanging the run
     try:
         refused(capsys, "pipe.png is a named pipe, not a regular file", "predict", run / "last.safetensors",
-                tmp_path / "pipe.png", "--backend", "pytorch")
+                tmp_path / "pipe.png", "--runtime", "pytorch")
         folder = tmp_path / "folder"
         for split in ("train", "val"):
             (folder / split / "a").mkdir(parents=True)

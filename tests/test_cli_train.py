@@ -48,26 +48,26 @@ def test_eval_json(cli, trained, tmp_path, monkeypatch):
     assert 0 <= data["top1"] <= 1 and data["top5"] == 1.0 and data["num_images"] == 108  # 3 classes x 36
     assert set(data["per_class"]) == {"0", "1", "2"}
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
-    assert data["backend"] in {c.name for c in candidates(True, True)}  # measured here: see test_choose.py
-    assert data["backend_choice"].startswith(f"runtime {data['backend']}: fastest measured here")
+    assert data["runtime"] in {c.name for c in candidates(True, True)}  # measured here: see test_choose.py
+    assert data["runtime_choice"].startswith(f"runtime {data['runtime']}: fastest measured here")
     # the metrics the training run logged for its best epoch are what eval measures again, in fp32
     logged = max(json.loads(line)["test_top1"] for line in (trained / "metrics.jsonl").read_text().splitlines())
     fp32 = json.loads(cli("eval", trained / "best.safetensors", "--data", "digits", "--classes", "0,1,2", "--json",
                           "--precision", "fp32", "--plot", tmp_path / "cm32.png").stdout)
-    assert fp32["backend"] in {"pytorch", "onnxruntime", "openvino"} and fp32["top1"] == pytest.approx(logged)
-    if "int8" not in data["backend"] and "bf16" not in data["backend"]:
+    assert fp32["runtime"] in {"pytorch", "onnxruntime", "openvino"} and fp32["top1"] == pytest.approx(logged)
+    if "int8" not in data["runtime"] and "bf16" not in data["runtime"]:
         assert data["top1"] == pytest.approx(logged)
 
 
 @pytest.mark.skipif(not ONNX, reason="onnx and onnxruntime not installed")
 def test_eval_and_predict_agree_across_backends(cli, trained, digit_png):
     runs = {b: cli("eval", trained / "last.safetensors", "--data", "digits", "--classes", "0,1,2", "--json",
-                   "--backend", b) for b in ("pytorch", "onnxruntime")}
+                   "--runtime", b) for b in ("pytorch", "onnxruntime")}
     assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
     torch_run, ort_run = (json.loads(r.stdout) for r in runs.values())
-    assert (torch_run["backend"], ort_run["backend"]) == ("pytorch", "onnxruntime")
+    assert (torch_run["runtime"], ort_run["runtime"]) == ("pytorch", "onnxruntime")
     assert ort_run["confusion"] == torch_run["confusion"] and ort_run["loss"] == pytest.approx(torch_run["loss"], rel=1e-4)
-    preds = [json.loads(cli("predict", trained / "last.safetensors", digit_png, "--json", "--backend", b).stdout)[0]
+    preds = [json.loads(cli("predict", trained / "last.safetensors", digit_png, "--json", "--runtime", b).stdout)[0]
              for b in ("pytorch", "onnxruntime")]
     assert [p["class"] for p in preds[0]["predictions"]] == [p["class"] for p in preds[1]["predictions"]]
     for a, b in zip(preds[0]["predictions"], preds[1]["predictions"]):
@@ -176,7 +176,7 @@ def test_eval_and_predict_errors(cli, trained, tmp_path):
     one_line_error(cli("eval", tmp_path / "none.safetensors", "--data", "digits"), "does not exist")
     (tmp_path / "fake.png").write_bytes(b"not an image at all")
     one_line_error(cli("predict", ckpt, tmp_path / "fake.png"), "fake.png")
-    one_line_error(cli("predict", ckpt, tmp_path / "fake.png", "--backend", "tensorrt"), "tensorrt")
+    one_line_error(cli("predict", ckpt, tmp_path / "fake.png", "--runtime", "tensorrt"), "tensorrt")
 
 
 def make_folder(root, corrupt: bool = False):

@@ -216,7 +216,7 @@ def test_predict_turns_an_rgb_photo_into_the_models_grey(grey_run, tmp_path, cli
     rgb = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "photo.png")
     Image.fromarray(rgb).convert("L").save(tmp_path / "grey.png")
-    answers = [json.loads(cli("predict", out / "last.safetensors", tmp_path / name, "--json", "--backend",
+    answers = [json.loads(cli("predict", out / "last.safetensors", tmp_path / name, "--json", "--runtime",
                               "pytorch").stdout)[0]["predictions"] for name in ("photo.png", "grey.png")]
     assert answers[0] == answers[1]  # the photo is seen as its own luma
 

@@ -53,20 +53,20 @@ def test_bf16_and_int8_in_openvino(small, tmp_path):  # noqa: F811
 
 def test_eval_and_predict_on_openvino(digits_checkpoint, cli, tmp_path):
     checkpoint, _ = digits_checkpoint
-    runs = {b: cli("eval", checkpoint, "--data", "digits", "--json", "--backend", b, "--plot", tmp_path / f"{b}.png")
+    runs = {b: cli("eval", checkpoint, "--data", "digits", "--json", "--runtime", b, "--plot", tmp_path / f"{b}.png")
             for b in ("onnxruntime", "openvino")}
     assert all(r.returncode == 0 for r in runs.values()), [r.stderr for r in runs.values()]
     ort, ov = (json.loads(r.stdout) for r in runs.values())
-    assert ov["backend"] == "openvino" and ov["confusion"] == ort["confusion"]
+    assert ov["runtime"] == "openvino" and ov["confusion"] == ort["confusion"]
     assert ov["loss"] == pytest.approx(ort["loss"], rel=1e-4)
 
 
 def test_bench_rows_for_openvino():
     model = bench.build("mobilenet_v1", width=0.25)[0]
-    report = bench.measure(model, resolution=64, backends="onnxruntime,openvino,openvino-bf16,openvino-int8",
+    report = bench.measure(model, resolution=64, runtimes="onnxruntime,openvino,openvino-bf16,openvino-int8",
                            iterations=2, warmup=1)
-    measured = {r["backend"] for r in report["results"]} | {s["backend"] for s in report["skipped"]}
-    assert {"openvino", "openvino-int8"} <= {r["backend"] for r in report["results"]}
+    measured = {r["runtime"] for r in report["results"]} | {s["runtime"] for s in report["skipped"]}
+    assert {"openvino", "openvino-int8"} <= {r["runtime"] for r in report["results"]}
     assert measured == {"onnxruntime", "openvino", "openvino-bf16", "openvino-int8"}
 
 
@@ -74,7 +74,7 @@ def test_without_openvino_the_backend_says_what_to_install(digits_checkpoint, tm
     checkpoint, _ = digits_checkpoint
     code = ("import sys; sys.modules['openvino'] = None\n"
             "from mobilenet.cli import main\n"
-            f"sys.exit(main(['eval', {str(checkpoint)!r}, '--data', 'digits', '--backend', 'openvino', "
+            f"sys.exit(main(['eval', {str(checkpoint)!r}, '--data', 'digits', '--runtime', 'openvino', "
             f"'--plot', {str(tmp_path / 'cm.png')!r}]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     lines = out.stderr.strip().splitlines()

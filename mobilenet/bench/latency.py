@@ -1,6 +1,6 @@
-"""Inference latency and throughput of one model on several backends, measured in one run.
+"""Inference latency and throughput of one model on several runtimes, measured in one run.
 
-Backends (`BACKENDS`):
+Runtimes (`RUNTIMES`):
 * `eager`: the model as built, NCHW, BatchNorm unfused: the baseline every speed-up is relative to;
 * `channels_last`: the inference model (`mobilenet.export.inference_model`: BatchNorm folded,
   channels_last), eager PyTorch;
@@ -29,13 +29,13 @@ Peers, built the way a user of each tool would, with that tool's defaults (threa
 
 Each report also gives the compute-bound limit of the model on this machine: its floating-point
 work (counted by `torch.utils.flop_counter`) divided by the fp32 matrix-multiply throughput measured
-in the same rounds as the backends (`MatmulProbe`, the best product seen). No fp32 backend can beat
+in the same rounds as the runtimes (`MatmulProbe`, the best product seen). No fp32 runtime can beat
 it by much, since the 1x1 convolutions that hold most of the work are matrix multiplies; each fp32
 result says what fraction of it it reaches.
 
-After each backend's warm-up, the timed calls are spread over `ROUNDS` rounds that interleave the
-backends (in an order that rotates), so that slow changes in the load of a shared machine fall on
-all of them alike; each turn starts with untimed calls (`settle`) so that no backend pays for the
+After each runtime's warm-up, the timed calls are spread over `ROUNDS` rounds that interleave the
+runtimes (in an order that rotates), so that slow changes in the load of a shared machine fall on
+all of them alike; each turn starts with untimed calls (`settle`) so that no runtime pays for the
 threads its predecessor left spinning. Each call is timed alone; the report gives the median, 10th
 and 90th percentile latency and images/s (batch / median latency), with the machine, thread count,
 library versions and load average.
@@ -74,18 +74,18 @@ from mobilenet.machine import MATMUL_CALLS, MatmulProbe, compute_bound, environm
 from mobilenet.models import MobileNet, create_model
 from mobilenet.optional import MissingPackage, require
 
-BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16",
+RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16",
             "openvino-int8", "executorch", "executorch-int8", "tflite", "tflite-int8", "auto", "onnxruntime-default",
             "openvino-default")
-ALL = "all"  # every backend above (the default)
+ALL = "all"  # every runtime above (the default)
 ORT, OV = FORMATS["onnx"].needs, FORMATS["openvino"].needs
 NEEDS = {"onnxruntime": ORT, "onnxruntime-int8": ORT, "openvino": OV, "openvino-bf16": OV,
          "openvino-int8": (*OV, *FORMATS["openvino"].int8_needs),
          "onnxruntime-default": (*ORT, "onnxscript"), "openvino-default": ("openvino",),
          **{f"{name}{kind}": FORMATS[name].needs for name in ("executorch", "tflite") for kind in ("", "-int8")}}
 INT8_CALIBRATION_IMAGES = 32
-ROUNDS = 5  # the timed calls of each backend are spread over this many interleaved rounds
-SETTLE_S = 0.1  # untimed calls at the start of each backend's turn, in seconds of running it
+ROUNDS = 5  # the timed calls of each runtime are spread over this many interleaved rounds
+SETTLE_S = 0.1  # untimed calls at the start of each runtime's turn, in seconds of running it
 
 
 def settle(runner: Callable[[], object], seconds: float = SETTLE_S) -> None:
@@ -93,8 +93,8 @@ def settle(runner: Callable[[], object], seconds: float = SETTLE_S) -> None:
 
     The runtime that ran before leaves its worker threads spinning for a while (ONNX Runtime's
     longer than OpenMP's), and on two cores a spinning thread takes a core from the next runtime:
-    unsettled, single interleaved calls measured each backend up to several times slower than it
-    runs alone. Settling measures each backend in its steady state, as a server answering
+    unsettled, single interleaved calls measured each runtime up to several times slower than it
+    runs alone. Settling measures each runtime in its steady state, as a server answering
     requests back to back runs it, while the rounds still interleave.
     """
     deadline = time.perf_counter() + seconds
@@ -105,13 +105,13 @@ def settle(runner: Callable[[], object], seconds: float = SETTLE_S) -> None:
 
 @dataclass
 class Timing:
-    """The timed calls of one backend."""
+    """The timed calls of one runtime."""
 
-    backend: str
+    runtime: str
     batch: int
     seconds: list[float] = field(default_factory=list)
     setup_s: float = 0.0  # building, exporting, compiling and warming up
-    max_abs_diff: float = 0.0  # largest logit difference from the first backend (eager, if measured)
+    max_abs_diff: float = 0.0  # largest logit difference from the first runtime (eager, if measured)
 
     def percentile_ms(self, q: float) -> float:
         return 1000 * float(np.percentile(self.seconds, q))
@@ -121,7 +121,7 @@ class Timing:
         return 1000 * statistics.median(self.seconds)
 
     def to_dict(self, eager: Timing | None = None) -> dict:
-        result = {"backend": self.backend, "median_ms": self.median_ms, "p10_ms": self.percentile_ms(10),
+        result = {"runtime": self.runtime, "median_ms": self.median_ms, "p10_ms": self.percentile_ms(10),
                   "p90_ms": self.percentile_ms(90), "images_per_s": self.batch / (self.median_ms / 1000),
                   "runs": len(self.seconds), "setup_s": self.setup_s, "max_abs_diff": self.max_abs_diff}
         if eager is not None:
@@ -130,19 +130,19 @@ class Timing:
         return result
 
 
-def parse_backends(backends: str | Sequence[str] | None) -> list[str]:
-    """A list of backend names from "a,b,c" or a sequence (None or "all": all); ValueError for an
+def parse_runtimes(runtimes: str | Sequence[str] | None) -> list[str]:
+    """A list of runtime names from "a,b,c" or a sequence (None or "all": all); ValueError for an
     unknown one."""
-    if backends is None:
-        return list(BACKENDS)
-    names = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else list(backends)
+    if runtimes is None:
+        return list(RUNTIMES)
+    names = [b.strip() for b in runtimes.split(",")] if isinstance(runtimes, str) else list(runtimes)
     names = [b for b in names if b]
     if ALL in names:
-        return list(BACKENDS)
-    unknown = [b for b in names if b not in BACKENDS]
+        return list(RUNTIMES)
+    unknown = [b for b in names if b not in RUNTIMES]
     if unknown or not names:
         raise ValueError(f"unknown runtime {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"choose from: {', '.join(BACKENDS)}")
+                         f"choose from: {', '.join(RUNTIMES)}")
     return list(dict.fromkeys(names))
 
 
@@ -155,39 +155,39 @@ def calibration_images(resolution: int, count: int = INT8_CALIBRATION_IMAGES, ch
 AUTO_ROWS = {"pytorch": "channels_last"}  # auto's candidate names that are another row's here
 
 
-def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str, threads: int,
+def prepare(runtime: str, model: nn.Module, images: torch.Tensor, workdir: str, threads: int,
             data_images: torch.Tensor | None = None, notes: dict | None = None,
             min_agreement: float | None = None) -> Callable[[], torch.Tensor | np.ndarray]:
-    """A function that runs one forward pass of `backend` on `images` (fixed, prepared outside the
-    timing: a loader can produce channels_last or numpy batches directly). `notes[backend]` is
+    """A function that runs one forward pass of `runtime` on `images` (fixed, prepared outside the
+    timing: a loader can produce channels_last or numpy batches directly). `notes[runtime]` is
     given `auto`'s Decision."""
-    if backend == "auto":
+    if runtime == "auto":
         chosen, decision = choose.choose(model, int(images.shape[-1]), len(images), images=data_images,
                                          threads=threads, min_agreement=min_agreement)
         if notes is not None:
-            notes[backend] = decision
-        # timed as that backend's own row is (numpy in, no tensor wrapping): the row costs what the choice costs
+            notes[runtime] = decision
+        # timed as that runtime's own row is (numpy in, no tensor wrapping): the row costs what the choice costs
         same = AUTO_ROWS.get(decision.chosen, decision.chosen)
-        if same in BACKENDS and same != "auto":
+        if same in RUNTIMES and same != "auto":
             return prepare(same, model, images, workdir, threads, data_images, notes, min_agreement)
         return lambda: chosen(images)
-    if backend == "onnxruntime-default":
+    if runtime == "onnxruntime-default":
         return _plain_onnxruntime(model, images, Path(workdir) / "plain.onnx")
-    if backend == "openvino-default":
+    if runtime == "openvino-default":
         import openvino as ov
 
         compiled = ov.Core().compile_model(ov.convert_model(model, example_input=images), "CPU")
         x = images.numpy()
         return lambda: compiled(x)[0]
-    if backend.startswith(("executorch", "tflite")):
-        return _phone(backend, model, images, Path(workdir), threads)
-    if backend == "eager":
+    if runtime.startswith(("executorch", "tflite")):
+        return _phone(runtime, model, images, Path(workdir), threads)
+    if runtime == "eager":
         x = images.contiguous()
         return lambda: model(x)
-    if backend in ("channels_last", "compile"):
+    if runtime in ("channels_last", "compile"):
         fused = inference_model(model)
         x = images.contiguous(memory_format=torch.channels_last)
-        if backend == "compile":
+        if runtime == "compile":
             import torch._inductor.config as inductor_config
 
             torch._dynamo.reset()  # forget earlier models: their guards count towards the recompile limit
@@ -201,32 +201,32 @@ def prepare(backend: str, model: nn.Module, images: torch.Tensor, workdir: str, 
     path = Path(workdir) / "fp32.onnx"
     if not path.exists():
         to_onnx(inference_model(model, channels_last=False), path, resolution)
-    if backend.endswith("-int8"):
+    if runtime.endswith("-int8"):
         int8_path = Path(workdir) / "int8.onnx"
         if not int8_path.exists():
             quantize(path, int8_path, calibration_images(resolution, channels=model.config.in_chans))
         path = int8_path
-    if backend.startswith("openvino"):
-        sess = openvino.session(path, "bf16" if backend == "openvino-bf16" else "f32", threads)
+    if runtime.startswith("openvino"):
+        sess = openvino.session(path, "bf16" if runtime == "openvino-bf16" else "f32", threads)
     else:
         sess = session(path, threads)
     x = np.ascontiguousarray(images.numpy())
     return lambda: run(sess, x)
 
 
-def _phone(backend: str, model: nn.Module, images: torch.Tensor, workdir: Path,
+def _phone(runtime: str, model: nn.Module, images: torch.Tensor, workdir: Path,
            threads: int) -> Callable[[], np.ndarray]:
     """A phone export traced at this batch, in its runtime (INT8 calibrated on digits images)."""
     batch, resolution = len(images), int(images.shape[-1])
     calibration = None
-    if backend.endswith("-int8"):
+    if runtime.endswith("-int8"):
         calibration = calibration_images(resolution, max(INT8_CALIBRATION_IMAGES, batch), model.config.in_chans)
-    if backend.startswith("executorch"):
-        path = workdir / f"{backend}.pte"
+    if runtime.startswith("executorch"):
+        path = workdir / f"{runtime}.pte"
         path.write_bytes(lower(model, batch, resolution, calibration))
         session = PteSession(path, threads)
     else:
-        path = workdir / f"{backend}.tflite"
+        path = workdir / f"{runtime}.tflite"
         path.write_bytes(convert(model, batch, resolution, calibration))
         session = LiteRTSession(path, threads)
     x = np.ascontiguousarray(images.numpy())
@@ -254,20 +254,20 @@ def _as_tensor(output) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends: Sequence[str] | str | None = None,
+def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, runtimes: Sequence[str] | str | None = None,
             threads: int | None = None, iterations: int = 30, warmup: int = 5,
             progress: Callable[[str], None] | None = None, data_images: torch.Tensor | None = None,
             min_agreement: float | None = None) -> dict:
-    """Latency of `model` on each backend at `batch` x 3 x `resolution`^2, in one interleaved run.
+    """Latency of `model` on each runtime at `batch` x 3 x `resolution`^2, in one interleaved run.
 
     `data_images` (normalised images of the model's own data, e.g. a checkpoint's test images) let
     the `auto` row consider bf16 and INT8, judged by the guard (`min_agreement`, `mobilenet.export.guard`).
 
-    Backends whose packages are missing, or that fail to build (e.g. no C++ compiler for
+    Runtimes whose packages are missing, or that fail to build (e.g. no C++ compiler for
     `compile`), are listed under `skipped` with the reason, never raised. Returns a JSON-ready dict
-    with `results` (one entry per backend measured), `skipped` and `environment`.
+    with `results` (one entry per runtime measured), `skipped` and `environment`.
     """
-    names = parse_backends(backends)
+    names = parse_runtimes(runtimes)
     for name, value in (("batch", batch), ("resolution", resolution), ("iterations", iterations)):
         whole_number(value, name)
     whole_number(warmup, "warmup", minimum=0)
@@ -288,7 +288,7 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
                 try:
                     require(*NEEDS.get(name, ()), purpose=name)
                 except MissingPackage as missing:
-                    skipped.append({"backend": name, "reason": str(missing)})
+                    skipped.append({"runtime": name, "reason": str(missing)})
                     say(f"{name}: skipped (not installed: the report says what to install)")
                     continue
                 start = time.perf_counter()
@@ -297,9 +297,9 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
                     output = _as_tensor(runner())
                     for _ in range(warmup):
                         runner()
-                except Exception as error:  # a backend that cannot run here is reported, not fatal
+                except Exception as error:  # a runtime that cannot run here is reported, not fatal
                     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-                    skipped.append({"backend": name, "reason": f"failed: {type(error).__name__}: {reason}"})
+                    skipped.append({"runtime": name, "reason": f"failed: {type(error).__name__}: {reason}"})
                     say(f"{name}: skipped, {skipped[-1]['reason']}")
                     continue
                 reference = output if reference is None else reference
@@ -308,7 +308,7 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
                 runners[name], timings[name] = runner, timing
                 say(f"{name}: ready in {timing.setup_s:.1f} s")
             order = list(runners)
-            probe = MatmulProbe()  # the compute-bound limit, timed in every round beside the backends
+            probe = MatmulProbe()  # the compute-bound limit, timed in every round beside the runtimes
             rounds = min(iterations, ROUNDS)
             for round_ in range(rounds):
                 calls = iterations // rounds + (round_ < iterations % rounds)
@@ -326,12 +326,12 @@ def measure(model: nn.Module, *, batch: int = 1, resolution: int = 224, backends
     eager = timings.get("eager")
     results = [t.to_dict(eager) for t in timings.values()]
     for row in results:
-        if row["backend"] in notes:
-            decision = notes[row["backend"]]
+        if row["runtime"] in notes:
+            decision = notes[row["runtime"]]
             row["chosen"] = decision.chosen
             if decision.chosen in decision.agreement:  # a bf16 or INT8 choice: its top-1 agreement with fp32
                 row["agreement"] = decision.agreement[decision.chosen]
-        if not row.get("chosen", row["backend"]).endswith("int8"):  # the fp32 limit says nothing of integer kernels
+        if not row.get("chosen", row["runtime"]).endswith("int8"):  # the fp32 limit says nothing of integer kernels
             row["of_compute_bound"] = bound["limit_ms"] / row["median_ms"]
     return {
         "model": model.config.to_dict() if isinstance(model, MobileNet) else type(model).__name__,

@@ -40,7 +40,7 @@ RT_INFO = "mobilenet"  # the IR's rt_info section that holds our metadata
 
 def capabilities() -> list[str]:
     """What OpenVINO's CPU plugin says this CPU can compute in (e.g. FP32, BF16, INT8)."""
-    require("openvino", purpose="the openvino backend")
+    require("openvino", purpose="the openvino runtime")
     import openvino as ov
 
     return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -63,7 +63,7 @@ def session(path: str | os.PathLike, precision: str = "f32", threads: int | None
     compiled for the CPU at `precision` ("f32" or "bf16"; an INT8 QDQ file keeps its integer
     operations either way), `threads` inference threads (default torch's), one stream, tuned for
     latency."""
-    require("openvino", purpose="the openvino backend")
+    require("openvino", purpose="the openvino runtime")
     import openvino as ov
 
     if precision not in PRECISIONS:

@@ -54,7 +54,7 @@ def runtime_model(model: nn.Module, resolution: int, runtime: str = "auto", thre
         return fast, decision.chosen
     if runtime == "pytorch":
         return inference_model(model), runtime
-    require(*NEEDS[runtime], purpose=f"the {runtime} backend")
+    require(*NEEDS[runtime], purpose=f"the {runtime} runtime")
     with temporary_folder("runtime") as work:
         fast = choose.build(choose.Candidate(runtime), model, resolution, work, None, threads)
     images = torch.randn(model.config.input_shape(RANDOM_CHECKS, resolution),

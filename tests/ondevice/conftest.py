@@ -58,17 +58,17 @@ def test_images(model_and_meta):
 
 @pytest.fixture
 def bench_rows(cli):
-    """`bench_rows(*backends)`: rows by backend of `mobilenet bench` of a small V1 on `backends`
-    (eager first, the reference); every backend asked for must have run."""
-    return lambda *backends: _bench_rows(cli, *backends)
+    """`bench_rows(*runtimes)`: rows by runtime of `mobilenet bench` of a small V1 on `runtimes`
+    (eager first, the reference); every runtime asked for must have run."""
+    return lambda *runtimes: _bench_rows(cli, *runtimes)
 
 
-def _bench_rows(cli, *backends: str) -> dict:
+def _bench_rows(cli, *runtimes: str) -> dict:
     result = cli("bench", "mobilenet_v1", "--width", "0.25", "--resolution", "64", "--batch", "2",
-                 "--backend", ",".join(("eager", *backends)), "--iterations", "3", "--warmup", "1", "--json")
+                 "--runtime", ",".join(("eager", *runtimes)), "--iterations", "3", "--warmup", "1", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    rows = {row["backend"]: row for row in report["results"]}
-    assert set(rows) == {"eager", *backends}, report["skipped"]
+    rows = {row["runtime"]: row for row in report["results"]}
+    assert set(rows) == {"eager", *runtimes}, report["skipped"]
     assert all(row["median_ms"] > 0 for row in rows.values())
     return rows
