@@ -3,7 +3,6 @@ precisions only with the model's own images and when they pass the one accuracy 
 decision is cached per model, CPU and versions, and used only if it is well formed and still passes."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -19,15 +18,19 @@ def measured(monkeypatch):
     monkeypatch.delenv(choose.FORCE_VARIABLE, raising=False)
 
 
+CLOCK = [0.0]  # the fake candidates' time, in seconds: `fake` makes it the one `choose` times them with
+
+
 class Fake(nn.Module):
-    """A candidate that takes `ms` a call and returns `logits(x)`."""
+    """A candidate that takes `ms` a call on CLOCK (so a busy machine cannot reorder the fakes) and
+    returns `logits(x)`."""
 
     def __init__(self, ms: float, logits) -> None:
         super().__init__()
         self.ms, self.logits = ms, logits
 
     def forward(self, x):
-        time.sleep(self.ms / 1000)
+        CLOCK[0] += self.ms / 1000
         return self.logits(x)
 
 
@@ -45,6 +48,7 @@ def fake(monkeypatch):
         return Fake(ms, (lambda x: model(x).flip(1) + 1) if wrong else model)  # wrong logits, wrong top-1
 
     monkeypatch.setattr(choose, "build", build)
+    monkeypatch.setattr(choose, "clock", lambda: CLOCK[0])
     monkeypatch.setattr(choose, "ROUNDS", 1)  # three timed calls a candidate: its median is enough for a fake
     monkeypatch.setattr(choose, "CALLS", 3)
     monkeypatch.setattr(choose, "_bf16", lambda: True)
@@ -125,9 +129,8 @@ def test_the_guard_threshold_is_the_callers(fake):
     """--min-agreement moves the one threshold: a candidate agreeing on 35 of 40 images is refused at
     the default (99%) and kept at 85%."""
     model, plans, built = fake
-    plans.update({"pytorch": (30, False), "onnxruntime": (30, False), "openvino": (30, False),  # far apart: a
-                  "onnxruntime-int8": (1, False), "openvino-bf16": (30, False),  # busy machine keeps their order
-                  "openvino-int8": (30, False)})
+    plans.update({"pytorch": (30, False), "onnxruntime": (30, False), "openvino": (30, False),
+                  "onnxruntime-int8": (1, False), "openvino-bf16": (30, False), "openvino-int8": (30, False)})
     images = torch.randn(40, 3, 16, 16)
     real_build = choose.build
 

@@ -62,14 +62,13 @@ from torch import nn
 from mobilenet.checkpoint import load_checkpoint
 from mobilenet.checks import whole_number
 from mobilenet.data import load_dataset
-from mobilenet.export import choose, openvino, sample_images, training_data
+from mobilenet.export import choose, sample_images, training_data
 from mobilenet.export.fold import inference_model
 from mobilenet.export.formats import FORMATS
-from mobilenet.export.int8 import quantize
-from mobilenet.export.litert import LiteRTSession, convert
-from mobilenet.export.onnx import run, session, to_onnx
+from mobilenet.export.litert import convert
+from mobilenet.export.onnx import run
 from mobilenet.export.phone_common import quiet
-from mobilenet.export.pte import PteSession, lower
+from mobilenet.export.pte import lower
 from mobilenet.machine import MATMUL_CALLS, MatmulProbe, compute_bound, environment
 from mobilenet.models import MobileNet, create_model
 from mobilenet.optional import MissingPackage, require
@@ -198,18 +197,10 @@ def prepare(runtime: str, model: nn.Module, images: torch.Tensor, workdir: str, 
                 fused(x)
         return lambda: fused(x)
     resolution = int(images.shape[-1])
-    path = Path(workdir) / "fp32.onnx"
-    if not path.exists():
-        to_onnx(inference_model(model, channels_last=False), path, resolution)
-    if runtime.endswith("-int8"):
-        int8_path = Path(workdir) / "int8.onnx"
-        if not int8_path.exists():
-            quantize(path, int8_path, calibration_images(resolution, channels=model.config.in_chans))
-        path = int8_path
-    if runtime.startswith("openvino"):
-        sess = openvino.session(path, "bf16" if runtime == "openvino-bf16" else "f32", threads)
-    else:
-        sess = session(path, threads)
+    name, _, precision = runtime.partition("-")  # onnxruntime, openvino; fp32, bf16, int8
+    calibration = calibration_images(resolution, channels=model.config.in_chans) if precision == "int8" else None
+    sess = choose.onnx_session(choose.Candidate(name, precision or "fp32"), model, resolution, Path(workdir),
+                               calibration, threads)
     x = np.ascontiguousarray(images.numpy())
     return lambda: run(sess, x)
 
@@ -221,14 +212,10 @@ def _phone(runtime: str, model: nn.Module, images: torch.Tensor, workdir: Path,
     calibration = None
     if runtime.endswith("-int8"):
         calibration = calibration_images(resolution, max(INT8_CALIBRATION_IMAGES, batch), model.config.in_chans)
-    if runtime.startswith("executorch"):
-        path = workdir / f"{runtime}.pte"
-        path.write_bytes(lower(model, batch, resolution, calibration))
-        session = PteSession(path, threads)
-    else:
-        path = workdir / f"{runtime}.tflite"
-        path.write_bytes(convert(model, batch, resolution, calibration))
-        session = LiteRTSession(path, threads)
+    format = FORMATS[runtime.partition("-")[0]]  # executorch, tflite
+    path = workdir / f"{runtime}{format.suffix}"
+    path.write_bytes((lower if format.name == "executorch" else convert)(model, batch, resolution, calibration))
+    session = format.open(path, threads)
     x = np.ascontiguousarray(images.numpy())
     return lambda: session(x)
 

@@ -40,15 +40,17 @@ from torch import nn
 from mobilenet import machine
 from mobilenet.export import openvino
 from mobilenet.export.fold import inference_model
+from mobilenet.export.formats import FORMATS
 from mobilenet.export.guard import check_min_agreement, describe_shortfall, passes
 from mobilenet.export.int8 import quantize
-from mobilenet.export.onnx import FP32_TOLERANCE, OnnxRuntimeModel, session, to_onnx
+from mobilenet.export.onnx import FP32_TOLERANCE, OnnxRuntimeModel, to_onnx
 from mobilenet.files import read_cache, temporary_folder, update_cache
 from mobilenet.optional import available
 
 ROUNDS = 3  # interleaved rounds of timed calls
 CALLS = 2  # timed calls per candidate and round
 CACHE_FILE = "runtime-choices.json"
+clock = time.perf_counter  # what the candidates are timed with (tests give their fake candidates a fake clock)
 FORCE_VARIABLE = "MOBILENET_RUNTIME"
 
 
@@ -113,6 +115,14 @@ def build(candidate: Candidate, model: nn.Module, resolution: int, workdir: Path
     """The candidate as a module (float images in, logits out)."""
     if candidate.runtime == "pytorch":
         return inference_model(model)
+    return OnnxRuntimeModel(onnx_session(candidate, model, resolution, workdir, calibration, threads))
+
+
+def onnx_session(candidate: Candidate, model: nn.Module, resolution: int, workdir: Path,
+                 calibration: torch.Tensor | None, threads: int | None):
+    """The session of an ONNX Runtime or OpenVINO candidate (ONNX Runtime's interface): the fused
+    model's ONNX export in `workdir` (made once and reused), quantized to INT8 on `calibration` for
+    an INT8 candidate, opened by its format's session (`mobilenet.export.formats`)."""
     path = workdir / "fp32.onnx"
     if not path.exists():
         to_onnx(inference_model(model, channels_last=False), path, resolution)
@@ -122,8 +132,8 @@ def build(candidate: Candidate, model: nn.Module, resolution: int, workdir: Path
             quantize(path, int8, calibration)
         path = int8
     if candidate.runtime == "onnxruntime":
-        return OnnxRuntimeModel(session(path, threads))
-    return OnnxRuntimeModel(openvino.session(path, "bf16" if candidate.precision == "bf16" else "f32", threads))
+        return FORMATS["onnx"].open(path, threads)
+    return FORMATS["openvino"].open(path, threads, precision="bf16" if candidate.precision == "bf16" else "f32")
 
 
 def time_candidates(runners: dict[str, Callable[[], object]]) -> dict[str, float]:
@@ -134,9 +144,9 @@ def time_candidates(runners: dict[str, Callable[[], object]]) -> dict[str, float
     for _ in range(ROUNDS):
         for name, run in runners.items():
             for _ in range(CALLS):
-                start = time.perf_counter()
+                start = clock()
                 run()
-                seconds[name].append(time.perf_counter() - start)
+                seconds[name].append(clock() - start)
     return {name: 1000 * statistics.median(values) for name, values in seconds.items()}
 
 
@@ -251,4 +261,5 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
         return built[decision.chosen], decision
 
 
-__all__ = ["CACHE_FILE", "FORCE_VARIABLE", "Candidate", "Decision", "build", "candidates", "choose", "time_candidates"]
+__all__ = ["CACHE_FILE", "FORCE_VARIABLE", "Candidate", "Decision", "build", "candidates", "choose", "onnx_session",
+           "time_candidates"]

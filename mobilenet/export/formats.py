@@ -1,5 +1,6 @@
 """The file formats `mobilenet export` writes, one record each, read by export (the suffix decides
-the format; the packages to ask for; the writer), the bench's rows and `auto`'s runtimes.
+the format; the packages to ask for; the writer), and by what opens a file to run it (the bench's rows,
+`auto`'s candidates: the session).
 Adding a format is adding its record here and its module with the writer the record names."""
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ class Format:
     # "module:function" that writes and checks a file of this format (`write` below); named, not imported,
     # because the writers import the optional packages of `needs`
     writer: str
+    # "module:callable" that opens a file of this format to run it here: callable(path, threads=...) gives a
+    # session with ONNX Runtime's interface, run([output], {input: images}); None where nothing runs it here
+    session: str | None = None
     phone: bool = False  # traced at a fixed batch for a phone runtime (phone.py)
     int8: bool = True  # has an INT8 form
     int8_needs: tuple[str, ...] = ()  # the packages its INT8 form needs besides `needs`
@@ -26,19 +30,32 @@ class Format:
         """Write `model` to `output` in this format, checked on the `check` images, and return the export
         report's entries (`check`, or an INT8 report's). `options`, the same for every writer: meta,
         describe, batch, int8, calibration, test_loader, min_agreement, force."""
-        module, function = self.writer.split(":")
-        return getattr(importlib.import_module(module), function)(self.name, model, output, check, **options)
+        return _named(self.writer)(self.name, model, output, check, **options)
+
+    def open(self, path, threads: int | None = None, **options):
+        """A file of this format as a session (`session`) on `threads` threads; `options` are the
+        session's own (OpenVINO: precision)."""
+        if self.session is None:
+            raise ValueError(f"{self.name} files are not run here ({self.checked_by})")
+        return _named(self.session)(path, threads=threads, **options)
+
+
+def _named(name: str):
+    """The function or class "module:attribute" names, its module imported now."""
+    module, attribute = name.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("onnx", ".onnx", ("onnx", "onnxruntime"), "ONNX Runtime", "mobilenet.export.int8:write_onnx"),
+    Format("onnx", ".onnx", ("onnx", "onnxruntime"), "ONNX Runtime", "mobilenet.export.int8:write_onnx",
+           "mobilenet.export.onnx:session"),
     Format("pt2", ".pt2", (), "torch.export's own program", "mobilenet.export.pt2:write", int8=False),
     Format("openvino", ".xml", ("onnx", "openvino"), "OpenVINO", "mobilenet.export.openvino:write",
-           int8_needs=("onnxruntime",)),  # ONNX Runtime's quantizer writes the INT8 ONNX it is made from
+           "mobilenet.export.openvino:session", int8_needs=("onnxruntime",)),  # ONNX Runtime's quantizer writes the INT8 ONNX it is made from
     Format("executorch", ".pte", ("executorch",), "ExecuTorch's Python runtime (XNNPACK)",
-           "mobilenet.export.phone:export_phone", phone=True),
+           "mobilenet.export.phone:export_phone", "mobilenet.export.pte:PteSession", phone=True),
     Format("tflite", ".tflite", ("litert_torch", "ai_edge_litert"), "LiteRT's interpreter (XNNPACK)",
-           "mobilenet.export.phone:export_phone", phone=True),
+           "mobilenet.export.phone:export_phone", "mobilenet.export.litert:LiteRTSession", phone=True),
     Format("coreml", ".mlpackage", ("coremltools",), "coremltools, structurally (Core ML runs on Apple's systems)",
            "mobilenet.export.phone:export_phone", phone=True, calibrated=False),  # INT8 weights only
 )}
