@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from mobilenet.bench import environment
+from mobilenet.files import write_json
 
 CASE = """
 import json, resource, statistics, sys, time, torch
@@ -74,9 +75,7 @@ def main() -> None:
         print(f"| {name} | {row['step_ms']:.1f} | {row['page_faults_per_step']:.0f} |")
     report = {"benchmark": "allocator", "batch": args.batch, "repeats": args.repeats,
               "environment": environment(torch.get_num_threads()), "rows": rows}
-    output = Path(args.output or Path(__file__).parent / "results" / f"allocator-{cpu_slug()}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output = write_json(args.output or Path(__file__).parent / "results" / f"allocator-{cpu_slug()}.json", report)
     print(f"written to {output}")
 
 

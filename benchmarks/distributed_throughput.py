@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mobilenet.bench import environment
+from mobilenet.files import write_json
 
 MODEL = ["--model", "mobilenet_v1", "--width", "0.5", "--small-input", "--data", "digits", "--lr", "0.2",
          "--no-progress"]
@@ -60,8 +61,7 @@ def main() -> None:
               "results": [{"processes": 1, "images_per_s": one, "runs": runs[1]},
                           {"processes": 2, "images_per_s": two, "runs": runs[2], "vs_one": two / one}]}
     print(f"one process {one:.0f} images/s, two processes {two:.0f} images/s: {two / one:.2f}x")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)
 
 
 if __name__ == "__main__":

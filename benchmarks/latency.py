@@ -13,7 +13,6 @@ top-1 agreement with fp32 on the digits test split for a model trained like `mak
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import torch
 
 from mobilenet import bench
 from mobilenet.export import export_checkpoint
+from mobilenet.files import write_json, write_text
 
 RESULTS = Path(__file__).parent / "results"
 FP32 = ("eager", "channels_last", "compile", "onnxruntime")
@@ -195,9 +195,8 @@ def main() -> None:
               "runs": runs, "demo": demo}
     result["environment"]["load_average"] = runs[0]["report"]["environment"]["load_average"] if runs else None
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    output.with_suffix(".md").write_text(markdown(result))
+    write_json(output.with_suffix(".json"), result)
+    write_text(output.with_suffix(".md"), markdown(result))
     print(f"written to {output.with_suffix('.json')} and {output.with_suffix('.md')}")
     if args.sweep:
         grid = bench.sweep("mobilenet_v1", iterations=args.iterations // 2, warmup=3, progress=print)

@@ -13,7 +13,6 @@ off before them. Rounds alternate between the rows, and the median step is repor
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from contextlib import nullcontext
@@ -25,6 +24,7 @@ from torch import nn
 from mobilenet import create_model
 from mobilenet.bench import environment
 from mobilenet.fused import fuse
+from mobilenet.files import write_json, write_text
 
 # (name, channels_last, mobilenet.fused.KERNELS swapped in, bf16 autocast, fused SGD); each row's
 # changes include the rows above it
@@ -98,8 +98,7 @@ def main() -> None:
     report = {"benchmark": "train_step_ablation", "resolution": 32, "rounds": args.rounds,
               "environment": environment(torch.get_num_threads()), "tables": tables}
     output = Path(args.output or Path(__file__).parent / "results" / f"train_step_ablation-{cpu_slug()}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(output.with_suffix(".json"), report)
     env = report["environment"]
     lines = [f"# Training step ablation on {env['cpu']} ({env['threads']} threads; "
              f"{', '.join(env['cpu_flags'])}), torch {env['versions']['torch']}", "",
@@ -111,7 +110,7 @@ def main() -> None:
         lines += [f"| {r['step']} | {r['ms']:.1f} | {r['images_per_s']:.0f} | {r['vs_plain']:.2f}x |"
                   for r in table["rows"]]
         lines.append("")
-    output.with_suffix(".md").write_text("\n".join(lines))
+    write_text(output.with_suffix(".md"), "\n".join(lines))
     print(f"written to {output}.json and .md")
 
 

@@ -18,7 +18,6 @@ Every figure is also given as a share of that limit. Repeats alternate, and medi
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from mobilenet import create_model
 from mobilenet.bench import environment
 from mobilenet.data import load_dataset
 from mobilenet.train import Run, TrainConfig
+from mobilenet.files import write_json
 
 
 def plain_loop(model_name: str, width: float, small_input: bool, batch: int, steps: int) -> float:
@@ -134,9 +134,8 @@ def main() -> None:
         cells = " | ".join(f"{r['images_per_s']:.0f} ({100 * r['of_bound']:.0f}%)" for r in row["results"].values())
         ours = row["results"][f"ours ({variants[0]})"]["vs_plain"]
         print(f"| {row['model']} | {row['batch']} | {cells} | {ours:.2f}x | {row['bound_images_per_s']:.0f} |")
-    output = Path(args.output or Path(__file__).parent / "results" / f"train_throughput-{cpu_slug()}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output = write_json(args.output or Path(__file__).parent / "results" / f"train_throughput-{cpu_slug()}.json",
+                        report)
     print(f"written to {output}")
 
 

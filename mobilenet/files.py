@@ -294,6 +294,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_json(path: str | os.PathLike, value) -> Path:
+    """Replace a JSON file (indented, as the results files are) atomically, its folder made if needed;
+    returns its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(value, indent=2) + "\n")
+    return path
+
+
 def read_cache(path: str | os.PathLike | None, say: Callable[[str], None] | None = None) -> dict:
     """The JSON object of a decision cache (e.g. `<data root>/runtime-choices.json`); empty if the
     file is missing, unreadable or not an object (then `say` hears one line): a lost cache only

@@ -74,10 +74,12 @@ class MobileNet(nn.Module):
 
     `small_input=True` is our variant for 32x32 images (CIFAR): the stem and the first stride-2
     row of the table run at stride 1, so the last feature map is 4x4 rather than 1x1.
-    Subclasses give `ROWS` (the paper's table), `stem_channels` and `body`.
+    Subclasses give `ROWS` (the paper's table) or `VARIANTS` (name: (table, ...), the first entry
+    the table), `stem_channels` and `body`.
     """
 
     ROWS: tuple = ()
+    VARIANTS: dict[str, tuple] = {}
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -100,8 +102,16 @@ class MobileNet(nn.Module):
         init_weights(self)
 
     def rows(self, config: ModelConfig) -> tuple:
-        """The table this model is built from: `ROWS`, unless a variant of the version drops rows."""
-        return self.ROWS
+        """The table this model is built from: its variant's (`VARIANTS`), else `ROWS`."""
+        return self.VARIANTS[config.name][0] if self.VARIANTS else self.ROWS
+
+    @classmethod
+    def variant_config(cls, variant: str, *fields) -> ModelConfig:
+        """The ModelConfig of `variant`, a key of `VARIANTS`, with the other `fields` in ModelConfig's
+        order (width_mult, num_classes, small_input, ...); ValueError for another name."""
+        if variant not in cls.VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(cls.VARIANTS)}, got {variant!r}")
+        return ModelConfig(variant, *fields)
 
     def stem_channels(self, width_mult: float) -> int:
         raise NotImplementedError

@@ -65,17 +65,13 @@ class MobileNetV1(MobileNet):
     exactly the seed's CIFAR-10 model."""
 
     ROWS = BLOCKS
+    VARIANTS = VARIANTS
 
     def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, small_input: bool = False,
                  activation: str = "relu", dropout: float = 0.0, bn_eps: float = 1e-5, padding: str = "symmetric",
                  in_chans: int = 3, variant: str = "mobilenet_v1") -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        super().__init__(ModelConfig(variant, width_mult, num_classes, bool(small_input), activation, dropout, bn_eps,
-                                     padding, in_chans))
-
-    def rows(self, config: ModelConfig) -> tuple[Block, ...]:
-        return VARIANTS[config.name][0]
+        super().__init__(self.variant_config(variant, width_mult, num_classes, bool(small_input), activation, dropout,
+                                             bn_eps, padding, in_chans))
 
     def stem_channels(self, width_mult: float) -> int:
         return scale_channels(STEM_CHANNELS, width_mult)

@@ -86,16 +86,13 @@ SE_REDUCTION = 4  # squeeze-and-excitation: a quarter of the expansion channels 
 class MobileNetV3(MobileNet):
     """MobileNet V3 Large or Small (`variant`, a key of VARIANTS) at width multiplier `width_mult`."""
 
+    VARIANTS = VARIANTS
+
     def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, small_input: bool = False,
                  activation: str = HS, dropout: float = 0.2, bn_eps: float = 1e-3, padding: str = "symmetric",
                  in_chans: int = 3, variant: str = "mobilenet_v3_large") -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        super().__init__(ModelConfig(variant, width_mult, num_classes, bool(small_input), activation, dropout, bn_eps,
-                                     padding, in_chans))
-
-    def rows(self, config: ModelConfig) -> tuple[Bneck, ...]:
-        return VARIANTS[config.name][0]
+        super().__init__(self.variant_config(variant, width_mult, num_classes, bool(small_input), activation, dropout,
+                                             bn_eps, padding, in_chans))
 
     def stem_channels(self, width_mult: float) -> int:
         return make_divisible(STEM_CHANNELS * width_mult)

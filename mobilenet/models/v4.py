@@ -133,13 +133,13 @@ class UniversalInvertedBottleneck(nn.Module):
 class MobileNetV4(MobileNet):
     """A convolutional MobileNet V4 (`variant`, a key of VARIANTS) at width multiplier `width_mult`."""
 
+    VARIANTS = VARIANTS
+
     def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, small_input: bool = False,
                  activation: str = "relu", dropout: float = 0.2, bn_eps: float = 1e-5, padding: str = "symmetric",
                  in_chans: int = 3, variant: str = "mobilenet_v4_conv_small") -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        super().__init__(ModelConfig(variant, width_mult, num_classes, bool(small_input), activation, dropout, bn_eps,
-                                     padding, in_chans))
+        super().__init__(self.variant_config(variant, width_mult, num_classes, bool(small_input), activation, dropout,
+                                             bn_eps, padding, in_chans))
 
     def rows(self, config: ModelConfig) -> tuple[Row, ...]:
         # one row per block, so that the small-input rewrite finds the first stride-2 block
