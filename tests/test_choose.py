@@ -90,6 +90,14 @@ def test_a_forced_runtime_is_the_only_one_built_checked_and_timed_and_is_not_cac
         choose.choose(model, 16, 2)
 
 
+def test_when_every_candidate_fails_its_check_auto_says_so_in_one_line(fake):
+    model, plans, built = fake
+    plans.update({"pytorch": (1, True), "onnxruntime": (1, True), "openvino": (1, True)})
+    with pytest.raises(ValueError, match=r"^no runtime passed its check \(pytorch: max \|logit difference\| .*; "
+                                         r"openvino: .*\): choose one with --runtime$"):
+        choose.choose(model, 16, 2)
+
+
 def test_reduced_precision_needs_the_models_data_and_agreement(fake):
     model, plans, built = fake
     plans.update({"pytorch": (10, False), "onnxruntime": (10, False), "openvino": (10, False),

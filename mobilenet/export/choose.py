@@ -253,6 +253,9 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
             built[candidate.name] = runner
         if forced and forced in decision.refused:
             raise ValueError(f"${FORCE_VARIABLE}={forced}: {decision.refused[forced]}")
+        if not built:  # e.g. a model so ill-conditioned that float32 itself strays that far on random inputs
+            raise ValueError("no runtime passed its check (" + "; ".join(f"{k}: {v}" for k, v in decision.refused.items())
+                             + "): choose one with --runtime")
         with torch.inference_mode():
             decision.median_ms = time_candidates({name: (lambda m=m: m(inputs)) for name, m in built.items()})
         decision.chosen = min(decision.median_ms, key=decision.median_ms.get)  # a forced one: the only one
