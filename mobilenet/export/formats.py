@@ -15,8 +15,8 @@ class Format:
     suffix: str  # what the file's name ends with (OpenVINO: the .xml beside its .bin)
     needs: tuple[str, ...]  # the packages it is written and checked with, as imported
     checked_by: str  # what runs the file here to check it against PyTorch
-    # "module:function" that writes and checks a file of this format (`write` below); named, not imported,
-    # because the writers import the optional packages of `needs`
+    # "module:function" that writes and checks a file of this format (`write` below); named, and imported
+    # when used, because the writers' modules read this table (and some import heavy packages)
     writer: str
     # "module:callable" that opens a file of this format to run it here: callable(path, threads=...) gives a
     # session with ONNX Runtime's interface, run([output], {input: images}); None where nothing runs it here
@@ -51,7 +51,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "mobilenet.export.onnx:session"),
     Format("pt2", ".pt2", (), "torch.export's own program", "mobilenet.export.pt2:write", int8=False),
     Format("openvino", ".xml", ("onnx", "openvino"), "OpenVINO", "mobilenet.export.openvino:write",
-           "mobilenet.export.openvino:session", int8_needs=("onnxruntime",)),  # ONNX Runtime's quantizer writes the INT8 ONNX it is made from
+           "mobilenet.export.openvino:session",
+           int8_needs=("onnxruntime",)),  # ONNX Runtime's quantizer writes the INT8 ONNX the IR is made from
     Format("executorch", ".pte", ("executorch",), "ExecuTorch's Python runtime (XNNPACK)",
            "mobilenet.export.phone:export_phone", "mobilenet.export.pte:PteSession", phone=True),
     Format("tflite", ".tflite", ("litert_torch", "ai_edge_litert"), "LiteRT's interpreter (XNNPACK)",
