@@ -201,8 +201,8 @@ def choose(model: nn.Module, resolution: int, batch: int, *, images: torch.Tenso
     `images`). `model_id` (e.g. the checkpoint file's digest) and `cache` (a JSON file) let a
     decision made once be reused; `min_agreement` is the guard's threshold (default
     `guard.MIN_AGREEMENT`). A cached decision that cannot be used is measured again, with a note on stderr.
-    `$MOBILENET_RUNTIME` names the candidate instead of measuring (ValueError if it is not one here or
-    fails its check).
+    `$MOBILENET_RUNTIME` names the candidate instead of measuring them all (ValueError if it is not one
+    here or fails its check). ValueError too if every candidate fails its check.
     """
 
     model = model.eval()
