@@ -89,10 +89,6 @@ def _at_least_zero(name: str) -> Callable:
     return _argtype(lambda value: whole_number(value, name, minimum=0), int)
 
 
-def _runtimes(text: str) -> list[str]:
-    return parse_runtimes(text)
-
-
 width_arg = _argtype(check_width, float)
 agreement_arg = _argtype(check_min_agreement, float)
 classes_arg = _argtype(check_num_classes, int)
@@ -492,7 +488,7 @@ def build_parser() -> Parser:
                    help="input side in pixels (default: the checkpoint's, or 224)")
     p.add_argument("--batch-size", "--batch", dest="batch", type=_positive_int("--batch-size"), default=1,
                    help="images per call (default 1; --batch is the old name, kept for one release)")
-    p.add_argument("--runtime", "--backend", dest="runtime", type=_argtype(_runtimes, str), default=None,
+    p.add_argument("--runtime", "--backend", dest="runtime", type=_argtype(parse_runtimes, str), default=None,
                    help="comma-separated names, or all (the default): " + ",".join(BENCH_RUNTIMES) +
                    " (--backend is the old name, kept for one release)")
     p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="threads (default: torch's)")

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib.metadata import PackageNotFoundError, version
 import os
 import statistics
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -141,9 +141,10 @@ def export_int8(model: nn.Module, path: str | os.PathLike, calibration: torch.Te
     return report
 
 
-def write_onnx(format: str, model: nn.Module, output: str | os.PathLike, check: torch.Tensor, *, meta=None, describe: str = "check inputs",
-          batch: int = 1, int8: bool = False, calibration: torch.Tensor | None = None, test_loader=None,
-          min_agreement: float | None = None, force: bool = False) -> dict:
+def write_onnx(format: str, model: nn.Module, output: str | os.PathLike, check: torch.Tensor, *, meta=None,
+               describe: str = "check inputs", batch: int = 1, int8: bool = False,
+               calibration: torch.Tensor | None = None, test_loader=None, min_agreement: float | None = None,
+               force: bool = False) -> dict:
     """The onnx format's writer (`mobilenet.export.formats`): fp32 (`export_onnx`) or, `int8`, quantized
     (`export_int8`)."""
     if not int8:

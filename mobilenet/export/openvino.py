@@ -159,9 +159,10 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, images: torch.Ten
                           fp32_bytes, tmp_bin.stat().st_size + tmp_xml.stat().st_size)
 
 
-def write(format: str, model: nn.Module, output: str | os.PathLike, check: torch.Tensor, *, meta=None, describe: str = "check inputs",
-          batch: int = 1, int8: bool = False, calibration: torch.Tensor | None = None, test_loader=None,
-          min_agreement: float | None = None, force: bool = False) -> dict:
+def write(format: str, model: nn.Module, output: str | os.PathLike, check: torch.Tensor, *, meta=None,
+          describe: str = "check inputs", batch: int = 1, int8: bool = False,
+          calibration: torch.Tensor | None = None, test_loader=None, min_agreement: float | None = None,
+          force: bool = False) -> dict:
     """The openvino format's writer (`mobilenet.export.formats`): `export_openvino`, INT8 if `int8`."""
     result = export_openvino(model, output, check, meta=meta, describe=describe,
                              calibration=calibration if int8 else None, test_loader=test_loader,

@@ -64,9 +64,10 @@ def export_pt2(model: nn.Module, path: str | os.PathLike, images: torch.Tensor, 
     return CheckResult(diff, (1, len(images)), describe)
 
 
-def write(format: str, model: nn.Module, output: str | os.PathLike, check: torch.Tensor, *, meta=None, describe: str = "check inputs",
-          batch: int = 1, int8: bool = False, calibration: torch.Tensor | None = None, test_loader=None,
-          min_agreement: float | None = None, force: bool = False) -> dict:
+def write(format: str, model: nn.Module, output: str | os.PathLike, check: torch.Tensor, *, meta=None,
+          describe: str = "check inputs", batch: int = 1, int8: bool = False,
+          calibration: torch.Tensor | None = None, test_loader=None, min_agreement: float | None = None,
+          force: bool = False) -> dict:
     """The pt2 format's writer (`mobilenet.export.formats`; it has no INT8 form)."""
     return {"check": export_pt2(model, output, check, meta=meta, describe=describe).to_dict()}
 

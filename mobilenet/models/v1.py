@@ -64,7 +64,6 @@ class MobileNetV1(MobileNet):
     Table 5's `shallow_mobilenet_v1`. With `num_classes=10` and `small_input=False` this is
     exactly the seed's CIFAR-10 model."""
 
-    ROWS = BLOCKS
     VARIANTS = VARIANTS
 
     def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, small_input: bool = False,
