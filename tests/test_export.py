@@ -6,6 +6,7 @@ against the PyTorch model it came from, not with the package's helpers.
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ from mobilenet.export import MissingPackage, export_checkpoint, export_onnx, exp
 
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+
+from mobilenet.export.guard import MIN_AGREEMENT  # noqa: E402  (after the skips: they need the export extra)
+from mobilenet.export.int8 import integer_kernels_saturate  # noqa: E402
 
 MODELS = ["mobilenet_v1", "mobilenet_v2", "conv_mobilenet_v1", "mobilenet_v3_small"]
 
@@ -225,7 +229,22 @@ def test_int8_export_reports_agreement_and_accuracy(digits_checkpoint, tmp_path)
     assert report["fp32_top1"] == pytest.approx((top32 == labels).mean(), abs=1e-9)
     assert report["agreement"] == pytest.approx((top8 == top32).mean(), abs=1e-9)
     assert (top32 == top_torch).mean() >= 359 / 360  # fp32 ONNX is PyTorch, up to a tie
-    assert report["fp32_top1"] > 0.8 and report["agreement"] >= 0.9  # a trained model survives quantization
+    # a trained model survives quantization on every CPU: at 0.9 this passed a file that ONNX Runtime's
+    # saturating AVX2 kernels ran at 95.6% agreement (the demo model), 100% with 7-bit weights there
+    assert report["fp32_top1"] > 0.8 and report["agreement"] >= MIN_AGREEMENT
+    assert ("7 bits" in props["quantization"]) == integer_kernels_saturate()
+
+
+def test_the_saturation_probe_finds_the_cpus_without_vnni():
+    """ONNX Runtime's fused u8 x s8 kernels add pairs of products in 16 bits on x86 CPUs without VNNI
+    (its documentation's reason for reduce_range), exactly on those with it: the measured probe must
+    agree with the instruction set the kernel has to work with."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() not in ("x86_64", "AMD64") or not cpuinfo.is_file():
+        pytest.skip("the probe's oracle reads the x86 flags of /proc/cpuinfo")
+    flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+    assert "avx2" in flags, "an x86-64 CPU of these machines has AVX2 at least"
+    assert integer_kernels_saturate() == (not flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 # --- the command line --------------------------------------------------------------------------

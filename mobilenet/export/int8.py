@@ -8,12 +8,16 @@ benchmarks/results/latency.md):
   uint8 activations: u8 x s8 is what VNNI multiplies natively, and ran well ahead of s8 x s8;
 * depthwise convolutions quantized too: leaving them in float (the usual advice for accuracy) put
   a dequantize/quantize pair around each and made the model slower than fp32;
-* no `reduce_range` (it avoids an overflow of the older AVX2 u8 x s8 instruction, not needed on VNNI);
+* `reduce_range` (7-bit weights) only where ONNX Runtime's u8 x s8 kernels saturate, measured by
+  `integer_kernels_saturate`: on CPUs without VNNI (AVX2), the instruction they use adds pairs of
+  u8 x s8 products in 16 bits, which overflow at full range (a demo model measured on an AVX2 EPYC:
+  agreement with fp32 95.6% at 8 bits), while at 7 bits the pair sum cannot overflow;
 * MinMax calibration on a few hundred training images.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from mobilenet.export.guard import guard
 from mobilenet.files import atomic_output, temporary_folder
 from mobilenet.optional import require
 from mobilenet.export.fold import inference_model
-from mobilenet.export.onnx import (INPUT, CheckResult, add_metadata, check_against, export_onnx, metadata, run,
+from mobilenet.export.onnx import (INPUT, OPSET, CheckResult, add_metadata, check_against, export_onnx, metadata, run,
                                    session, to_onnx)
 
 CALIBRATION_BATCH = 32
@@ -69,14 +73,60 @@ def _reader(batches: Iterable[torch.Tensor]):
     return Reader()
 
 
+SATURATION_PROBE_CHANNELS = 64  # input channels of the probe's 1x1 convolution: 32 pairs of u8 x s8 products
+
+
+def _saturation_probe() -> bytes:
+    """An INT8 QDQ convolution of `SATURATION_PROBE_CHANNELS` inputs of 255 by weights of 127, all
+    scales 1, its output quantized so that the exact sum is representable: ONNX Runtime fuses it
+    into one integer convolution, the operation whose accumulation is in question."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels = SATURATION_PROBE_CHANNELS
+    exact = channels * 255 * 127
+    constants = {"one": np.array(1.0, np.float32), "u8_zero": np.array(0, np.uint8), "s8_zero": np.array(0, np.int8),
+                 "weight": np.full((1, channels, 1, 1), 127, np.int8), "out_scale": np.array(exact / 255, np.float32)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "one", "u8_zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "one", "u8_zero"], ["xf"]),
+             helper.make_node("DequantizeLinear", ["weight", "one", "s8_zero"], ["wf"]),
+             helper.make_node("Conv", ["xf", "wf"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "out_scale", "u8_zero"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "out_scale", "u8_zero"], ["out"])]
+    graph = helper.make_graph(nodes, "saturation_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 1, 1])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 1, 1])],
+                              [numpy_helper.from_array(value, name) for name, value in constants.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString()
+
+
+@functools.cache
+def integer_kernels_saturate() -> bool:
+    """Whether ONNX Runtime's fused u8 x s8 convolution gets a full-range product sum wrong on this
+    CPU, measured: the probe (`_saturation_probe`) run as ONNX Runtime optimises it, against the
+    same graph run operator by operator in float (its reference). True where the CPU lacks VNNI."""
+    import onnxruntime as ort
+
+    x = np.full((1, SATURATION_PROBE_CHANNELS, 1, 1), 255, np.float32)
+    outputs = []
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        probe = ort.InferenceSession(_saturation_probe(), options, providers=["CPUExecutionProvider"])
+        outputs.append(float(probe.run(None, {"x": x})[0].ravel()[0]))
+    fused, reference = outputs
+    return abs(fused - reference) > 0.01 * abs(reference)
+
+
 def quantize(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: torch.Tensor,
-             *, quantize_depthwise: bool = True) -> None:
+             *, quantize_depthwise: bool = True) -> bool:
     """Quantize the fp32 ONNX file to INT8 (the recipe in this module's docstring), calibrated on the
-    normalised images `calibration` (N x C x H x W); not atomic, no check."""
+    normalised images `calibration` (N x C x H x W); not atomic, no check. Returns whether the
+    weights took 7 bits (`integer_kernels_saturate`)."""
     require("onnx", "onnxruntime", purpose="INT8 quantization")
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
+    reduce_range = integer_kernels_saturate()
     with temporary_folder("int8") as work:
         prepared = work / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
@@ -87,12 +137,15 @@ def quantize(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibra
         batches = calibration.split(CALIBRATION_BATCH)
         quantize_static(str(prepared), str(int8_path), _reader(batches), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=exclude)
+                        nodes_to_exclude=exclude, reduce_range=reduce_range)
+    return reduce_range
 
 
-def describe_quantization(calibration_images: int) -> str:
+def describe_quantization(calibration_images: int, reduce_range: bool = False) -> str:
     """What an INT8 file's metadata says of how it was made (`quantize`'s recipe)."""
-    return f"int8 QDQ: per-channel int8 weights, uint8 activations, MinMax calibration on {calibration_images} images"
+    weights = ("per-channel int8 weights in 7 bits (this CPU's integer kernels saturate at 8)" if reduce_range
+               else "per-channel int8 weights")
+    return f"int8 QDQ: {weights}, uint8 activations, MinMax calibration on {calibration_images} images"
 
 
 def compare(fp32_session, int8_session, loader) -> tuple[float, float, float, int]:
@@ -128,9 +181,9 @@ def export_int8(model: nn.Module, path: str | os.PathLike, calibration: torch.Te
         to_onnx(inference_model(model, channels_last=False), fp32_path, resolution)
         fp32_session = session(fp32_path)
         fp32_check = check_against(fp32_session, model, check_images, describe)
-        quantize(fp32_path, tmp, calibration)
+        reduced = quantize(fp32_path, tmp, calibration)
         props = metadata(meta, model, resolution)
-        props["quantization"] = describe_quantization(len(calibration))
+        props["quantization"] = describe_quantization(len(calibration), reduced)
         add_metadata(tmp, props)
         int8_session = session(tmp)
         int8_check = check_against(int8_session, model, check_images, describe, tolerance=None)
@@ -153,4 +206,5 @@ def write_onnx(format: str, model: nn.Module, output: str | os.PathLike, check: 
                        min_agreement=min_agreement, force=force).to_dict()
 
 
-__all__ = ["Int8Report", "compare", "describe_quantization", "export_int8", "quantize", "write_onnx"]
+__all__ = ["Int8Report", "compare", "describe_quantization", "export_int8", "integer_kernels_saturate", "quantize",
+           "write_onnx"]

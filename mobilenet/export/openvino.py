@@ -147,8 +147,8 @@ def export_openvino(model: nn.Module, path: str | os.PathLike, images: torch.Ten
         fp32_session = session(fp32_onnx)
         fp32_check = check_against(fp32_session, model, images, describe)
         int8_onnx = work / "int8.onnx"
-        quantize(fp32_onnx, int8_onnx, calibration)
-        props["quantization"] = describe_quantization(len(calibration))
+        reduced = quantize(fp32_onnx, int8_onnx, calibration)
+        props["quantization"] = describe_quantization(len(calibration), reduced)
         write_ir(int8_onnx, tmp_xml, tmp_bin, props)
         int8_session = session(tmp_xml, weights=tmp_bin)
         int8_check = check_against(int8_session, model, images, describe, tolerance=None)
