@@ -14,7 +14,7 @@ install: $(STAMP)
 # pip call, so the resolver can never swap in a newer (CUDA) build.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,export,openvino]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test,export,openvino,qat]"
 	# timm and torchvision are the tests' oracles for V3 and V4 weights, both without their dependencies
 	# (which would bring another torch); torchvision's wheel is a CUDA build whose C operators do not
 	# load here, so it goes into a folder off the import path (tests/reference.py)

@@ -37,6 +37,7 @@ from mobilenet.optional import MissingPackage
 from mobilenet.paper import comparison_tables
 from mobilenet.study import check_study, run_study, write_report
 from mobilenet.train import TrainConfig, train
+from mobilenet.train.qat import QatOptions, quantization_aware
 
 # mobilenet.plots is imported where a command draws: it imports matplotlib (0.4 s), which most commands never need
 
@@ -352,6 +353,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_qat(args: argparse.Namespace) -> int:
+    options = QatOptions(**{f.name: getattr(args, f.name) for f in fields(QatOptions)})
+    report = quantization_aware(args.checkpoint, args.out, options, data=args.data, data_root=args.data_root,
+                                min_agreement=args.min_agreement, force=args.force, progress=not args.json)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    for epoch in report["epochs"]:
+        print(f"QAT epoch {epoch['epoch']}/{options.epochs}  train loss {epoch['train_loss']:.4f} acc "
+              f"{100 * epoch['train_acc']:.2f}%  {epoch['images_per_s']:.0f} img/s  {epoch['seconds']:.1f}s")
+    for row in report["rows"]:
+        print(f"{row['method']} on {row['runtime']}: int8 top-1 {100 * row['int8_top1']:.2f}% against fp32 "
+              f"{100 * row['fp32_top1']:.2f}% ({100 * row['drop']:+.2f} points lost), top-1 agreement "
+              f"{100 * row['agreement']:.2f}% on {row['images']} {report['data']} test images"
+              + (f"; the file agrees with PyTorch's INT8 program on {100 * row['program_agreement']:.2f}%"
+                 if "program_agreement" in row else ""))
+    print(f"wrote {args.out}: int8.onnx{', int8.xml/.bin' if len(report['rows']) > 2 else ''}, qat.safetensors "
+          f"(the fine-tuned float weights), report.json")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     options = dict(batch=args.batch, runtimes=args.runtime, threads=args.threads, iterations=args.iterations,
                    warmup=args.warmup)
@@ -480,6 +502,32 @@ def build_parser() -> Parser:
     p.add_argument("--force", action="store_true", help="write an INT8 file below --min-agreement anyway, with a warning")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=cmd_export)
+
+    qat = QatOptions()
+    p = sub.add_parser("qat", help="quantization-aware training: fine-tune a checkpoint with INT8 simulated, write "
+                                   "its INT8 ONNX (and OpenVINO) files, and compare with post-training INT8")
+    p.add_argument("checkpoint", help="a trained checkpoint (.safetensors)")
+    p.add_argument("--out", required=True, help="a new folder (or one without QAT files) for int8.onnx, int8.xml/.bin, "
+                                                "qat.safetensors and report.json")
+    p.add_argument("--epochs", type=_positive_int("--epochs"), default=qat.epochs,
+                   help=f"fine-tuning epochs (default {qat.epochs}; from 2, the last one freezes the observers "
+                        "and BatchNorm)")
+    p.add_argument("--lr", type=float, default=qat.lr, help=f"peak learning rate, decayed to 0 (default {qat.lr:g})")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=qat.batch_size,
+                   help=f"default {qat.batch_size}")
+    p.add_argument("--weight-decay", type=float, default=qat.weight_decay, help=f"default {qat.weight_decay:g}")
+    p.add_argument("--label-smoothing", type=float, default=qat.label_smoothing,
+                   help=f"default {qat.label_smoothing:g}")
+    p.add_argument("--seed", type=int, default=qat.seed, help=f"default {qat.seed}")
+    p.add_argument("--data", default=None,
+                   help="the data to fine-tune and test on, as for train (default: the checkpoint's training data)")
+    p.add_argument("--data-root", default=None, help="as for train")
+    p.add_argument("--calibration-images", type=_positive_int("--calibration-images"), default=qat.calibration_images,
+                   help=f"training images the post-training INT8 baseline is calibrated on (default {qat.calibration_images})")
+    p.add_argument("--min-agreement", type=agreement_arg, default=None, help=AGREEMENT_HELP)
+    p.add_argument("--force", action="store_true", help="write the INT8 files below --min-agreement anyway, with a warning")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_qat)
 
     p = sub.add_parser("bench", help="inference latency and throughput per runtime, measured in one run")
     p.add_argument("model", help="a model name (random weights) or a checkpoint")

@@ -1,4 +1,4 @@
-"""Optional packages (onnx, onnxruntime, onnxscript; keras for tests) asked about in one place,
+"""Optional packages (onnx, onnxruntime, onnxscript, torchao; keras for tests) asked about in one place,
 importable from every layer without importing the packages that use them."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib.util
 
 EXTRAS = {"onnx": "export", "onnxruntime": "export", "onnxscript": "export", "openvino": "openvino",
-          "executorch": "executorch", "litert_torch": "tflite", "ai_edge_litert": "tflite", "coremltools": "coreml"}
+          "executorch": "executorch", "litert_torch": "tflite", "ai_edge_litert": "tflite", "coremltools": "coreml",
+          "torchao": "qat"}
 # The phone converters are large (1-2 GB each) and stay out of `make install`; `make test-ondevice`
 # builds one virtual environment per extra, .venv-<extra>.
 PHONE_EXTRAS = ("executorch", "tflite", "coreml")

@@ -81,7 +81,7 @@ def sample_images(dataset, count: int, seed: int = 0, meta=None) -> torch.Tensor
     return Normalize(*stats, channels_last=False)(images)
 
 
-def _load_split(source: DataSource, split: str, meta):
+def load_split(source: DataSource, split: str, meta):
     dataset = source.load(split, meta)
     if list(dataset.classes) != list(meta.classes):
         raise ValueError(f"the data {source.data!r} (from {source.found_in}) has classes {some(dataset.classes)}, "
@@ -166,13 +166,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         check = torch.randn(size, generator=torch.Generator().manual_seed(0))
         describe = f"{CHECK_IMAGES} random inputs (no data found: pass --calibration-data to check on real images)"
     else:
-        test = _load_split(source, "test", meta)
+        test = load_split(source, "test", meta)
         check = sample_images(test, CHECK_IMAGES, meta=meta)
         describe = f"{len(check)} {source.data} test images"
         report["data"] = source.data
     calibration = loader = None
     if int8 and record.calibrated:
-        calibration = sample_images(_load_split(source, "train", meta), calibration_images, meta=meta)
+        calibration = sample_images(load_split(source, "train", meta), calibration_images, meta=meta)
         loader = make_loader(test, 64, train=False, mean=meta.mean, std=meta.std)
         report["calibration_images"] = len(calibration)
     report.update(record.write(model, output, check, meta=meta, describe=describe, batch=batch, int8=int8,
@@ -191,7 +191,7 @@ def file_bytes(path: str | os.PathLike) -> int:
 __all__ = [
     "CALIBRATION_IMAGES", "CheckResult", "DataSource", "FORMATS", "Int8Report", "MIN_AGREEMENT", "MissingPackage",
     "OnnxRuntimeModel", "PHONE_FORMATS", "RUNTIMES", "SUFFIXES", "atomic_output", "available", "export_checkpoint", "export_int8", "export_onnx",
-    "export_pt2", "fold_batchnorm", "fold_conv_bn", "inference_model", "load_pt2", "output_format", "quantize", "read_metadata",
+    "export_pt2", "fold_batchnorm", "fold_conv_bn", "inference_model", "load_pt2", "load_split", "output_format", "quantize", "read_metadata",
     "read_phone_metadata", "require",
     "resolve_runtime", "runtime_model", "sample_images", "session", "training_data",
 ]

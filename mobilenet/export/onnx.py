@@ -106,7 +106,7 @@ def check_against(sess, reference: nn.Module, images: torch.Tensor, describe: st
     """Run `images` through the session one at a time and as one batch (which also tests the dynamic
     batch dimension) and through `reference`; raise ValueError if a logit differs by more than
     `tolerance` (None: only measure)."""
-    reference = reference.eval()
+    reference.eval()  # (a PT2E program's eval() returns nothing)
     with torch.inference_mode():
         expected = reference(images).float().numpy()
     batched = run(sess, images)
@@ -121,10 +121,11 @@ def check_against(sess, reference: nn.Module, images: torch.Tensor, describe: st
 
 
 def to_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, *, dynamo: bool = False,
-            opset: int = OPSET) -> None:
-    """Write `model` (fused, NCHW, as it is) to `path` with a dynamic batch; no check, not atomic."""
+            opset: int = OPSET, config=None) -> None:
+    """Write `model` (fused, NCHW, as it is) to `path` with a dynamic batch; no check, not atomic.
+    `config`: the model's configuration, for a traced program that does not carry one."""
     require("onnx", *(["onnxscript"] if dynamo else []), purpose="ONNX export")
-    example = torch.zeros(model.config.input_shape(2, resolution))
+    example = torch.zeros((config or model.config).input_shape(2, resolution))
     common = dict(input_names=[INPUT], output_names=[OUTPUT], opset_version=opset)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice

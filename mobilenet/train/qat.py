@@ -1,0 +1,322 @@
+"""Quantization-aware training (QAT): a trained checkpoint fine-tuned with INT8 simulated in its
+forward pass, then written as INT8 files with the scales the fine-tuning measured.
+
+Why a command of its own (`mobilenet qat CHECKPOINT --out DIR`) and not `train --qat`: QAT starts
+from a trained model and runs briefly at a small learning rate (torchvision's reference scripts
+give it a script of its own, TensorFlow's model optimization toolkit a function applied to a
+trained Keras model), and what it trains is a traced program with fake-quantization nodes, to
+which the trainer's fused kernels, channels-last layout, bf16 steps and distributed wrapping do
+not apply.
+
+The flow is PyTorch's PT2E (`torchao.quantization.pt2e`, where torch.ao's PT2E moved): the model
+is traced by `torch.export` in training mode; `prepare_qat_pt2e` with the x86 quantizer's QAT
+configuration: per-channel symmetric int8 weights and per-tensor uint8 activations, the scheme of
+`mobilenet export --int8`'s ONNX Runtime files, so that post-training quantization (PTQ) and QAT
+compare like for like (where the CPU's integer kernels saturate, `integer_kernels_saturate`, the
+activations take 7 bits as the PTQ file's weights do); BatchNorm folded into the fake-quantized
+weights. After the fine-tuning,
+`convert_pt2e`, and the ONNX exporter (dynamo) writes its QuantizeLinear/DequantizeLinear pairs as
+they are, with the scales of the QAT.
+
+The schedule is torchvision's QAT recipe shortened to a small dataset's epochs: SGD with Nesterov
+momentum 0.9, the trainer's weight-decay groups (none on depthwise filters), a cosine decay from
+`lr` to zero; the observers update and BatchNorm uses batch statistics in every epoch but the
+last, in which the observers are frozen and BatchNorm (and dropout) run in evaluation mode. With
+one epoch nothing is frozen.
+
+What DIR (new, or empty) receives, all at once after every check has passed (`OUTPUTS`):
+  int8.onnx           the QAT model as an INT8 QDQ file (dynamic batch, the checkpoint's metadata)
+  int8.xml, int8.bin  the same model as an OpenVINO IR (when openvino is installed)
+  qat.safetensors     the fine-tuned float weights, a checkpoint like any other (`mobilenet export`
+                      writes the phone formats from it, each calibrated after training)
+  report.json         PTQ and QAT side by side on the test split: fp32 and INT8 top-1, top-1
+                      agreement with fp32, per runtime
+
+Each QAT file must agree with the PT2E program it was written from (PyTorch's INT8 arithmetic) on
+the test split's top-1 (the accuracy guard, `mobilenet.export.guard`): that is what the file claims
+to compute. Its agreement with the original fp32 model is reported, not guarded: QAT fine-tunes the
+model, and a changed prediction may be a fine-tuning's as well as a rounding's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mobilenet.checkpoint import build_from_meta, load_checkpoint, save_model_state
+from mobilenet.checks import whole_number
+from mobilenet.data import make_loader
+from mobilenet.export import CALIBRATION_IMAGES, CHECK_IMAGES, DataSource, load_split, sample_images, training_data
+from mobilenet.export import openvino
+from mobilenet.export.fold import inference_model
+from mobilenet.export.guard import check_min_agreement, guard
+from mobilenet.export.int8 import compare, integer_kernels_saturate, quantize
+from mobilenet.export.onnx import add_metadata, check_against, metadata, session, to_onnx
+from mobilenet.export.phone_common import quiet
+from mobilenet.files import refuse_special, remove_stale, temporary_folder, write_json
+from mobilenet.optional import available, require
+from mobilenet.train.optim import parameter_groups
+
+INT8_ONNX, IR_XML, IR_BIN, WEIGHTS, REPORT = "int8.onnx", "int8.xml", "int8.bin", "qat.safetensors", "report.json"
+OUTPUTS = (INT8_ONNX, IR_XML, IR_BIN, WEIGHTS, REPORT)
+EVAL_BATCH = 64
+
+
+@dataclass(frozen=True)
+class QatOptions:
+    """The fine-tuning's options, with the defaults `mobilenet qat` shows (measured on
+    Fashion-MNIST: benchmarks/results/qat_fashion_mnist.md)."""
+
+    epochs: int = 1
+    lr: float = 0.002  # a hundredth of the time-to-accuracy recipe's peak at batch 128
+    batch_size: int = 128
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.0
+    seed: int = 0
+    calibration_images: int = CALIBRATION_IMAGES  # the PTQ file it is compared with
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "calibration_images"):
+            whole_number(getattr(self, name), name)
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.weight_decay < 1:
+            raise ValueError(f"weight_decay must be from 0 to 1, got {self.weight_decay!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be from 0 to 1, got {self.label_smoothing!r}")
+
+
+def _pt2e():
+    """torchao's PT2E functions and the x86 quantizer (imported here: torchao is optional)."""
+    require("torchao", purpose="quantization-aware training")
+    with quiet():  # its CUDA kernels' load failures and deprecation notices
+        import torchao.quantization.pt2e as pt2e
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    return pt2e, prepare_qat_pt2e, convert_pt2e, X86InductorQuantizer, get_default_x86_inductor_quantization_config
+
+
+def prepare(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """`model` traced with a dynamic batch (in training mode) and prepared for QAT: fake-quantized
+    weights and activations, BatchNorm folded into the weights' fake quantization."""
+    pt2e, prepare_qat_pt2e, _, Quantizer, config = _pt2e()
+    model.train()
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    # 7-bit activations where the integer kernels would saturate at 8 (`integer_kernels_saturate`,
+    # which also gives the PTQ file 7-bit weights there)
+    prepared = prepare_qat_pt2e(program, Quantizer().set_global(config(is_qat=True,
+                                                                        reduce_range=integer_kernels_saturate())))
+    pt2e.move_exported_model_to_train(prepared)
+    return prepared
+
+
+def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The prepared program made INT8: quantize/dequantize pairs with the scales it observed."""
+    pt2e, _, convert_pt2e, _, _ = _pt2e()
+    pt2e.move_exported_model_to_eval(prepared)
+    program = convert_pt2e(prepared)
+    pt2e.allow_exported_model_train_eval(program)  # so that the checks may call eval() on it like on a module
+    return program
+
+
+def freeze(prepared: torch.fx.GraphModule) -> None:
+    """The last epoch's setting: observers frozen, BatchNorm (and dropout) in evaluation mode."""
+    pt2e = _pt2e()[0]
+    prepared.apply(pt2e.disable_observer)
+    pt2e.move_exported_model_to_eval(prepared)
+
+
+def float_weights(prepared: torch.fx.GraphModule, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The fine-tuned weights under the model's own names (the traced program keeps them)."""
+    state = prepared.state_dict()
+    missing = [name for name in model.state_dict() if name not in state]
+    if missing:
+        raise RuntimeError(f"the QAT program lost the model's tensor {missing[0]}")
+    return {name: state[name].detach().clone().contiguous() for name in model.state_dict()}
+
+
+def fine_tune(prepared: torch.fx.GraphModule, loader, options: QatOptions, progress: bool = True) -> list[dict]:
+    """Train the prepared program on `loader` (the schedule in the module docstring); per epoch:
+    loss, train top-1, images/s."""
+    groups = parameter_groups(prepared, options.weight_decay)  # the program has no modules: by shape only
+    optimizer = torch.optim.SGD(groups, lr=options.lr, momentum=0.9, nesterov=True)
+    steps = options.epochs * len(loader)
+    history, step = [], 0
+    for epoch in range(options.epochs):
+        if epoch == options.epochs - 1 and options.epochs > 1:
+            freeze(prepared)
+        loader.set_epoch(epoch)
+        sums, start = torch.zeros(3, dtype=torch.float64), time.perf_counter()
+        bar = tqdm(total=len(loader), desc=f"QAT epoch {epoch + 1}/{options.epochs}", unit="batch",
+                   disable=None if progress else True, leave=False, dynamic_ncols=True)
+        for images, labels in loader:
+            lr = options.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = prepared(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=options.label_smoothing)
+            if not torch.isfinite(loss):
+                raise ValueError(f"QAT loss became {loss.item()} at epoch {epoch + 1}: try a smaller --lr (nothing written)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            sums += torch.tensor([loss.item() * len(labels), int((logits.argmax(1) == labels).sum()), len(labels)],
+                                 dtype=torch.float64)
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{100 * sums[1] / sums[2]:.1f}%", lr=f"{lr:.2g}")
+            bar.update()
+        bar.close()
+        elapsed = time.perf_counter() - start
+        history.append({"epoch": epoch + 1, "train_loss": float(sums[0] / sums[2]),
+                        "train_acc": float(sums[1] / sums[2]), "images_per_s": float(sums[2]) / elapsed,
+                        "seconds": elapsed})
+    return history
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """The output folder: a new one, or an empty one (nothing of a user's is ever replaced)."""
+    out = Path(out)
+    if not str(out).strip():
+        raise ValueError("--out must name a folder, got an empty path")
+    refuse_special(out, "--out")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: give a new folder for the QAT files (nothing was changed)")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"the folder {out.parent} of --out does not exist")
+    return out
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A hidden folder beside `out` (the same file system) for its files, renamed to `out` in one
+    step if the block succeeds (over an empty `out`), removed otherwise: a stopped run leaves no
+    half of its files behind."""
+    remove_stale(out.parent, f".{out.name}.tmp-")  # those of killed runs
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-qat-{os.getpid()}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # a folder as mkdir makes it (mkdtemp's is private)
+    try:
+        yield stage
+        os.replace(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+class ProgramSession:
+    """The converted PT2E program behind ONNX Runtime's `run` interface: PyTorch's own INT8
+    arithmetic, the reference an INT8 file of it is compared with."""
+
+    def __init__(self, program: torch.fx.GraphModule) -> None:
+        self.program = program
+
+    def run(self, outputs, feeds: dict) -> list:
+        with torch.no_grad():
+            return [self.program(torch.from_numpy(next(iter(feeds.values())))).numpy()]
+
+
+def _row(method: str, runtime: str, agreement: float, fp32_top1: float, int8_top1: float, images: int) -> dict:
+    return {"method": method, "runtime": runtime, "fp32_top1": fp32_top1, "int8_top1": int8_top1,
+            "drop": fp32_top1 - int8_top1, "agreement": agreement, "images": images}
+
+
+def _qat_row(runtime: str, fp32_session, program_session, int8_session, loader, *, min_agreement, force,
+             what: str) -> dict:
+    """A QAT file's row: against the original fp32 model (what a user compares), and against the
+    PT2E program it was written from (what the file must compute: the guard; a QAT model is a
+    fine-tuned one, so its agreement with the original measures the fine-tuning as well)."""
+    row = _row("QAT", runtime, *compare(fp32_session, int8_session, loader))
+    agreement, program_top1, _, images = compare(program_session, int8_session, loader)
+    guard(agreement, images, what, min_agreement=min_agreement, force=force)
+    return {**row, "program_top1": program_top1, "program_agreement": agreement}
+
+
+def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, options: QatOptions = QatOptions(), *,
+                       data: str | None = None, data_root: str | None = None, min_agreement: float | None = None,
+                       force: bool = False, progress: bool = True) -> dict:
+    """Fine-tune `checkpoint` with QAT on its training data (or `data`) and write `OUTPUTS` into
+    `out`; returns the report (PTQ and QAT rows, the fine-tuning's epochs). The QAT INT8 file must
+    pass the accuracy guard (`mobilenet.export.guard`) or nothing is written."""
+    options.check()
+    check_min_agreement(min_agreement)
+    out = check_out(out)
+    require("onnx", "onnxruntime", "onnxscript", "torchao", purpose="quantization-aware training")
+    model, meta = load_checkpoint(checkpoint, with_meta=True)
+    source = DataSource(data, data_root) if data else training_data(meta, checkpoint)
+    if source is None:
+        raise ValueError(f"{checkpoint} does not name its training data: pass --data (e.g. digits, fashion-mnist "
+                         "or an image folder)")
+    train_set, test_set = load_split(source, "train", meta), load_split(source, "test", meta)
+    stats = dict(mean=meta.mean, std=meta.std)
+    train_loader = make_loader(train_set, options.batch_size, train=True, seed=options.seed, **stats)
+    test_loader = make_loader(test_set, EVAL_BATCH, train=False, **stats)
+    check = sample_images(test_set, CHECK_IMAGES, meta=meta)
+    calibration = sample_images(train_set, options.calibration_images, meta=meta)
+    describe = f"{len(check)} {source.data} test images"
+    report = {"checkpoint": str(checkpoint), "data": source.data, "resolution": meta.resolution,
+              "options": asdict(options)}
+    rows = []
+    with temporary_folder("qat") as work:
+        # the baseline: the fp32 file and its post-training quantization, as `export --int8` makes them
+        fp32_path, ptq_path = work / "fp32.onnx", work / "ptq.onnx"
+        to_onnx(inference_model(model, channels_last=False), fp32_path, meta.resolution)
+        fp32_session = session(fp32_path)
+        report["fp32_check"] = check_against(fp32_session, model, check, describe).to_dict()
+        reduced = quantize(fp32_path, ptq_path, calibration)
+        rows.append(_row("PTQ", "onnxruntime", *compare(fp32_session, session(ptq_path), test_loader)))
+
+        with staged_folder(out) as stage:  # the QAT files, renamed to `out` once all checks have passed
+            torch.manual_seed(options.seed)
+            with quiet():
+                prepared = prepare(build_like(model, meta), check[:2])
+            report["epochs"] = fine_tune(prepared, train_loader, options, progress)
+            save_model_state(stage / WEIGHTS, float_weights(prepared, model), meta)
+            qat_path = stage / INT8_ONNX
+            with quiet():  # the exporter's notes on operators of packages we do not use
+                program = convert(prepared)
+                program.eval()
+                to_onnx(program, qat_path, meta.resolution, dynamo=True, config=model.config)
+            props = metadata(meta, model, meta.resolution)
+            props["quantization"] = (f"int8 QDQ by quantization-aware training (PT2E, x86 quantizer): per-channel "
+                                     f"int8 weights, uint8 activations{' in 7 bits' if reduced else ''}; "
+                                     f"{options.epochs} epoch(s) of fine-tuning from {Path(checkpoint).name}")
+            add_metadata(qat_path, props)
+            qat_session = session(qat_path)
+            report["int8_check"] = check_against(qat_session, program, check, describe, tolerance=None).to_dict()
+            checks = dict(min_agreement=min_agreement, force=force)
+            program_session = ProgramSession(program)
+            rows.append(_qat_row("onnxruntime", fp32_session, program_session, qat_session, test_loader,
+                                 what=f"the QAT INT8 file {out / INT8_ONNX}", **checks))
+            if available("openvino"):
+                xml, bin_ = stage / IR_XML, stage / IR_BIN
+                openvino.write_ir(qat_path, xml, bin_, props)
+                rows.append(_qat_row("openvino", fp32_session, program_session, openvino.session(xml, weights=bin_),
+                                     test_loader, what=f"the QAT INT8 IR {out / IR_XML}", **checks))
+            report["rows"] = rows
+            write_json(stage / REPORT, report)
+    return report
+
+
+def build_like(model: nn.Module, meta) -> nn.Module:
+    """A fresh copy of `model` (the one traced for QAT; the original stays the fp32 reference)."""
+    copy = build_from_meta(meta)
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
+__all__ = ["OUTPUTS", "QatOptions", "convert", "fine_tune", "prepare", "quantization_aware"]
