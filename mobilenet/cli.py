@@ -355,20 +355,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_qat(args: argparse.Namespace) -> int:
     options = QatOptions(**{f.name: getattr(args, f.name) for f in fields(QatOptions)})
+    say = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
     report = quantization_aware(args.checkpoint, args.out, options, data=args.data, data_root=args.data_root,
-                                min_agreement=args.min_agreement, force=args.force, progress=not args.json)
+                                min_agreement=args.min_agreement, force=args.force, progress=not args.json, say=say)
     if args.json:
         print(json.dumps(report))
         return 0
-    for epoch in report["epochs"]:
-        print(f"QAT epoch {epoch['epoch']}/{options.epochs}  train loss {epoch['train_loss']:.4f} acc "
-              f"{100 * epoch['train_acc']:.2f}%  {epoch['images_per_s']:.0f} img/s  {epoch['seconds']:.1f}s")
-    for row in report["rows"]:
-        print(f"{row['method']} on {row['runtime']}: int8 top-1 {100 * row['int8_top1']:.2f}% against fp32 "
-              f"{100 * row['fp32_top1']:.2f}% ({100 * row['drop']:+.2f} points lost), top-1 agreement "
-              f"{100 * row['agreement']:.2f}% on {row['images']} {report['data']} test images"
-              + (f"; the file agrees with PyTorch's INT8 program on {100 * row['program_agreement']:.2f}%"
-                 if "program_agreement" in row else ""))
     print(f"wrote {args.out}: int8.onnx{', int8.xml/.bin' if len(report['rows']) > 2 else ''}, qat.safetensors "
           f"(the fine-tuned float weights), report.json")
     return 0

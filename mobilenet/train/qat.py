@@ -46,7 +46,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,6 +66,7 @@ from mobilenet.export.int8 import compare, integer_kernels_saturate, quantize
 from mobilenet.export.onnx import add_metadata, check_against, metadata, session, to_onnx
 from mobilenet.export.phone_common import quiet
 from mobilenet.files import refuse_special, remove_stale, temporary_folder, write_json
+from mobilenet.machine import cpu_flags, cpu_name
 from mobilenet.optional import available, require
 from mobilenet.train.optim import parameter_groups
 
@@ -148,9 +149,10 @@ def float_weights(prepared: torch.fx.GraphModule, model: nn.Module) -> dict[str,
     return {name: state[name].detach().clone().contiguous() for name in model.state_dict()}
 
 
-def fine_tune(prepared: torch.fx.GraphModule, loader, options: QatOptions, progress: bool = True) -> list[dict]:
+def fine_tune(prepared: torch.fx.GraphModule, loader, options: QatOptions, progress: bool = True,
+              say: Callable[[str], None] = lambda line: None) -> list[dict]:
     """Train the prepared program on `loader` (the schedule in the module docstring); per epoch:
-    loss, train top-1, images/s."""
+    loss, train top-1, images/s (also said in a line as each epoch ends)."""
     groups = parameter_groups(prepared, options.weight_decay)  # the program has no modules: by shape only
     optimizer = torch.optim.SGD(groups, lr=options.lr, momentum=0.9, nesterov=True)
     steps = options.epochs * len(loader)
@@ -183,6 +185,8 @@ def fine_tune(prepared: torch.fx.GraphModule, loader, options: QatOptions, progr
         history.append({"epoch": epoch + 1, "train_loss": float(sums[0] / sums[2]),
                         "train_acc": float(sums[1] / sums[2]), "images_per_s": float(sums[2]) / elapsed,
                         "seconds": elapsed})
+        say(f"QAT epoch {epoch + 1}/{options.epochs}  train loss {history[-1]['train_loss']:.4f} acc "
+            f"{100 * history[-1]['train_acc']:.2f}%  {history[-1]['images_per_s']:.0f} img/s  {elapsed:.1f}s")
     return history
 
 
@@ -235,6 +239,16 @@ def _row(method: str, runtime: str, agreement: float, fp32_top1: float, int8_top
             "drop": fp32_top1 - int8_top1, "agreement": agreement, "images": images}
 
 
+def _describe(row: dict, data: str) -> str:
+    """A row of the report as the command prints it."""
+    line = (f"{row['method']} on {row['runtime']}: int8 top-1 {100 * row['int8_top1']:.2f}% against fp32 "
+            f"{100 * row['fp32_top1']:.2f}% ({100 * (row['int8_top1'] - row['fp32_top1']):+.2f} points), top-1 "
+            f"agreement {100 * row['agreement']:.2f}% on {row['images']} {data} test images")
+    if "program_agreement" in row:
+        line += f"; the file agrees with PyTorch's INT8 program on {100 * row['program_agreement']:.2f}%"
+    return line
+
+
 def _qat_row(runtime: str, fp32_session, program_session, int8_session, loader, *, min_agreement, force,
              what: str) -> dict:
     """A QAT file's row: against the original fp32 model (what a user compares), and against the
@@ -248,10 +262,12 @@ def _qat_row(runtime: str, fp32_session, program_session, int8_session, loader, 
 
 def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, options: QatOptions = QatOptions(), *,
                        data: str | None = None, data_root: str | None = None, min_agreement: float | None = None,
-                       force: bool = False, progress: bool = True) -> dict:
+                       force: bool = False, progress: bool = True,
+                       say: Callable[[str], None] = lambda line: None) -> dict:
     """Fine-tune `checkpoint` with QAT on its training data (or `data`) and write `OUTPUTS` into
     `out`; returns the report (PTQ and QAT rows, the fine-tuning's epochs). The QAT INT8 file must
-    pass the accuracy guard (`mobilenet.export.guard`) or nothing is written."""
+    pass the accuracy guard (`mobilenet.export.guard`) or nothing is written. `progress`: a bar per
+    epoch on a terminal; `say`: a line at each stage (the fine-tuning takes minutes to hours)."""
     options.check()
     check_min_agreement(min_agreement)
     out = check_out(out)
@@ -269,7 +285,8 @@ def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, op
     calibration = sample_images(train_set, options.calibration_images, meta=meta)
     describe = f"{len(check)} {source.data} test images"
     report = {"checkpoint": str(checkpoint), "data": source.data, "resolution": meta.resolution,
-              "options": asdict(options)}
+              "options": asdict(options), "machine": {"cpu": cpu_name(), "cpu_flags": cpu_flags(),
+                                                      "threads": torch.get_num_threads()}}
     rows = []
     with temporary_folder("qat") as work:
         # the baseline: the fp32 file and its post-training quantization, as `export --int8` makes them
@@ -277,14 +294,17 @@ def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, op
         to_onnx(inference_model(model, channels_last=False), fp32_path, meta.resolution)
         fp32_session = session(fp32_path)
         report["fp32_check"] = check_against(fp32_session, model, check, describe).to_dict()
-        reduced = quantize(fp32_path, ptq_path, calibration)
+        reduced = report["seven_bits"] = quantize(fp32_path, ptq_path, calibration)
         rows.append(_row("PTQ", "onnxruntime", *compare(fp32_session, session(ptq_path), test_loader)))
+        say(_describe(rows[-1], source.data))
 
         with staged_folder(out) as stage:  # the QAT files, renamed to `out` once all checks have passed
             torch.manual_seed(options.seed)
+            say("QAT: tracing the model and inserting fake quantization (torch.export, PT2E)")
             with quiet():
                 prepared = prepare(build_like(model, meta), check[:2])
-            report["epochs"] = fine_tune(prepared, train_loader, options, progress)
+            report["epochs"] = fine_tune(prepared, train_loader, options, progress, say)
+            say("QAT: converting to INT8, writing and checking the files")
             save_model_state(stage / WEIGHTS, float_weights(prepared, model), meta)
             qat_path = stage / INT8_ONNX
             with quiet():  # the exporter's notes on operators of packages we do not use
@@ -302,11 +322,13 @@ def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, op
             program_session = ProgramSession(program)
             rows.append(_qat_row("onnxruntime", fp32_session, program_session, qat_session, test_loader,
                                  what=f"the QAT INT8 file {out / INT8_ONNX}", **checks))
+            say(_describe(rows[-1], source.data))
             if available("openvino"):
                 xml, bin_ = stage / IR_XML, stage / IR_BIN
                 openvino.write_ir(qat_path, xml, bin_, props)
                 rows.append(_qat_row("openvino", fp32_session, program_session, openvino.session(xml, weights=bin_),
                                      test_loader, what=f"the QAT INT8 IR {out / IR_XML}", **checks))
+                say(_describe(rows[-1], source.data))
             report["rows"] = rows
             write_json(stage / REPORT, report)
     return report
