@@ -507,6 +507,8 @@ def build_parser() -> Parser:
     p.add_argument("--lr", type=float, default=qat.lr, help=f"peak learning rate, decayed to 0 (default {qat.lr:g})")
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=qat.batch_size,
                    help=f"default {qat.batch_size}")
+    p.add_argument("--images", type=_positive_int("--images"), default=None,
+                   help="training images per epoch, a new random subset each epoch (default: all of them)")
     p.add_argument("--weight-decay", type=float, default=qat.weight_decay, help=f"default {qat.weight_decay:g}")
     p.add_argument("--label-smoothing", type=float, default=qat.label_smoothing,
                    help=f"default {qat.label_smoothing:g}")

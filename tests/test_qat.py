@@ -31,8 +31,8 @@ def _test_images():
 def qat_run(digits_checkpoint, tmp_path_factory):
     path, model = digits_checkpoint
     out = tmp_path_factory.mktemp("qat") / "out"
-    report = qat.quantization_aware(path, out, qat.QatOptions(epochs=2, batch_size=64, calibration_images=64),
-                                    data="digits", progress=False)
+    options = qat.QatOptions(epochs=2, batch_size=64, images=512, calibration_images=64)
+    report = qat.quantization_aware(path, out, options, data="digits", progress=False)
     return path, model, out, report
 
 
@@ -66,9 +66,11 @@ def test_qat_writes_int8_files_that_compute_what_it_reports(qat_run):
     assert row["int8_top1"] >= row["fp32_top1"] - 0.03
 
 
-def test_qat_fine_tunes_with_quantization_simulated(qat_run):
-    """The fine-tuned float weights are a checkpoint that moved from the original, and the prepared
-    program's forward is not the float model's: its weights and activations are rounded to INT8."""
+def test_qat_fine_tunes_with_quantization_simulated_and_the_trainers_decay(qat_run):
+    """The fine-tuned float weights are a checkpoint that moved from the original; the prepared
+    program's forward is not the float model's (its weights and activations are rounded to INT8);
+    its optimizer takes the trainer's weight-decay groups (none on depthwise filters, BatchNorm or
+    biases), found from the model's names since the program has no modules to tell them by."""
     path, model, out, report = qat_run
     tuned, meta = load_checkpoint(out / qat.WEIGHTS, with_meta=True)
     original = model.state_dict()
@@ -76,8 +78,17 @@ def test_qat_fine_tunes_with_quantization_simulated(qat_run):
              if value.is_floating_point() and not torch.equal(value, original[name])]
     assert moved and meta.classes == [str(i) for i in range(10)]
     assert [epoch["epoch"] for epoch in report["epochs"]] == [1, 2]
+    assert [round(epoch["images_per_s"] * epoch["seconds"]) for epoch in report["epochs"]] == [512, 512]
     images, _ = _test_images()
-    prepared = qat.prepare(qat.build_like(tuned, meta), images[:2])
+    traced = qat.build_like(tuned, meta)
+    prepared = qat.prepare(traced, images[:2])
+    names = {id(param): name for name, param in prepared.named_parameters()}
+    decayed, exempt = ({names[id(param)] for param in group["params"]}
+                       for group in qat.weight_decay_groups(prepared, traced, 5e-5))
+    depthwise = {f"{name}.weight" for name, module in traced.named_modules()
+                 if isinstance(module, torch.nn.Conv2d) and module.groups > 1}
+    assert depthwise and depthwise <= exempt and not depthwise & decayed
+    assert decayed | exempt == set(names.values()) and all(name.endswith("weight") for name in decayed)
     pt2e = qat._pt2e()[0]
     pt2e.move_exported_model_to_eval(prepared)
     tuned.eval()
@@ -123,7 +134,7 @@ def test_a_qat_file_below_the_guard_is_not_written(digits_checkpoint, tmp_path, 
     monkeypatch.setattr(qat, "compare", compare)
     # not this test's subject: the float model stands for the PT2E program (torchao's conversion alone costs 17 s)
     monkeypatch.setattr(qat, "prepare", lambda model, example: model)
-    monkeypatch.setattr(qat, "fine_tune", lambda prepared, loader, options, progress: [])
+    monkeypatch.setattr(qat, "fine_tune", lambda *args: [])
     monkeypatch.setattr(qat, "convert", lambda prepared: prepared)
     with pytest.raises(ValueError, match="below the 99.00% required"):
         qat.quantization_aware(path, tmp_path / "out", qat.QatOptions(calibration_images=32), data="digits",
@@ -132,11 +143,12 @@ def test_a_qat_file_below_the_guard_is_not_written(digits_checkpoint, tmp_path, 
 
 
 def test_the_saturation_setting_reaches_the_qat_quantizer(monkeypatch):
-    """Where the integer kernels saturate, QAT's activations take 7 bits (0..127), else 8."""
+    """Where the integer kernels saturate, QAT's weights take 7 bits (-64..63), else 8; activations
+    keep the whole uint8 range either way (an ONNX QuantizeLinear clamps to nothing narrower)."""
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
-    for saturate, top in [(True, 127), (False, 255)]:
+    for saturate, weights in [(True, (-64, 63)), (False, (-128, 127))]:
         monkeypatch.setattr(qat, "integer_kernels_saturate", lambda: saturate)
         prepared = qat.prepare(model, torch.randn(2, 3, 8, 8))
-        ranges = {module.quant_max for name, module in prepared.named_modules()
-                  if name.startswith("activation_post_process") and module.dtype == torch.uint8}
-        assert ranges == {top}
+        ranges = {(module.dtype, module.quant_min, module.quant_max) for name, module in prepared.named_modules()
+                  if name.startswith("activation_post_process")}
+        assert ranges == {(torch.int8, *weights), (torch.uint8, 0, 255)}

@@ -8,15 +8,14 @@ trained Keras model), and what it trains is a traced program with fake-quantizat
 which the trainer's fused kernels, channels-last layout, bf16 steps and distributed wrapping do
 not apply.
 
-The flow is PyTorch's PT2E (`torchao.quantization.pt2e`, where torch.ao's PT2E moved): the model
-is traced by `torch.export` in training mode; `prepare_qat_pt2e` with the x86 quantizer's QAT
+The flow is PyTorch's PT2E (`torchao.quantization.pt2e`, where torch.ao's PT2E moved): the model is
+traced by `torch.export` in training mode; `prepare_qat_pt2e` with the x86 quantizer's QAT
 configuration: per-channel symmetric int8 weights and per-tensor uint8 activations, the scheme of
 `mobilenet export --int8`'s ONNX Runtime files, so that post-training quantization (PTQ) and QAT
 compare like for like (where the CPU's integer kernels saturate, `integer_kernels_saturate`, the
-activations take 7 bits as the PTQ file's weights do); BatchNorm folded into the fake-quantized
-weights. After the fine-tuning,
-`convert_pt2e`, and the ONNX exporter (dynamo) writes its QuantizeLinear/DequantizeLinear pairs as
-they are, with the scales of the QAT.
+weights take 7 bits, as the PTQ file's do); BatchNorm folded into the fake-quantized weights. After
+the fine-tuning, `convert_pt2e`, and the ONNX exporter (dynamo) writes its
+QuantizeLinear/DequantizeLinear pairs as they are, with the scales of the QAT.
 
 The schedule is torchvision's QAT recipe shortened to a small dataset's epochs: SGD with Nesterov
 momentum 0.9, the trainer's weight-decay groups (none on depthwise filters), a cosine decay from
@@ -41,6 +40,8 @@ model, and a changed prediction may be a fine-tuning's as well as a rounding's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import math
 import os
 import shutil
@@ -87,10 +88,15 @@ class QatOptions:
     label_smoothing: float = 0.0
     seed: int = 0
     calibration_images: int = CALIBRATION_IMAGES  # the PTQ file it is compared with
+    # training images per epoch, a fresh random subset each epoch (None: all). QAT adjusts a trained
+    # model and needs far fewer steps than training (TensorFlow's QAT guide fine-tunes on a subset)
+    images: int | None = None
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "calibration_images"):
             whole_number(getattr(self, name), name)
+        if self.images is not None:
+            whole_number(self.images, "images")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not 0 <= self.weight_decay < 1:
@@ -110,25 +116,65 @@ def _pt2e():
     return pt2e, prepare_qat_pt2e, convert_pt2e, X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
 
+@contextlib.contextmanager
+def conv2d_patterns_only() -> Iterator[None]:
+    """torchao fuses BatchNorm into the QAT convolutions (prepare) and folds it (convert) by matching
+    patterns it traces for every kind of convolution: 1-d, 2-d and transposed, about 0.2 s each,
+    most of the two steps' time (17 of 23 s on a 2-core EPYC). The models here have 2-d
+    convolutions only, so the other kinds' patterns cannot match and are skipped. A torchao
+    without these helpers is used as it is."""
+    from torchao.quantization.pt2e import qat_utils
+
+    names = ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")
+    saved = {name: getattr(qat_utils, name) for name in names if hasattr(qat_utils, name)}
+
+    def only_2d(helper):
+        def match(graph, conv_fn, *args, **kwargs):
+            return helper(graph, conv_fn, *args, **kwargs) if conv_fn is F.conv2d else graph
+        return match
+
+    try:
+        for name, helper in saved.items():
+            setattr(qat_utils, name, only_2d(helper))
+        yield
+    finally:
+        for name, helper in saved.items():
+            setattr(qat_utils, name, helper)
+
+
 def prepare(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """`model` traced with a dynamic batch (in training mode) and prepared for QAT: fake-quantized
     weights and activations, BatchNorm folded into the weights' fake quantization."""
     pt2e, prepare_qat_pt2e, _, Quantizer, config = _pt2e()
     model.train()
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
-    # 7-bit activations where the integer kernels would saturate at 8 (`integer_kernels_saturate`,
-    # which also gives the PTQ file 7-bit weights there)
-    prepared = prepare_qat_pt2e(program, Quantizer().set_global(config(is_qat=True,
-                                                                        reduce_range=integer_kernels_saturate())))
+    with conv2d_patterns_only():
+        prepared = prepare_qat_pt2e(program, Quantizer().set_global(quantization_config(config(is_qat=True))))
     pt2e.move_exported_model_to_train(prepared)
     return prepared
+
+
+SEVEN_BIT_WEIGHTS = (-64, 63)  # ONNX Runtime's `reduce_range` for int8 weights
+
+
+def quantization_config(config):
+    """The x86 quantizer's QAT configuration, its weights in 7 bits where this CPU's integer kernels
+    saturate at 8 (`integer_kernels_saturate`), as the PTQ file's are. Not the quantizer's own
+    `reduce_range`, which narrows the activations: an ONNX QuantizeLinear has no range of its own
+    (it clamps to the whole uint8), so a 0..127 activation range would not survive the export,
+    while 7-bit weights are constants in the file."""
+    if not integer_kernels_saturate():
+        return config
+    low, high = SEVEN_BIT_WEIGHTS
+    return dataclasses.replace(config, weight=dataclasses.replace(config.weight, quant_min=low, quant_max=high))
 
 
 def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """The prepared program made INT8: quantize/dequantize pairs with the scales it observed."""
     pt2e, _, convert_pt2e, _, _ = _pt2e()
     pt2e.move_exported_model_to_eval(prepared)
-    program = convert_pt2e(prepared)
+    with conv2d_patterns_only():
+        program = convert_pt2e(prepared)
     pt2e.allow_exported_model_train_eval(program)  # so that the checks may call eval() on it like on a module
     return program
 
@@ -149,22 +195,32 @@ def float_weights(prepared: torch.fx.GraphModule, model: nn.Module) -> dict[str,
     return {name: state[name].detach().clone().contiguous() for name in model.state_dict()}
 
 
-def fine_tune(prepared: torch.fx.GraphModule, loader, options: QatOptions, progress: bool = True,
+def weight_decay_groups(prepared: torch.fx.GraphModule, model: nn.Module, weight_decay: float) -> list[dict]:
+    """The trainer's weight-decay groups (`parameter_groups`: none on depthwise filters, BatchNorm or
+    biases) for the program's parameters, which keep the model's names but not its modules."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    program = dict(prepared.named_parameters())
+    return [{**group, "params": [program[names[id(param)]] for param in group["params"]]}
+            for group in parameter_groups(model, weight_decay)]
+
+
+def fine_tune(prepared: torch.fx.GraphModule, model: nn.Module, loader, options: QatOptions, progress: bool = True,
               say: Callable[[str], None] = lambda line: None) -> list[dict]:
-    """Train the prepared program on `loader` (the schedule in the module docstring); per epoch:
+    """Train the prepared program of `model` on `loader` (the schedule in the module docstring); per epoch:
     loss, train top-1, images/s (also said in a line as each epoch ends)."""
-    groups = parameter_groups(prepared, options.weight_decay)  # the program has no modules: by shape only
+    groups = weight_decay_groups(prepared, model, options.weight_decay)
     optimizer = torch.optim.SGD(groups, lr=options.lr, momentum=0.9, nesterov=True)
-    steps = options.epochs * len(loader)
+    batches = len(loader) if options.images is None else min(len(loader), -(-options.images // options.batch_size))
+    steps = options.epochs * batches
     history, step = [], 0
     for epoch in range(options.epochs):
         if epoch == options.epochs - 1 and options.epochs > 1:
             freeze(prepared)
         loader.set_epoch(epoch)
         sums, start = torch.zeros(3, dtype=torch.float64), time.perf_counter()
-        bar = tqdm(total=len(loader), desc=f"QAT epoch {epoch + 1}/{options.epochs}", unit="batch",
+        bar = tqdm(total=batches, desc=f"QAT epoch {epoch + 1}/{options.epochs}", unit="batch",
                    disable=None if progress else True, leave=False, dynamic_ncols=True)
-        for images, labels in loader:
+        for images, labels in itertools.islice(loader, batches):  # the loader shuffles each epoch
             lr = options.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -301,9 +357,10 @@ def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, op
         with staged_folder(out) as stage:  # the QAT files, renamed to `out` once all checks have passed
             torch.manual_seed(options.seed)
             say("QAT: tracing the model and inserting fake quantization (torch.export, PT2E)")
+            traced = build_like(model, meta)
             with quiet():
-                prepared = prepare(build_like(model, meta), check[:2])
-            report["epochs"] = fine_tune(prepared, train_loader, options, progress, say)
+                prepared = prepare(traced, check[:2])
+            report["epochs"] = fine_tune(prepared, traced, train_loader, options, progress, say)
             say("QAT: converting to INT8, writing and checking the files")
             save_model_state(stage / WEIGHTS, float_weights(prepared, model), meta)
             qat_path = stage / INT8_ONNX
@@ -313,7 +370,7 @@ def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, op
                 to_onnx(program, qat_path, meta.resolution, dynamo=True, config=model.config)
             props = metadata(meta, model, meta.resolution)
             props["quantization"] = (f"int8 QDQ by quantization-aware training (PT2E, x86 quantizer): per-channel "
-                                     f"int8 weights, uint8 activations{' in 7 bits' if reduced else ''}; "
+                                     f"int8 weights{' in 7 bits' if reduced else ''}, uint8 activations; "
                                      f"{options.epochs} epoch(s) of fine-tuning from {Path(checkpoint).name}")
             add_metadata(qat_path, props)
             qat_session = session(qat_path)
