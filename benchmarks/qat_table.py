@@ -23,6 +23,11 @@ from mobilenet.files import write_json, write_text
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def describe(options: dict) -> str:
+    images = "all images" if options.get("images") is None else f"{options['images']} images"
+    return f"{options['epochs']} epoch(s) of {images}, lr {options['lr']:g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="LABEL=DIR", help="a label and a `mobilenet qat` folder")
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
              "arithmetic of the PT2E program it was written from (the guard). PTQ: `mobilenet export --int8`'s "
              "recipe on the original checkpoint. QAT: `mobilenet qat` (options per row).", "",
              "| model | method | runtime | fp32 top-1 % | INT8 top-1 % | change, points | agrees with fp32 % "
-             "| agrees with program % | QAT epochs, lr | fine-tuning minutes |",
+             "| agrees with program % | QAT options | fine-tuning minutes |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for model in models:
         options = model["options"]
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {model['label']} | {row['method']} | {row['runtime']} | {100 * row['fp32_top1']:.2f} | "
                          f"{100 * row['int8_top1']:.2f} | {100 * (row['int8_top1'] - row['fp32_top1']):+.2f} | "
                          f"{100 * row['agreement']:.2f} | {program} | "
-                         f"{(str(options['epochs']) + ', ' + format(options['lr'], 'g')) if qat else '-'} | "
+                         f"{describe(options) if qat else '-'} | "
                          f"{f'{minutes:.1f}' if qat else '-'} |")
     write_text(RESULTS / f"{args.name}.md", "\n".join(lines) + "\n")
     write_json(RESULTS / f"{args.name}.json", {"machine": machine, "note": args.note, "models": models})

@@ -78,8 +78,8 @@ EVAL_BATCH = 64
 
 @dataclass(frozen=True)
 class QatOptions:
-    """The fine-tuning's options, with the defaults `mobilenet qat` shows (measured on
-    Fashion-MNIST: benchmarks/results/qat_fashion_mnist.md)."""
+    """The fine-tuning's options, with the defaults `mobilenet qat` shows (not tuned: the
+    Fashion-MNIST runs made with them are in benchmarks/results/qat_fashion_mnist.md)."""
 
     epochs: int = 1
     lr: float = 0.002  # a hundredth of the time-to-accuracy recipe's peak at batch 128
