@@ -361,7 +361,8 @@ def cmd_qat(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"wrote {args.out}: int8.onnx{', int8.xml/.bin' if len(report['rows']) > 2 else ''}, qat.safetensors "
+    ir = any(row["runtime"] == "openvino" for row in report["rows"])
+    print(f"wrote {args.out}: int8.onnx{', int8.xml/.bin' if ir else ''}, qat.safetensors "
           f"(the fine-tuned float weights), report.json")
     return 0
 

@@ -158,6 +158,26 @@ def _commit(paths: tuple[Path, ...], temporaries: list[Path]) -> None:
 
 
 @contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """`atomic_output` for a folder (a Core ML package, the files of a QAT run): yields a path beside
+    `path`, on the same file system, for the block to create and fill; it takes `path`'s place only
+    if the block succeeds, else it is deleted. A folder already at `path` is moved aside first and
+    deleted last, so at every moment one whole folder exists under one of the two names. Work
+    folders of processes that died are removed first."""
+    path = Path(path)
+    remove_stale(path.parent, f".{path.name}{TEMPORARY}")
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMPORARY}folder-{os.getpid()}-", dir=path.parent))
+    folder = work / path.name  # made by the block, with a folder's usual mode (mkdtemp's own is private)
+    try:
+        yield folder
+        if path.exists():
+            os.replace(path, work / "old")  # deleted with `work`
+        os.replace(folder, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def temporary_folder(purpose: str) -> Iterator[Path]:
     """A temporary folder named for `purpose` and this process, removed on the way out (an error,
     Ctrl-C, SIGTERM); folders of processes that died without removing theirs go first."""

@@ -15,11 +15,8 @@ coremltools is optional and large (`pip install 'mobilenet[coreml]'`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,28 +25,12 @@ from torch import nn
 from mobilenet.export.fold import inference_model
 from mobilenet.export.onnx import INPUT, OUTPUT
 from mobilenet.export.phone_common import check_batch, decode, phone_metadata, quiet
-from mobilenet.files import TEMPORARY
+from mobilenet.files import atomic_folder
 from mobilenet.optional import require
 
 PRECISIONS = {False: "fp16", True: "int8 weights, fp16 compute"}
 WEIGHT_BYTES = {False: 2, True: 1}  # bytes per weight in the package's weight file
 COREMLTOOLS_KEYS = "com.github.apple."  # the converter's own entries in the user-defined metadata (its version)
-
-
-@contextlib.contextmanager
-def replace_folder(path: Path):
-    """Yield a temporary folder beside `path` to write (and check) a package in; it takes `path`'s
-    place only if the block succeeds, else it is deleted. An old package is moved aside first and
-    deleted last, so at every moment one whole package exists under one of the two names."""
-    work = Path(tempfile.mkdtemp(prefix=f".{path.stem}{TEMPORARY}", dir=path.parent))
-    package = work / path.name
-    try:
-        yield package
-        if path.exists():
-            os.replace(path, work / "old")  # deleted with `work`
-        os.replace(package, path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def convert(model: nn.Module, batch: int, resolution: int, int8: bool = False):
@@ -119,7 +100,7 @@ def export_coreml(model: nn.Module, path: str | os.PathLike, images: torch.Tenso
     props = phone_metadata(meta, model, resolution, batch)
     props["precision"] = PRECISIONS[int8]
     parameters = sum(p.numel() for p in inference_model(model, channels_last=False).parameters())
-    with replace_folder(path) as tmp:
+    with atomic_folder(path) as tmp:
         mlmodel = convert(model, batch, resolution, int8)
         config = model.config
         mlmodel.short_description = f"{config.name} width {config.width_mult:g}, {len(props['classes'])} classes"
@@ -134,4 +115,4 @@ def export_coreml(model: nn.Module, path: str | os.PathLike, images: torch.Tenso
                          "outputs, ML Program, weight bytes, metadata), not run"}
 
 
-__all__ = ["PRECISIONS", "convert", "export_coreml", "read_metadata", "replace_folder", "validate"]
+__all__ = ["PRECISIONS", "convert", "export_coreml", "read_metadata", "validate"]

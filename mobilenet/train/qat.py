@@ -44,8 +44,6 @@ import dataclasses
 import itertools
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -66,7 +64,7 @@ from mobilenet.export.guard import check_min_agreement, guard
 from mobilenet.export.int8 import compare, integer_kernels_saturate, quantize
 from mobilenet.export.onnx import add_metadata, check_against, metadata, session, to_onnx
 from mobilenet.export.phone_common import quiet
-from mobilenet.files import refuse_special, remove_stale, temporary_folder, write_json
+from mobilenet.files import atomic_folder, refuse_special, temporary_folder, write_json
 from mobilenet.machine import cpu_flags, cpu_name
 from mobilenet.optional import available, require
 from mobilenet.train.optim import parameter_groups
@@ -261,23 +259,6 @@ def check_out(out: str | os.PathLike) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """A hidden folder beside `out` (the same file system) for its files, renamed to `out` in one
-    step if the block succeeds (over an empty `out`), removed otherwise: a stopped run leaves no
-    half of its files behind."""
-    remove_stale(out.parent, f".{out.name}.tmp-")  # those of killed runs
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-qat-{os.getpid()}-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    stage.chmod(0o777 & ~umask)  # a folder as mkdir makes it (mkdtemp's is private)
-    try:
-        yield stage
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 class ProgramSession:
     """The converted PT2E program behind ONNX Runtime's `run` interface: PyTorch's own INT8
     arithmetic, the reference an INT8 file of it is compared with."""
@@ -298,7 +279,7 @@ def _row(method: str, runtime: str, agreement: float, fp32_top1: float, int8_top
 def _describe(row: dict, data: str) -> str:
     """A row of the report as the command prints it."""
     line = (f"{row['method']} on {row['runtime']}: int8 top-1 {100 * row['int8_top1']:.2f}% against fp32 "
-            f"{100 * row['fp32_top1']:.2f}% ({100 * (row['int8_top1'] - row['fp32_top1']):+.2f} points), top-1 "
+            f"{100 * row['fp32_top1']:.2f}% ({-100 * row['drop']:+.2f} points), top-1 "
             f"agreement {100 * row['agreement']:.2f}% on {row['images']} {data} test images")
     if "program_agreement" in row:
         line += f"; the file agrees with PyTorch's INT8 program on {100 * row['program_agreement']:.2f}%"
@@ -354,7 +335,8 @@ def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, op
         rows.append(_row("PTQ", "onnxruntime", *compare(fp32_session, session(ptq_path), test_loader)))
         say(_describe(rows[-1], source.data))
 
-        with staged_folder(out) as stage:  # the QAT files, renamed to `out` once all checks have passed
+        with atomic_folder(out) as stage:  # the QAT files, renamed to `out` once all checks have passed
+            stage.mkdir()
             torch.manual_seed(options.seed)
             say("QAT: tracing the model and inserting fake quantization (torch.export, PT2E)")
             traced = build_like(model, meta)
