@@ -4,10 +4,11 @@ threads when imported): build `keras.applications.MobileNet` / `MobileNetV2` / `
 give every weight and every BatchNorm statistic random values, save the model in each format
 Keras 3 writes, and record Keras's own logits on fixed images.
 
-    python keras_worker.py OUT_DIR SIZE ARCH:ALPHA [ARCH:ALPHA ...]
+    python keras_worker.py OUT_DIR SIZE ARCH:ALPHA:SUFFIXES [ARCH:ALPHA:SUFFIXES ...]
 
 writes OUT_DIR/images.npy (N x SIZE x SIZE x 3, NHWC as Keras takes them), and for each model
-OUT_DIR/<arch>_<alpha>.{weights.h5,keras,h5} and OUT_DIR/<arch>_<alpha>.logits.npy, and writes
+OUT_DIR/<arch>_<alpha><suffix> for each of its SUFFIXES (comma-separated: .weights.h5, .keras, .h5)
+and OUT_DIR/<arch>_<alpha>.logits.npy, and writes
 (and prints) one JSON line with the Keras version in OUT_DIR/versions.json.
 """
 
@@ -52,14 +53,13 @@ def main() -> None:
     images = rng.uniform(-1.0, 1.0, (IMAGES, size, size, 3)).astype(np.float32)
     np.save(out / "images.npy", images)
     for spec in specs:
-        arch, alpha = spec.split(":")
+        arch, alpha, suffixes = spec.split(":")
         model = APPLICATIONS[arch](input_shape=(size, size, 3), alpha=float(alpha), weights=None, classes=CLASSES,
                                    classifier_activation=None)
         randomise(model, rng)
         stem = out / f"{arch}_{alpha}"
-        model.save_weights(f"{stem}.weights.h5")
-        model.save(f"{stem}.keras")
-        model.save(f"{stem}.h5")  # the legacy full-model HDF5 format, which Keras 3 still writes
+        for suffix in suffixes.split(","):  # .h5: the legacy full-model HDF5 format, which Keras 3 still writes
+            model.save_weights(f"{stem}{suffix}") if suffix == ".weights.h5" else model.save(f"{stem}{suffix}")
         # MobileNetV3 rescales 0..255 to -1..1 itself (include_preprocessing): the same images, given as pixels
         pixels = (images + 1.0) * 127.5 if arch.startswith("mobilenet_v3") else images
         logits = keras.ops.convert_to_numpy(model(pixels, training=False))
