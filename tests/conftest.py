@@ -37,6 +37,10 @@ def data_root(tmp_path_factory):
     """The data root (downloads, decoded folders, the runtime choices of `auto`) is the tests' own,
     never the user's ~/.cache/mobilenet."""
     root = tmp_path_factory.mktemp("data-root")
+    if WORKERS > 1:  # the compiled kernels, though, once for the whole run: pytest-xdist's workers share them
+        shared = tmp_path_factory.getbasetemp().parent / "kernels"
+        shared.mkdir(exist_ok=True)
+        (root / "kernels").symlink_to(shared, target_is_directory=True)
     previous = os.environ.get("MOBILENET_DATA")
     os.environ["MOBILENET_DATA"] = str(root)
     yield root

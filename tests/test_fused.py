@@ -1,12 +1,14 @@
 """mobilenet.fused's kernels against PyTorch: the fused BatchNorm + activation against BatchNorm2d and the
 activation, the depthwise backward pass against the convolution's gradients in float64."""
 
+import concurrent.futures
 import copy
 import os
 import platform
 import subprocess
 from pathlib import Path
 import sys
+import time
 
 import pytest
 import torch
@@ -310,11 +312,28 @@ def test_without_a_compiler_training_says_so_once_and_runs_plain(tmp_path):
 
 
 def test_the_kernel_is_built_once_per_cpu_and_source(tmp_path, monkeypatch):
+    """Once, also when several processes start on a new machine together (a torchrun job's ranks):
+    the others wait for the one building (threads here, each with its own lock descriptor as a
+    process has). The compiler is stood in for by a copy of this run's real build, slowly."""
+    good = fused.build().read_bytes()
+    compiled = []
+
+    def compile_(command, **kwargs):
+        compiled.append(command)
+        time.sleep(0.3)  # long enough for the other builders to find the lock taken
+        Path(command[command.index("-o") + 1]).write_bytes(good)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
     monkeypatch.setenv("MOBILENET_DATA", str(tmp_path))
-    path = fused.build()
-    assert path.parent == tmp_path / "kernels" and path.suffix == ".so"
-    stamp = path.stat().st_mtime_ns
-    assert fused.build() == path and path.stat().st_mtime_ns == stamp  # cached, not rebuilt
+    monkeypatch.setattr(fused_library.subprocess, "run", compile_)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        paths = set(pool.map(lambda _: fused.build(), range(3)))
+    assert len(compiled) == 1 and len(paths) == 1
+    path = paths.pop()
+    assert path.parent == tmp_path / "kernels" and path.suffix == ".so" and path.read_bytes() == good
+    assert fused.build() == path and len(compiled) == 1  # cached, not rebuilt
+    monkeypatch.setenv(fused_library.TARGET_VARIABLE, "x86-64-v3")  # another CPU class: its own library
+    assert fused.build() != path and len(compiled) == 2
 
 
 @pytest.mark.parametrize("damage", ["truncated", "replaced", "no record"])

@@ -4,7 +4,9 @@ signatures; or, where it cannot be built, the one-line reason the modules fall b
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import hashlib
 import os
 import shutil
@@ -72,6 +74,17 @@ def _intact(library: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _building(folder: Path):
+    """Held while one process builds: the ranks of a torchrun job (or the workers of a test run) that
+    start on a new machine together compile once, the others waiting for that library, not each
+    compiling their own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build() -> Path:
     """Compile the kernel for this CPU (if not already cached and intact) and return the library's
     path. Raises RuntimeError with the compiler's own message when it cannot be built."""
@@ -79,23 +92,25 @@ def build() -> Path:
     if compiler is None:
         raise RuntimeError("no C compiler found (cc, gcc or $CC)")
     path = _library_path(compiler)
-    if path.exists():
-        if _intact(path):
-            return path
-        print(f"note: the compiled kernels {path} do not match the checksum recorded when they were built; "
-              "building them again", file=sys.stderr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"compiling the training kernels for this CPU (once; kept in {path.parent})", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
-        built = Path(folder) / path.name
-        result = subprocess.run([compiler, *_flags(), "-o", str(built), *map(str, SOURCES)], capture_output=True,
-                                text=True)
-        if result.returncode != 0:
-            message = (result.stderr.strip().splitlines() or ["failed"])[-1]
-            raise RuntimeError(f"{compiler} could not build {', '.join(p.name for p in SOURCES)}: {message}")
-        digest = file_digest(built, "sha256")
-        os.replace(built, path)  # atomic: a concurrent process sees no library or a whole one
-        write_text(_checksum_path(path), digest + "\n")  # the record that lets it be loaded
+    if path.exists() and _intact(path):
+        return path
+    with _building(path.parent):
+        if path.exists():  # built by the process that held the lock before, or found broken
+            if _intact(path):
+                return path
+            print(f"note: the compiled kernels {path} do not match the checksum recorded when they were built; "
+                  "building them again", file=sys.stderr)
+        print(f"compiling the training kernels for this CPU (once; kept in {path.parent})", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+            built = Path(folder) / path.name
+            result = subprocess.run([compiler, *_flags(), "-o", str(built), *map(str, SOURCES)], capture_output=True,
+                                    text=True)
+            if result.returncode != 0:
+                message = (result.stderr.strip().splitlines() or ["failed"])[-1]
+                raise RuntimeError(f"{compiler} could not build {', '.join(p.name for p in SOURCES)}: {message}")
+            digest = file_digest(built, "sha256")
+            os.replace(built, path)  # atomic: a process that does not take the lock sees no library or a whole one
+            write_text(_checksum_path(path), digest + "\n")  # the record that lets it be loaded
     return path
 
 

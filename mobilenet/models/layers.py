@@ -187,8 +187,10 @@ def init_weights(model: nn.Module) -> None:
     smaller than with timm's per-group fan-out. Behind BatchNorm their scale does not change the
     function, only how fast they learn, and small is faster: on digits, V1 0.5 learned several
     times faster this way than with the per-group fan-out. BatchNorm: identity;
-    classifier: N(0, 0.01).
+    classifier: N(0, 0.01). A model on the meta device (as `cost` builds one) has no values to set.
     """
+    if any(p.is_meta for p in model.parameters()):
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out")

@@ -14,6 +14,7 @@ happened (same weights as an unbroken run).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from contextlib import nullcontext
@@ -45,6 +46,13 @@ from mobilenet.train.distributed import Distributed, from_environment
 from mobilenet.train.memory import keep_freed_memory
 from mobilenet.train.optim import build_optimizer, learning_rate, resolution_at
 from mobilenet.train.rundir import BEST, CONFIG, CURVES, LAST, METRICS, STATE, RunFolder, TrainingError
+
+
+@functools.lru_cache(maxsize=64)
+def _macs(model: str, resolution: int, kwargs: str) -> int:
+    """The cost table's mult-adds, kept for the process: the runs of a study or a test suite that
+    share a model do not build it again for each run (tens of ms each)."""
+    return cost(model, resolution, **json.loads(kwargs)).macs
 
 
 def _ema_model(model: nn.Module, decay: float):
@@ -474,7 +482,7 @@ class Run:
         """FLOPs of one image's forward pass at `resolution` (2 per mult-add of the analytic cost
         table, which equals what PyTorch's FLOP counter sees the model run: tests/test_cost.py)."""
         if resolution not in self._flops:
-            self._flops[resolution] = 2 * cost(self.config.model, resolution, **self._model_kwargs).macs
+            self._flops[resolution] = 2 * _macs(self.config.model, resolution, json.dumps(self._model_kwargs, sort_keys=True))
         return self._flops[resolution]
 
     def evaluate(self) -> EvalResult:
