@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_in_process
+
 from mobilenet.export.choose import FORCE_VARIABLE, candidates
 from mobilenet.optional import available
 
@@ -19,13 +21,9 @@ pytestmark = pytest.mark.xdist_group("test_cli_train")  # one pytest-xdist worke
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny digits run, shared by the tests below."""
-    import subprocess
-    import sys
-
+    """One tiny digits run, shared by the tests below (the command in this process, as `cli` runs it)."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    proc = subprocess.run([sys.executable, "-m", "mobilenet", "train", "--out", str(out), "--epochs", "2", *TINY],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_in_process("train", "--out", str(out), "--epochs", "2", *TINY)
     assert proc.returncode == 0, proc.stderr
     assert "epoch 2/2" in proc.stdout and "done: test top-1" in proc.stdout
     return out
