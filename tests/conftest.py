@@ -26,6 +26,15 @@ if WORKERS > 1:
 # only tests/test_amp.py is about them: every other training takes the step with all of our kernels in
 # fp32 (those the machine can build), the same on every CPU. Subprocesses inherit it.
 os.environ.setdefault("MOBILENET_STEP", "fp32:bn_act,depthwise,pointwise")
+# The fp32 matrix peak behind each epoch's share of the compute bound: measured once per test process
+# and given to the commands it starts (each would time its own products, ~0.7 s on one thread, longer
+# than the tiny runs it puts in proportion). Tests of the probe itself remove it.
+if "MOBILENET_MATMUL_GFLOPS" not in os.environ:
+    from mobilenet.machine import matmul_probe
+
+    probe = matmul_probe()
+    probe.time(2)
+    os.environ["MOBILENET_MATMUL_GFLOPS"] = f"{probe.gflops:.6g}"
 # Likewise `auto`'s runtime choice (mobilenet.export.choose builds and times every runtime installed:
 # seconds per model and batch size): only the tests about it measure (they remove this); every other
 # `eval`, `predict` and study runs PyTorch (the runtimes themselves: test_export.py, test_choose.py).

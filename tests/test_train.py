@@ -198,6 +198,28 @@ def test_each_epoch_reports_its_share_of_the_compute_bound(tmp_path):
     assert metrics["of_bound"] == pytest.approx(metrics["images_per_s"] / metrics["bound_images_per_s"])
 
 
+def test_a_given_matrix_peak_stands_for_the_probe_and_a_malformed_one_is_refused_before_the_run(tmp_path, monkeypatch):
+    from mobilenet import machine
+    from mobilenet.cost import cost
+
+    try:
+        for given in ("123.5", "0", "-4", "fast", "inf"):
+            monkeypatch.setenv(machine.PEAK_VARIABLE, given)
+            machine.matmul_probe.cache_clear()
+            out = tmp_path / given
+            if given == "123.5":
+                metrics = train(tiny(out, epochs=1), progress=False)
+                assert metrics["matmul_gflops"] == pytest.approx(123.5)
+                step = 3 * 2 * cost("mobilenet_v1", 16, width_mult=0.25, small_input=True, num_classes=3).macs
+                assert metrics["bound_images_per_s"] == pytest.approx(123.5e9 / step, rel=1e-6)
+            else:
+                with pytest.raises(ValueError, match=r"\$MOBILENET_MATMUL_GFLOPS must be a positive number"):
+                    train(tiny(out, epochs=1), progress=False)
+                assert not out.exists()  # refused before anything was written
+    finally:
+        machine.matmul_probe.cache_clear()  # the next run in this process makes its own again
+
+
 def test_the_fused_optimizer_steps_like_pytorchs_reference_sgd():
     """The trainer's SGD (PyTorch's fused kernel, momentum buffers zero from the start so that a
     backbone unfrozen later can join) against torch.optim.SGD's plain for-loop, Nesterov, decay

@@ -123,6 +123,8 @@ class Run:
     def _setup(self, resume: bool) -> None:
         """The run in named steps: its folder, its data, its model, its optimizer, its state."""
         pretrained = None
+        if self.device.type == "cpu":
+            matmul_probe()  # made now (the first epoch would): a malformed $MOBILENET_MATMUL_GFLOPS stops it here
         if self.config.pretrained and not resume:
             self.config, pretrained = resolve_pretrained(self.config)
         self._prepare_out(resume)
