@@ -261,9 +261,12 @@ def test_training_keeps_freed_memory_so_each_step_does_not_fault_it_in_again():
         "    model.zero_grad(set_to_none=True)\n"
         "    model(images).sum().backward()\n"
         "step(); step()\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "for _ in range(5): step()\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)\n")
+        "faults = []\n"
+        "for _ in range(5):\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    step()\n"
+        "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "print(sorted(faults)[2])\n")  # the median step: one the kernel's reclaim happened to touch is not the rule
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's allocator")
     faults = {how: float(subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True,
