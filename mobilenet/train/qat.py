@@ -140,14 +140,18 @@ def conv2d_patterns_only() -> Iterator[None]:
             setattr(qat_utils, name, helper)
 
 
-def prepare(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+def prepare(model: nn.Module, example: torch.Tensor, quantizer=None) -> torch.fx.GraphModule:
     """`model` traced with a dynamic batch (in training mode) and prepared for QAT: fake-quantized
-    weights and activations, BatchNorm folded into the weights' fake quantization."""
+    weights and activations, BatchNorm folded into the weights' fake quantization. `quantizer`: a
+    PT2E quantizer set up for QAT (another runtime's, e.g. ExecuTorch's XNNPACKQuantizer); by default
+    the x86 one (`quantization_config`)."""
     pt2e, prepare_qat_pt2e, _, Quantizer, config = _pt2e()
+    if quantizer is None:
+        quantizer = Quantizer().set_global(quantization_config(config(is_qat=True)))
     model.train()
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
     with conv2d_patterns_only():
-        prepared = prepare_qat_pt2e(program, Quantizer().set_global(quantization_config(config(is_qat=True))))
+        prepared = prepare_qat_pt2e(program, quantizer)
     pt2e.move_exported_model_to_train(prepared)
     return prepared
 

@@ -101,3 +101,19 @@ def test_wrong_suffix_is_one_line(cli, checkpoint, tmp_path):
 def test_bench_has_executorch_rows(bench_rows):
     rows = bench_rows("executorch", "executorch-int8")
     assert rows["executorch"]["max_abs_diff"] <= 1e-4  # fp32 against eager on the same random batch
+
+
+def test_qat_prepares_with_executorchs_own_quantizer():
+    """`qat.prepare` takes another runtime's quantizer: XNNPACK's QAT configuration fake-quantizes
+    activations as signed int8 (the x86 quantizer's are uint8) and weights per channel."""
+    pytest.importorskip("torchao")
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+
+    from mobilenet.train import qat
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+    prepared = qat.prepare(model, torch.randn(2, 3, 8, 8), quantizer)
+    fake = {module.dtype for name, module in prepared.named_modules() if name.startswith("activation_post_process")}
+    assert fake == {torch.int8} and torch.uint8 not in fake
