@@ -39,6 +39,19 @@ def improving_every_epoch(patch) -> None:
     patch.setattr(Run, "evaluate", lambda run: dataclasses.replace(evaluate(run), top1=(run.epoch + 1) / 10))
 
 
+def plain_curves(patch) -> None:
+    """curves.png written as the trainer writes it (`atomic_output`, one replace per epoch) but not
+    drawn: the file operations are this file's subject, and drawing was a third of each tiny run."""
+    from mobilenet import plots
+    from mobilenet.files import atomic_output
+
+    def plot_curves(metrics, path, title=""):
+        with atomic_output(path) as tmp:
+            Path(tmp).write_bytes(b"\x89PNG\r\n\x1a\n" + json.dumps(metrics).encode())
+
+    patch.setattr(plots, "plot_curves", plot_curves)
+
+
 def weights(out) -> dict[str, torch.Tensor]:
     tensors, _ = read_safetensors(out / "state.safetensors")
     last, _ = read_safetensors(out / "last.safetensors")
@@ -87,6 +100,7 @@ def unbroken(tmp_path_factory):
     try:
         with pytest.MonkeyPatch.context() as patch:
             improving_every_epoch(patch)
+            plain_curves(patch)
             train(tiny(out, **SMALL), progress=False)
     finally:
         os.replace = real
@@ -100,6 +114,7 @@ def test_a_kill_at_any_file_operation_leaves_a_run_that_resumes_or_restarts_exac
     reference, operations = unbroken
     assert operations == 11  # config.json, then best, state, last, metrics and curves in each epoch
     improving_every_epoch(monkeypatch)
+    plain_curves(monkeypatch)
     expected_weights, expected_metrics = weights(reference), metrics(reference)
     outcomes = set()
     for target in range(1, operations + 1):
