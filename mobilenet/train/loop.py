@@ -484,7 +484,8 @@ class Run:
         """FLOPs of one image's forward pass at `resolution` (2 per mult-add of the analytic cost
         table, which equals what PyTorch's FLOP counter sees the model run: tests/test_cost.py)."""
         if resolution not in self._flops:
-            self._flops[resolution] = 2 * _macs(self.config.model, resolution, json.dumps(self._model_kwargs, sort_keys=True))
+            kwargs = json.dumps(self._model_kwargs, sort_keys=True)
+            self._flops[resolution] = 2 * _macs(self.config.model, resolution, kwargs)
         return self._flops[resolution]
 
     def evaluate(self) -> EvalResult:
