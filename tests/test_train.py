@@ -43,6 +43,20 @@ def test_resume_is_exact(tmp_path, overrides):
         overrides.get("model", "mobilenet_v1"), width_mult=0.25, num_classes=3, small_input=True).classifier.weight)
 
 
+def test_a_run_resumed_with_another_configuration_is_refused_naming_the_difference(tmp_path):
+    """`Run(config, resume=True)` continues the run in config.out as it was configured: a library user
+    who gives a fresh TrainConfig(out=...) (as `train` takes one) hears which setting differs, not
+    that the data is not what the run trained on."""
+    out = tmp_path / "run"
+    train(tiny(out), stop_after=1, progress=False)
+    with pytest.raises(TrainingError, match=r"trained with width=0.25, not 1.0: a resumed run keeps its own"):
+        Run(TrainConfig(out=str(out)), resume=True, progress=False)
+    with pytest.raises(TrainingError, match=r"trained with lr=0.05, not 0.1"):
+        Run(tiny(out, lr=0.1), resume=True, progress=False)
+    Run(TrainConfig.load(out / "config.json"), resume=True, progress=False).close()  # its own: accepted
+    assert train(TrainConfig(out=str(out)), resume=True, progress=False)["epoch"] == 2  # train reads it
+
+
 def test_run_directory_and_checkpoint(tmp_path):
     out = tmp_path / "run"
     metrics = train(tiny(out), progress=False)

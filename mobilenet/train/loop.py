@@ -18,7 +18,7 @@ import functools
 import json
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +128,8 @@ class Run:
         if self.config.pretrained and not resume:
             self.config, pretrained = resolve_pretrained(self.config)
         self._prepare_out(resume)
+        if resume:
+            self._check_resumed_config()
         self._load_data()
         self._build_model(pretrained)
         self._build_optimizer()
@@ -324,6 +326,19 @@ class Run:
                                 f"{'missing' if missing else 'unexpected'} tensor {first}")
 
     # --- files ---------------------------------------------------------------------------------
+
+    def _check_resumed_config(self) -> None:
+        """A resumed run is the run in its folder (`train(..., resume=True)` reads its config.json): a
+        `Run` given another configuration is refused, naming the first difference, before it reads data
+        or builds a model that the saved state would not fit (which said only that the data differed)."""
+        saved = asdict(TrainConfig.load(self.folder / CONFIG))
+        given = asdict(self.config)
+        skip = {"out", "epochs"} if self.resized else {"out"}
+        for key, value in saved.items():
+            if key not in skip and given.get(key) != value:
+                raise TrainingError(f"{self.out} was trained with {key}={value!r}, not {given.get(key)!r}: a resumed "
+                                    f"run keeps its own configuration (train(config, resume=True) reads it; for Run, "
+                                    f"pass TrainConfig.load of its config.json)")
 
     def _prepare_out(self, resume: bool) -> None:
         """Check the folder, then (rank 0) lock it: a run folder has one writer. A fresh start may
