@@ -56,13 +56,7 @@ class ExecuTorch:
         return self.pte.lower(model, batch, resolution, calibration)
 
     def convert(self, program: torch.fx.GraphModule, example: torch.Tensor) -> bytes:
-        """A converted PT2E program as `.pte` bytes, every operator XNNPACK runs delegated to it."""
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-
-        with torch.no_grad():
-            exported = torch.export.export(program, (example,))
-        return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+        return self.pte.program_bytes(program, example)
 
 
 # LiteRT is not here: litert-torch 0.10's QAT annotation (PT2EQuantizer with is_qat) hands torch.export

@@ -90,11 +90,11 @@ class MatmulProbe:
 PEAK_VARIABLE = "MOBILENET_MATMUL_GFLOPS"
 
 
-class KnownPeak:
-    """The fp32 matrix peak given rather than measured ($MOBILENET_MATMUL_GFLOPS, GFLOP/s): the probe's
-    interface, timing nothing. For processes started by one that measured it (the test suite's
-    commands, where the products cost more than the tiny runs they put in proportion) and for runs
-    that should report against one agreed peak."""
+class KnownPeak(MatmulProbe):
+    """The fp32 matrix peak given rather than measured ($MOBILENET_MATMUL_GFLOPS, GFLOP/s): the probe
+    as if its best product had taken that long, timing nothing. For processes started by one that
+    measured it (the test suite's commands, where the products cost more than the tiny runs they put
+    in proportion) and for runs that should report against one agreed peak."""
 
     def __init__(self, gflops: float) -> None:
         self.size = MATMUL_SIZE
@@ -103,13 +103,9 @@ class KnownPeak:
     def time(self, calls: int = 1) -> None:
         pass
 
-    @property
-    def gflops(self) -> float:
-        return 2 * self.size**3 / self.best_s / 1e9
-
 
 @functools.cache
-def matmul_probe() -> MatmulProbe | KnownPeak:
+def matmul_probe() -> MatmulProbe:
     """This process's MatmulProbe, shared by every run in it: its best product is the machine's, whichever
     run timed it, and its matrices are made (and the first product paid) once. $MOBILENET_MATMUL_GFLOPS,
     a positive number, stands for it (`KnownPeak`); anything else there is an error, not ignored."""

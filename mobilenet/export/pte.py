@@ -37,9 +37,6 @@ def lower(model: nn.Module, batch: int, resolution: int, calibration: torch.Tens
     (normalised images) is given."""
     require("executorch", purpose="ExecuTorch export")
     with quiet():
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-
         fused = inference_model(model, channels_last=False)
         example = torch.zeros(model.config.input_shape(batch, resolution))
         if calibration is not None:
@@ -48,9 +45,18 @@ def lower(model: nn.Module, batch: int, resolution: int, calibration: torch.Tens
 
             quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
             fused = quantize_pt2e(fused, example, quantizer, calibration)
-        with torch.no_grad():
-            program = torch.export.export(fused, (example,))
-        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+        return program_bytes(fused, example)
+
+
+def program_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
+    """The `.pte` bytes of `module` (ready for inference: fused, or a converted PT2E program) exported
+    at `example`'s shape, every operator XNNPACK runs delegated to it."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with torch.no_grad():
+        program = torch.export.export(module, (example,))
+    return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
 
 
 class PteSession(PhoneSession):
@@ -106,4 +112,4 @@ def export_executorch(model: nn.Module, path: str | os.PathLike, images: torch.T
                           fp32_path.stat().st_size, tmp_pte.stat().st_size)
 
 
-__all__ = ["PteSession", "export_executorch", "lower"]
+__all__ = ["PteSession", "export_executorch", "lower", "program_bytes"]

@@ -255,7 +255,7 @@ class Run:
         if config.dropout is not None:
             kwargs["dropout"] = config.dropout
         self.model = create_model(config.model, **kwargs)
-        self._model_kwargs, self._flops = kwargs, {}  # what `image_flops` rebuilds the cost table from, its cache
+        self._model_key = json.dumps(kwargs, sort_keys=True)  # what `image_flops` rebuilds the cost table from
         self._forward_flops: dict[int, int] = {}  # the measured forward FLOPs per side, for the compute bound
         if pretrained is not None:
             self._load_pretrained(*pretrained)
@@ -498,10 +498,7 @@ class Run:
     def image_flops(self, resolution: int) -> int:
         """FLOPs of one image's forward pass at `resolution` (2 per mult-add of the analytic cost
         table, which equals what PyTorch's FLOP counter sees the model run: tests/test_cost.py)."""
-        if resolution not in self._flops:
-            kwargs = json.dumps(self._model_kwargs, sort_keys=True)
-            self._flops[resolution] = 2 * _macs(self.config.model, resolution, kwargs)
-        return self._flops[resolution]
+        return 2 * _macs(self.config.model, resolution, self._model_key)
 
     def evaluate(self) -> EvalResult:
         model = self.ema.module if self.ema else self.model
