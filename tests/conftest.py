@@ -25,7 +25,7 @@ if WORKERS > 1:
 # The training step's probes (mobilenet.train.amp) cost seconds to minutes per model and batch shape, and
 # only tests/test_amp.py is about them: every other training takes the step with all of our kernels in
 # fp32 (those the machine can build), the same on every CPU. Subprocesses inherit it.
-os.environ.setdefault("MOBILENET_STEP", "fp32:bn_act,depthwise,pointwise")
+os.environ.setdefault("MOBILENET_STEP", "fp32:bn_act,depthwise,pointwise,bn_depthwise")
 # The fp32 matrix peak behind each epoch's share of the compute bound: measured once per test process
 # and given to the commands it starts (each would time its own products, ~0.7 s on one thread, longer
 # than the tiny runs it puts in proportion). Tests of the probe itself remove it.

@@ -9,10 +9,12 @@ from runs import tiny
 from torch import nn
 
 from mobilenet import create_model
-from mobilenet.fused import BatchNormAct2d, DepthwiseConv2d, PointwiseConv2d, available
+from mobilenet.fused import (BatchNormAct2d, DeferredBatchNormAct2d, DepthwiseConv2d, NormedDepthwiseConv2d,
+                             PointwiseConv2d, available)
 from mobilenet.train import amp, train
 
-KERNEL_OF = {BatchNormAct2d: "bn_act", DepthwiseConv2d: "depthwise", PointwiseConv2d: "pointwise"}
+KERNELS_OF = {BatchNormAct2d: {"bn_act"}, DepthwiseConv2d: {"depthwise"}, PointwiseConv2d: {"pointwise"},
+              DeferredBatchNormAct2d: {"bn_act", "bn_depthwise"}, NormedDepthwiseConv2d: {"depthwise", "bn_depthwise"}}
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +30,7 @@ def batch(n=8, side=16):
 
 
 def kernels_in(model: nn.Module) -> set[str]:
-    return {KERNEL_OF[type(m)] for m in model.modules() if type(m) in KERNEL_OF}
+    return set().union(*(KERNELS_OF[type(m)] for m in model.modules() if type(m) in KERNELS_OF))
 
 
 class FakeMachine:
@@ -52,7 +54,8 @@ def machine(monkeypatch):
     if not available():
         pytest.skip("no C compiler: only the pointwise swap is probed")
     fake = FakeMachine({("bn_act", False): 1.3, ("depthwise", False): 0.95, ("pointwise", False): 1.1,
-                        ("bn_act", True): 1.4, ("depthwise", True): 1.6, ("pointwise", True): 1.2}, bf16_gain=1.8)
+                        ("bn_act", True): 1.4, ("depthwise", True): 1.6, ("pointwise", True): 1.2,
+                        ("bn_depthwise", False): 1.05, ("bn_depthwise", True): 1.1}, bf16_gain=1.8)
     monkeypatch.setattr(amp, "step_speedup", fake)
     return fake
 
@@ -72,12 +75,15 @@ def test_the_probes_leave_the_model_and_the_generators_alone(tmp_path):
 def test_each_precision_keeps_the_kernels_that_pay_then_bf16_against_fp32(machine, tmp_path):
     model, criterion = create_model("mobilenet_v1", width_mult=0.25, num_classes=3), nn.CrossEntropyLoss()
     choice = amp.choose_step("auto", True, model, *batch(), criterion, cache=tmp_path / "c.json")
-    # fp32 drops the depthwise kernel (0.95x); bf16 keeps all three; then bf16's best beats fp32's best
-    everything = ("bn_act", "depthwise", "pointwise")
+    # fp32 drops the depthwise kernel (0.95x), so bn_depthwise has nothing to pair and is not timed; bf16
+    # keeps all four; then bf16's best beats fp32's best
+    everything = ("bn_act", "bn_depthwise", "depthwise", "pointwise")  # (sorted)
     assert machine.calls == [("bn_act", False), ("depthwise", False), ("pointwise", False),
                              ("bf16", everything),  # at a glance: fp32's best against bf16 with every kernel
-                             ("bn_act", True), ("depthwise", True), ("pointwise", True), ("bf16", everything)]
-    assert choice.bf16 and choice.kernels == ("bn_act", "depthwise", "pointwise") and choice.speedup == 1.8
+                             ("bn_act", True), ("depthwise", True), ("pointwise", True), ("bn_depthwise", True),
+                             ("bf16", everything)]
+    assert choice.bf16 and choice.kernels == ("bn_act", "depthwise", "pointwise", "bn_depthwise")
+    assert choice.speedup == 1.8 and "fp32 +bn_depthwise" not in choice.probes
     assert choice.probes["fp32 +depthwise"] == 0.95 and "1.80x" in choice.why
     machine.bf16_gain = 1.02  # below MIN_GAIN: fp32, with fp32's own kernels
     slower = amp.choose_step("auto", True, model, *batch(), criterion, cache=tmp_path / "other.json")
@@ -93,15 +99,15 @@ def test_a_precision_the_cpu_emulates_is_not_probed_kernel_by_kernel(machine, tm
     choice = amp.choose_step("auto", True, model, *batch(), nn.CrossEntropyLoss(), cache=tmp_path / "c.json",
                              report=told.append)
     assert machine.calls == [("bn_act", False), ("depthwise", False), ("pointwise", False),
-                             ("bf16", ("bn_act", "depthwise", "pointwise"))]
+                             ("bf16", ("bn_act", "bn_depthwise", "depthwise", "pointwise"))]
     assert not choice.bf16 and choice.kernels == ("bn_act", "pointwise") and "not probed further" in choice.why
-    assert told == ["1 of 8: fp32 +bn_act", "2 of 8: fp32 +depthwise", "3 of 8: fp32 +pointwise",
-                    "4 of 8: bf16 at a glance"]
+    assert told == ["1 of 10: fp32 +bn_act", "2 of 10: fp32 +depthwise", "3 of 10: fp32 +pointwise",
+                    "4 of 10: fp32 +bn_depthwise: nothing to swap", "5 of 10: bf16 at a glance"]
     machine.bf16_gain, told[:] = 1.8, []  # natively: the whole count
     amp.choose_step("auto", True, model, *batch(n=4), nn.CrossEntropyLoss(), cache=tmp_path / "c.json",
                     report=told.append)
-    assert told[4:] == ["5 of 8: bf16 +bn_act", "6 of 8: bf16 +depthwise", "7 of 8: bf16 +pointwise",
-                        "8 of 8: fp32 against bf16"]
+    assert told[5:] == ["6 of 10: bf16 +bn_act", "7 of 10: bf16 +depthwise", "8 of 10: bf16 +pointwise",
+                        "9 of 10: bf16 +bn_depthwise", "10 of 10: fp32 against bf16"]
 
 
 def test_a_forced_step_is_not_probed_and_asked_settings_still_win(machine, monkeypatch, tmp_path):
@@ -124,7 +130,7 @@ def test_decisions_are_cached_per_batch_shape_and_setting(machine, tmp_path):
     first = amp.choose_step("auto", True, model, *batch(), criterion, cache=cache)
     machine.bf16_gain = 0.5  # the machine changed its mind, but the cache holds the decision
     assert amp.choose_step("auto", True, model, *batch(), criterion, cache=cache) == first
-    assert len(machine.calls) == 8
+    assert len(machine.calls) == 9  # fp32: three (bn_depthwise has nothing to pair); at a glance; bf16: four; one
     assert not amp.choose_step("auto", True, model, *batch(n=4), criterion, cache=cache).bf16  # probed anew
     off = amp.choose_step("off", True, model, *batch(), criterion, cache=cache)  # fp32's kernels only
     assert not off.bf16 and off.kernels == ("bn_act", "pointwise") and machine.calls[-1] == ("pointwise", False)
@@ -149,7 +155,7 @@ def test_a_malformed_cached_step_decision_is_probed_again(machine, tmp_path, cap
         calls = len(machine.calls)
         again = amp.choose_step("auto", True, model, *batch(), criterion, cache=cache)
         notes = capsys.readouterr().err.strip().splitlines()
-        assert again == first and len(machine.calls) == calls + 8, entry  # probed again
+        assert again == first and len(machine.calls) == calls + 9, entry  # probed again
         assert len(notes) == 1 and "malformed" in notes[0], (entry, notes)
     cache.write_text("[1, 2]")  # the whole file: not an object
     assert amp.choose_step("auto", True, model, *batch(), criterion, cache=cache) == first
@@ -164,7 +170,7 @@ def test_a_run_records_the_decision_and_a_resume_keeps_it(machine, monkeypatch, 
     train(tiny(tmp_path / "run"), resume=True)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(m["amp"], m["amp_probe"], m["kernels"]) for m in metrics] == [
-        ("bf16", 1.8, ["bn_act", "depthwise", "pointwise"])] * 2
+        ("bf16", 1.8, ["bn_act", "depthwise", "pointwise", "bn_depthwise"])] * 2
     assert all(m["fused_modules"] > 20 and m["step_probes"]["bf16 +depthwise"] == 1.6 for m in metrics)
     slower = train(tiny(tmp_path / "slower"))  # probed anew on the slower machine: nothing pays
     assert slower["kernels"] == [] and slower["amp"] == "fp32" and slower["fused_modules"] == 0

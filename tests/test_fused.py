@@ -16,7 +16,8 @@ from torch import nn
 
 import mobilenet.fused as fused
 import mobilenet.fused.library as fused_library
-from mobilenet.fused import BatchNormAct2d, DepthwiseConv2d, PointwiseConv2d, fuse, fuse_depthwise, fuse_pointwise
+from mobilenet.fused import (BatchNormAct2d, DeferredBatchNormAct2d, DepthwiseConv2d, NormedDepthwiseConv2d,
+                             PointwiseConv2d, fuse, fuse_bn_depthwise, fuse_depthwise, fuse_pointwise)
 from mobilenet.models import create_model
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason=f"no fused kernel: {fused.unavailable_reason()}")
@@ -246,6 +247,86 @@ def test_swapping_in_the_depthwise_kernel_keeps_weights_keys_and_random_numbers(
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), weights))
 
 
+class Pair(nn.Module):
+    """A 1x1 ConvBNAct then a depthwise ConvBNAct (as V2's expansion and depthwise layers), and, with
+    `reuse`, the 1x1 layer's output also added to the result (a second reader of that activation)."""
+
+    def __init__(self, stride: int, activation: str, reuse: bool = False):
+        super().__init__()
+        from mobilenet.models.layers import ConvBNAct
+
+        self.expand = ConvBNAct(5, 19, 1, activation=activation)
+        self.depthwise = ConvBNAct(19, 19, 3, stride=stride, groups=19, activation=activation)
+        self.reuse = reuse
+
+    def forward(self, x):
+        expanded = self.expand(x)
+        y = self.depthwise(expanded)
+        return y + expanded if self.reuse else y
+
+
+def paired(model: nn.Module) -> nn.Module:
+    fuse(model, ("bn_act", "depthwise"))
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("stride", [1, 2], ids=["s1", "s2"])
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+def test_batchnorm_applied_by_the_depthwise_layer_is_the_same_arithmetic(dtype, stride, activation, bn_mode):
+    """The pair (BatchNorm deferred to the depthwise layer, which normalises each row as it reads it)
+    against the same two kernels unpaired (the activation stored, then read): the same operations in
+    the same order, so the outputs, every gradient and the running statistics are equal bit for bit
+    (in bfloat16 too: the normalised values are rounded as the stored activation would be)."""
+    torch.manual_seed(0)
+    separate = paired(Pair(stride, activation)).to(memory_format=torch.channels_last).train()
+    separate.expand.bn.train(bn_mode == "train")
+    bn = separate.expand.bn
+    with torch.no_grad():  # statistics and an affine map that are not the initial ones
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.3, 0.3)
+    together = copy.deepcopy(separate)
+    assert fuse_bn_depthwise(together) == 2
+    assert type(together.expand.bn) is DeferredBatchNormAct2d and type(together.depthwise.conv) is NormedDepthwiseConv2d
+    x = torch.randn(3, 5, 9, 8).contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for net in (separate, together):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = net(x)
+        y.float().square().sum().backward()
+        outputs.append(y)
+    assert outputs[0].dtype == outputs[1].dtype == dtype
+    assert torch.equal(outputs[0], outputs[1])
+    for (name, a), b in zip(separate.named_parameters(), together.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    for (name, a), b in zip(separate.state_dict().items(), together.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not together.expand.bn.deferred  # taken back by the depthwise layer
+
+
+def test_batchnorm_is_deferred_only_to_its_only_reader():
+    """A pair only where the depthwise layer is the sole reader of the BatchNorm's output (traced): not
+    with a residual reading it too. Every V1 depthwise layer reads a BatchNorm alone, as does every V2
+    one; a run where the depthwise layer cannot take the input (NCHW, or no gradient) normalises in the
+    BatchNorm itself, with the same result."""
+    assert fuse_bn_depthwise(paired(Pair(1, "relu", reuse=True))) == 0
+    assert fuse_bn_depthwise(Pair(1, "relu")) == 0  # the kernels it pairs not swapped in
+    for name, pairs in (("mobilenet_v1", 13), ("mobilenet_v2", 17)):
+        model = paired(create_model(name, width_mult=0.35, num_classes=5, small_input=True))
+        assert fuse_bn_depthwise(model) == 2 * pairs, name
+    torch.manual_seed(1)
+    plain = Pair(2, "relu6").train()
+    together = copy.deepcopy(plain)
+    fuse(together, ("bn_act", "depthwise", "bn_depthwise"))
+    x = torch.randn(2, 5, 7, 7)
+    torch.testing.assert_close(together(x), plain(x))  # NCHW: PyTorch's modules throughout
+    assert not together.expand.bn.deferred
+    with torch.no_grad():
+        cl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(together(cl), plain(cl))
+
+
 def test_depthwise_kernel_leaves_other_inputs_to_pytorch():
     """NCHW input, no gradient, float64: nn.Conv2d's own path, the same numbers."""
     torch.manual_seed(4)
@@ -385,7 +466,7 @@ def test_the_builds_for_other_cpu_classes_pass_the_kernel_tests_too(march):
         pytest.skip(f"this run is the {fused.target()} build")
     if platform.machine() not in ("x86_64", "AMD64") or not set(CPU_CLASSES[march]) <= set(cpu_flags()):
         pytest.skip(f"this CPU does not run {march} code")
-    kernel_tests = "equal_pytorch or round_like_pytorch or pytorchs_in_float64"
+    kernel_tests = "equal_pytorch or round_like_pytorch or pytorchs_in_float64 or same_arithmetic"
     # a run of its own as `pytest` alone runs it (two threads), not as this pytest-xdist worker's share of
     # the cores: the kernels' per-thread partial sums are tested whatever that share is
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST") and k != "OMP_NUM_THREADS"}

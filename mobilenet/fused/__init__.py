@@ -14,9 +14,13 @@ on first use and cached. Anywhere else (CUDA, NCHW, other dtypes, no C compiler)
 PyTorch's own operators, so they are always correct and only sometimes faster.
 
 A 1x1 convolution is a matrix product; `PointwiseConv2d` computes it as one (plain PyTorch, no C).
+Where a BatchNormAct2d's output goes only to a depthwise layer, the pair `DeferredBatchNormAct2d` and
+`NormedDepthwiseConv2d` leaves the normalising to the depthwise kernels, which apply it to each input
+row as they read it, so that activation is never stored.
 
 `fuse(model)` swaps each `ConvBNAct`'s BatchNorm and activation for one `BatchNormAct2d`, each
-depthwise `nn.Conv2d` for a `DepthwiseConv2d` and each 1x1 one for a `PointwiseConv2d`, keeping the
+depthwise `nn.Conv2d` for a `DepthwiseConv2d`, each 1x1 one for a `PointwiseConv2d` and then pairs
+the BatchNorms that only a depthwise layer reads with that layer, keeping the
 parameters, buffers and state-dict keys, so checkpoints are unchanged. The trainer swaps in only
 those its probe finds faster on this machine (`mobilenet.train.amp`).
 
@@ -25,8 +29,10 @@ swap.py the swaps.
 """
 
 from mobilenet.fused.library import TARGET_VARIABLE, available, build, target, unavailable_reason, version
-from mobilenet.fused.ops import BatchNormAct2d, DepthwiseConv2d, PointwiseConv2d
-from mobilenet.fused.swap import KERNELS, fuse, fuse_bn_act, fuse_depthwise, fuse_pointwise
+from mobilenet.fused.ops import (BatchNormAct2d, DeferredBatchNormAct2d, DepthwiseConv2d, NormedDepthwiseConv2d,
+                                 PointwiseConv2d)
+from mobilenet.fused.swap import KERNELS, fuse, fuse_bn_act, fuse_bn_depthwise, fuse_depthwise, fuse_pointwise
 
-__all__ = ["KERNELS", "TARGET_VARIABLE", "BatchNormAct2d", "DepthwiseConv2d", "PointwiseConv2d", "available", "build",
-           "fuse", "fuse_bn_act", "fuse_depthwise", "fuse_pointwise", "target", "unavailable_reason", "version"]
+__all__ = ["KERNELS", "TARGET_VARIABLE", "BatchNormAct2d", "DeferredBatchNormAct2d", "DepthwiseConv2d",
+           "NormedDepthwiseConv2d", "PointwiseConv2d", "available", "build", "fuse", "fuse_bn_act", "fuse_bn_depthwise",
+           "fuse_depthwise", "fuse_pointwise", "target", "unavailable_reason", "version"]

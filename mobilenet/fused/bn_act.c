@@ -191,13 +191,14 @@ void bn_act_forward_##SUFFIX(const T *x, T *y, int64_t m, int64_t c, const float
     scale_shift(c, weight, bias, mean, invstd, scale, shift);                                              \
     tile(scale, c, r, scale);                                                                              \
     tile(shift, c, r, shift);                                                                              \
-    _Pragma("omp parallel")                                                                                \
-    {                                                                                                      \
-        int64_t begin, end;                                                                                \
-        share((m + r - 1) / r, &begin, &end);                                                              \
-        for (int64_t i = begin; i < end; i++)                                                              \
-            EACH(apply, SUFFIX, row_values(i, w, total), &k, x + i * w, y + i * w)                         \
-    }                                                                                                      \
+    if (y) /* (without y: the statistics only, for a depthwise layer that normalises as it reads) */       \
+        _Pragma("omp parallel")                                                                            \
+        {                                                                                                  \
+            int64_t begin, end;                                                                            \
+            share((m + r - 1) / r, &begin, &end);                                                          \
+            for (int64_t i = begin; i < end; i++)                                                          \
+                EACH(apply, SUFFIX, row_values(i, w, total), &k, x + i * w, y + i * w)                     \
+        }                                                                                                  \
     free(pivot);                                                                                           \
 }                                                                                                          \
                                                                                                            \
@@ -238,6 +239,13 @@ void bn_act_backward_##SUFFIX(const T *dy, const T *x, T *dx, int64_t m, int64_t
     }                                                                                                      \
     free(sum_dz);                                                                                          \
     free(scale);                                                                                           \
+}
+
+/* The affine map of a BatchNorm with these statistics (c channels), as the kernels above compute it: for
+   a depthwise layer that applies it as it reads its input (depthwise.c). */
+void bn_scale_shift(int64_t c, const float *weight, const float *bias, const float *mean, const float *invstd,
+                    float *scale, float *shift) {
+    scale_shift(c, weight, bias, mean, invstd, scale, shift);
 }
 
 DEFINE_KERNELS(f32, float)

@@ -116,17 +116,34 @@ INLINE void weight_row##V##_##SUFFIX(const T *g, float *const *xp, float *s, int
     else                                                                                                   \
         BLOCKS(conv_row, SUFFIX, rows, taps, n_rows, out, k, c, ow, kw, sw)
 
+/* v as it reads back once stored as T: a bfloat16 rounds it, a float keeps it (the fused BatchNorm's output
+   is what the unfused layer would have stored and read). */
+#define STORED(V)                                                                                          \
+INLINE f##V stored##V##_f32(f##V v) { return v; }                                                          \
+INLINE f##V stored##V##_bf16(f##V v) {                                                                     \
+    uint16_t t[V];                                                                                         \
+    store##V##_bf16(t, v);                                                                                 \
+    return load##V##_bf16(t);                                                                              \
+}
+STORED(16)
+STORED(8)
+STORED(4)
+STORED(1)
+
 /* Rows of an activation as floats, each spread into a zeroed row of `length` pixels: pixel p at
    offset + p*step (pixels that fall outside are dropped). A thread keeps the last `slots` rows it
    spread, tagged by row id, so a row shared by neighbouring output rows is converted once. */
 typedef struct {
     float *data, *zeros;
     int64_t *tags, slots, length, c;
+    const float *scale, *shift; /* if not NULL: each value v spread as clamp(v * scale + shift, lo, hi) */
+    float lo, hi;
 } Rows;
 
-static Rows rows_new(int64_t slots, int64_t length, int64_t c) {
+static Rows rows_new(int64_t slots, int64_t length, int64_t c, const float *scale, const float *shift, float lo,
+                     float hi) {
     Rows rows = {malloc((size_t)((slots + 1) * length * c) * sizeof(float)), NULL,
-                 malloc((size_t)slots * sizeof(int64_t)), slots, length, c};
+                 malloc((size_t)slots * sizeof(int64_t)), slots, length, c, scale, shift, lo, hi};
     rows.zeros = rows.data + slots * length * c;
     memset(rows.zeros, 0, (size_t)(length * c) * sizeof(float));
     for (int64_t i = 0; i < slots; i++) rows.tags[i] = -1;
@@ -159,6 +176,17 @@ static const float *spread_##SUFFIX(Rows *rows, const T *src, int64_t id, int64_
         float *to = out + at * c;                                                                          \
         const T *from = in + p * c;                                                                        \
         int64_t k = 0;                                                                                     \
+        if (rows->scale) { /* BatchNorm and its activation on the way in, as bn_act.c's forward computes them */ \
+            for (; k + WIDE <= c; k += WIDE) {                                                             \
+                CAT(f, WIDE, ) z = CAT(load, WIDE, _##SUFFIX)(from + k) * CAT(load, WIDE, _f32)(rows->scale + k) \
+                                   + CAT(load, WIDE, _f32)(rows->shift + k);                               \
+                CAT(store, WIDE, _f32)(to + k, CAT(stored, WIDE, _##SUFFIX)(CAT(clamp, WIDE, )(z, rows->lo, rows->hi))); \
+            }                                                                                              \
+            for (; k < c; k++) {                                                                           \
+                f1 z = load1_##SUFFIX(from + k) * load1_f32(rows->scale + k) + load1_f32(rows->shift + k);  \
+                store1_f32(to + k, stored1_##SUFFIX(clamp1(z, rows->lo, rows->hi)));                       \
+            }                                                                                              \
+        }                                                                                                  \
         for (; k + WIDE <= c; k += WIDE) CAT(store, WIDE, _f32)(to + k, CAT(load, WIDE, _##SUFFIX)(from + k));\
         for (; k < c; k++) to[k] = load_##SUFFIX(from, k);                                                 \
     }                                                                                                      \
@@ -179,10 +207,10 @@ static void seen_rows_##SUFFIX(Rows *cache, const T *x, int64_t b, int64_t o, in
    next output rows need them. */                                                                          \
 void dw_forward_##SUFFIX(const T *x, const float *w, T *y, int64_t n, int64_t h, int64_t wd, int64_t c,       \
                          int64_t oh, int64_t ow, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,  \
-                         int64_t pw) {                                                                     \
+                         int64_t pw, const float *scale, const float *shift, float lo, float hi) {          \
     _Pragma("omp parallel")                                                                                \
     {                                                                                                      \
-        Rows cache = rows_new(kh, (ow - 1) * sw + kw, c);                                                  \
+        Rows cache = rows_new(kh, (ow - 1) * sw + kw, c, scale, shift, lo, hi);                            \
         float *xp[MAX_TAPS];                                                                               \
         const float *taps[MAX_TAPS];                                                                       \
         for (int64_t a = 0; a < kh; a++) taps[a] = w + a * kw * c;                                         \
@@ -209,7 +237,7 @@ void dw_backward_input_##SUFFIX(const T *dy, const float *w, T *dx, int64_t n, i
             memcpy(reversed + (a * kw + e) * c, w + (a * kw + kw - 1 - e) * c, (size_t)c * sizeof(float));  \
     _Pragma("omp parallel")                                                                                \
     {                                                                                                      \
-        Rows cache = rows_new(kh, wd + kw - 1, c);                                                         \
+        Rows cache = rows_new(kh, wd + kw - 1, c, NULL, NULL, 0.f, 0.f);                                   \
         int64_t begin, end;                                                                                \
         share(n * h, &begin, &end);                                                                        \
         for (int64_t row = begin; row < end; row++) {                                                      \
@@ -234,13 +262,14 @@ void dw_backward_input_##SUFFIX(const T *dy, const float *w, T *dx, int64_t n, i
    threads' sums are added at the end. */                                                                           \
 void dw_backward_weight_##SUFFIX(const T *dy, const T *x, float *dw, int64_t n, int64_t h, int64_t wd,       \
                                  int64_t c, int64_t oh, int64_t ow, int64_t kh, int64_t kw, int64_t sh,      \
-                                 int64_t sw, int64_t ph, int64_t pw) {                                       \
+                                 int64_t sw, int64_t ph, int64_t pw, const float *scale, const float *shift, \
+                                 float lo, float hi) {                                                       \
     int threads = omp_get_max_threads();                                                                   \
     int64_t taps = kh * kw * c;                                                                            \
     double *partial = calloc((size_t)(threads * taps), sizeof(double));                                   \
     _Pragma("omp parallel")                                                                                \
     {                                                                                                      \
-        Rows cache = rows_new(kh, (ow - 1) * sw + kw, c);                                                  \
+        Rows cache = rows_new(kh, (ow - 1) * sw + kw, c, scale, shift, lo, hi);                            \
         float *s = malloc((size_t)taps * sizeof(float)), *xp[MAX_TAPS];                                    \
         double *d = partial + omp_get_thread_num() * taps;                                                 \
         int64_t begin, end;                                                                                \

@@ -137,8 +137,10 @@ def load() -> ctypes.CDLL | None:
         getattr(library, f"bn_act_backward_{suffix}").argtypes = [
             pointer, pointer, pointer, size, size, pointer, pointer, pointer, pointer, flag, number, number,
             pointer, pointer]
-        for pass_ in ("forward", "backward_input", "backward_weight"):
-            getattr(library, f"dw_{pass_}_{suffix}").argtypes = [pointer] * 3 + [size] * 12
+        getattr(library, f"dw_backward_input_{suffix}").argtypes = [pointer] * 3 + [size] * 12
+        for pass_ in ("forward", "backward_weight"):  # and the BatchNorm applied to x as it is read (or none)
+            getattr(library, f"dw_{pass_}_{suffix}").argtypes = [pointer] * 3 + [size] * 12 + [pointer] * 2 + [number] * 2
+    library.bn_scale_shift.argtypes = [size] + [pointer] * 6
     _library = library
     return library
 

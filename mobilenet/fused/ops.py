@@ -1,6 +1,7 @@
 """The modules the training step swaps in (see the package's docstring) and the autograd functions
-that call the C library: `BatchNormAct2d` (bn_act.c), `DepthwiseConv2d` (depthwise.c) and
-`PointwiseConv2d` (a matrix product, no C)."""
+that call the C library: `BatchNormAct2d` (bn_act.c), `DepthwiseConv2d` (depthwise.c), the pair
+`DeferredBatchNormAct2d` and `NormedDepthwiseConv2d` (both) and `PointwiseConv2d` (a matrix product,
+no C)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,22 @@ class BatchNormAct2d(nn.BatchNorm2d):
                                            training, self.momentum, self.eps, self.lo, self.hi)
 
 
+NO_NORM = (None, None, 0.0, 0.0)  # the depthwise kernels' last arguments where the input is read as it is
+
+
+def _taps(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A depthwise weight as `depthwise.c` reads it: tap-major (taps x channels), rounded to the
+    activations' dtype as autocast would, in float32."""
+    return weight.to(dtype).float().reshape(weight.shape[0], -1).t().contiguous()
+
+
+def _conv_shape(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> tuple[int, ...]:
+    """The depthwise kernels' shape arguments: n, h, w, c, oh, ow, kh, kw, strides, paddings."""
+    (n, c, h, w), (kh, kw) = x.shape, weight.shape[2:]
+    oh, ow = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+    return n, h, w, c, oh, ow, kh, kw, *stride, *padding
+
+
 class _DepthwiseFunction(torch.autograd.Function):
     """A depthwise convolution (no bias) with `depthwise.c`'s forward and backward passes; x
     channels-last, float32 or bfloat16, the weight rounded to x's dtype as autocast would (so the
@@ -94,12 +111,10 @@ class _DepthwiseFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, stride, padding):
-        (n, c, h, w), (kh, kw) = x.shape, weight.shape[2:]
-        oh, ow = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
-        taps = weight.to(x.dtype).float().reshape(c, kh * kw).t().contiguous()  # tap-major, as the kernel reads it
+        shape, taps = _conv_shape(x, weight, stride, padding), _taps(weight, x.dtype)
+        (n, h, w, c, oh, ow) = shape[:6]
         y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
-        shape = (n, h, w, c, oh, ow, kh, kw, *stride, *padding)
-        _kernel("dw_forward", x.dtype)(_ptr(x), _ptr(taps), _ptr(y), *shape)
+        _kernel("dw_forward", x.dtype)(_ptr(x), _ptr(taps), _ptr(y), *shape, *NO_NORM)
         ctx.save_for_backward(x, taps)
         ctx.shape, ctx.weight_dtype = shape, weight.dtype
         return y
@@ -114,7 +129,7 @@ class _DepthwiseFunction(torch.autograd.Function):
             dx = torch.empty_like(x, memory_format=torch.channels_last)
             _kernel("dw_backward_input", x.dtype)(_ptr(dy), _ptr(taps), _ptr(dx), *ctx.shape)
         dtaps = torch.empty(kh * kw, c)
-        _kernel("dw_backward_weight", x.dtype)(_ptr(dy), _ptr(x), _ptr(dtaps), *ctx.shape)
+        _kernel("dw_backward_weight", x.dtype)(_ptr(dy), _ptr(x), _ptr(dtaps), *ctx.shape, *NO_NORM)
         return dx, dtaps.t().reshape(c, 1, kh, kw).to(ctx.weight_dtype), None, None
 
 
@@ -139,6 +154,90 @@ class DepthwiseConv2d(nn.Conv2d):
             return super().forward(x)
         with torch.autocast("cpu", enabled=False):
             return _DepthwiseFunction.apply(x.to(dtype), self.weight, self.stride, self.padding)
+
+
+class _NormedDepthwiseFunction(torch.autograd.Function):
+    """depthwise(clamp(batch_norm(x), lo, hi)) with the normalised activation never stored: the
+    statistics are one pass over x (`bn_act.c` without its output), and the depthwise kernels apply
+    BatchNorm and the clamp to each input row as they read it (forward, and again for the weight
+    gradient); the backward pass is the depthwise input gradient, then `bn_act.c`'s backward on it.
+    The same arithmetic as BatchNormAct2d then DepthwiseConv2d, two passes over the activation fewer."""
+
+    @staticmethod
+    def forward(ctx, x, bn_weight, bn_bias, running_mean, running_var, training: bool, momentum: float, eps: float,
+                lo: float, hi: float, weight, stride, padding):
+        c = x.shape[1]
+        mean, invstd, scale, shift = (torch.empty(c) for _ in range(4))
+        _kernel("bn_act_forward", x.dtype)(
+            _ptr(x), None, x.numel() // c, c, _ptr(bn_weight), _ptr(bn_bias), _ptr(running_mean), _ptr(running_var),
+            int(training), momentum, eps, lo, hi, _ptr(mean), _ptr(invstd))
+        library.load().bn_scale_shift(c, _ptr(bn_weight), _ptr(bn_bias), _ptr(mean), _ptr(invstd), _ptr(scale),
+                                      _ptr(shift))
+        shape, taps = _conv_shape(x, weight, stride, padding), _taps(weight, x.dtype)
+        n, oh, ow = shape[0], shape[4], shape[5]
+        y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
+        _kernel("dw_forward", x.dtype)(_ptr(x), _ptr(taps), _ptr(y), *shape, _ptr(scale), _ptr(shift), lo, hi)
+        ctx.save_for_backward(x, taps, bn_weight, bn_bias, mean, invstd, scale, shift)
+        ctx.shape, ctx.weight_dtype, ctx.training, ctx.lo, ctx.hi = shape, weight.dtype, training, lo, hi
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, taps, bn_weight, bn_bias, mean, invstd, scale, shift = ctx.saved_tensors
+        c, kh, kw = x.shape[1], *ctx.shape[6:8]
+        dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        dz = torch.empty_like(x, memory_format=torch.channels_last)  # the gradient at the normalised activation
+        _kernel("dw_backward_input", x.dtype)(_ptr(dy), _ptr(taps), _ptr(dz), *ctx.shape)
+        dtaps = torch.empty(kh * kw, c)
+        _kernel("dw_backward_weight", x.dtype)(_ptr(dy), _ptr(x), _ptr(dtaps), *ctx.shape, _ptr(scale), _ptr(shift),
+                                               ctx.lo, ctx.hi)
+        dx = torch.empty_like(x, memory_format=torch.channels_last) if ctx.needs_input_grad[0] else None
+        dgamma, dbeta = torch.empty(c), torch.empty(c)
+        _kernel("bn_act_backward", x.dtype)(
+            _ptr(dz), _ptr(x), _ptr(dx), x.numel() // c, c, _ptr(bn_weight), _ptr(bn_bias), _ptr(mean), _ptr(invstd),
+            int(ctx.training), ctx.lo, ctx.hi, _ptr(dgamma), _ptr(dbeta))
+        dweight = dtaps.t().reshape(c, 1, kh, kw).to(ctx.weight_dtype)
+        return dx, dgamma, dbeta, None, None, None, None, None, None, None, dweight, None, None
+
+
+class DeferredBatchNormAct2d(BatchNormAct2d):
+    """A BatchNormAct2d whose output goes only to one depthwise layer, a `NormedDepthwiseConv2d`. When
+    that layer can normalise its input as it reads it (both modules' kernels apply, at the same dtype),
+    this module passes its input on untouched and tells the layer to (`deferred`); otherwise it is
+    BatchNormAct2d. Parameters, buffers and their names are BatchNorm2d's."""
+
+    deferred = False  # set by each forward call, taken back by the depthwise layer's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        consumer = self.__dict__.get("consumer")  # not a submodule: it has its own place in the model
+        self.deferred = consumer is not None and self._fast(x) and consumer.normalises(x)
+        if not self.deferred:
+            return super().forward(x)
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        return x
+
+
+class NormedDepthwiseConv2d(DepthwiseConv2d):
+    """A DepthwiseConv2d whose input is a `DeferredBatchNormAct2d`'s (its `norm`): when that module
+    deferred its work, this one computes depthwise(activation(batch_norm(x))) in one
+    `_NormedDepthwiseFunction`; otherwise it is DepthwiseConv2d."""
+
+    def normalises(self, x: torch.Tensor) -> bool:
+        """Whether this layer's kernels take x, un-normalised, at x's own dtype."""
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        return x.device.type == "cpu" and dtype == x.dtype and self._fast(x, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.__dict__["norm"]
+        if not norm.deferred:
+            return super().forward(x)
+        norm.deferred = False
+        with torch.autocast("cpu", enabled=False):
+            return _NormedDepthwiseFunction.apply(
+                x, norm.weight, norm.bias, norm.running_mean if norm.track_running_stats else None,
+                norm.running_var if norm.track_running_stats else None, norm.training or not norm.track_running_stats,
+                norm.momentum, norm.eps, norm.lo, norm.hi, self.weight, self.stride, self.padding)
 
 
 class PointwiseConv2d(nn.Conv2d):

@@ -3,10 +3,12 @@ state-dict keys: `fuse(model, kernels)`, by the names of `KERNELS`."""
 
 from __future__ import annotations
 
+import torch.fx
 from torch import nn
 
 from mobilenet.fused.library import MAX_TAPS
-from mobilenet.fused.ops import CLAMPS, BatchNormAct2d, DepthwiseConv2d, PointwiseConv2d
+from mobilenet.fused.ops import (CLAMPS, BatchNormAct2d, DeferredBatchNormAct2d, DepthwiseConv2d, NormedDepthwiseConv2d,
+                                 PointwiseConv2d)
 from mobilenet.models.layers import ConvBNAct
 
 def fuse_bn_act(model: nn.Module) -> int:
@@ -68,8 +70,65 @@ def fuse_pointwise(model: nn.Module) -> int:
     return _swap_convs(model, PointwiseConv2d, _is_pointwise)
 
 
-# The swaps by name, in the order the trainer's probe tries them (mobilenet.train.amp).
-KERNELS = {"bn_act": fuse_bn_act, "depthwise": fuse_depthwise, "pointwise": fuse_pointwise}
+class _Leaves(torch.fx.Tracer):
+    """Traces a model down to the modules without children, each one call in the graph."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return next(module.children(), None) is None
+
+
+def _norm_then_depthwise(model: nn.Module) -> list[tuple[str, str]]:
+    """The (BatchNormAct2d, DepthwiseConv2d) pairs, by qualified name, where the depthwise layer is the
+    only consumer of the BatchNorm's output (through Identity modules at most): from the model's traced
+    graph, so a residual or any other reader of that activation rules the pair out. None where the
+    model does not trace."""
+    try:
+        graph = _Leaves().trace(model)
+    except Exception:  # noqa: BLE001 - control flow on values, or anything else fx cannot follow: no pairs
+        return []
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or type(modules[node.target]) is not BatchNormAct2d:
+            continue
+        user = node
+        while len(user.users) == 1:
+            user = next(iter(user.users))
+            if user.op != "call_module" or type(modules[user.target]) is not nn.Identity:
+                break
+        if user is not node and user.op == "call_module" and type(modules[user.target]) is DepthwiseConv2d:
+            pairs.append((node.target, user.target))
+    return pairs
+
+
+def fuse_bn_depthwise(model: nn.Module) -> int:
+    """Each BatchNormAct2d whose output only a DepthwiseConv2d reads (both swapped in before) becomes a
+    `DeferredBatchNormAct2d` and that layer a `NormedDepthwiseConv2d`, the two linked, with the very same
+    parameters and buffers (state-dict keys unchanged). Returns how many modules were swapped."""
+    swapped = 0
+    for norm_name, conv_name in _norm_then_depthwise(model):
+        norm, conv = model.get_submodule(norm_name), model.get_submodule(conv_name)
+        deferred = DeferredBatchNormAct2d(norm.num_features, norm.eps, norm.momentum, norm.activation)
+        deferred.weight, deferred.bias = norm.weight, norm.bias
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            setattr(deferred, name, getattr(norm, name))
+        deferred.train(norm.training)
+        normed = nn.utils.skip_init(NormedDepthwiseConv2d, conv.in_channels, conv.out_channels, conv.kernel_size,
+                                    conv.stride, conv.padding, conv.dilation, conv.groups, False, conv.padding_mode)
+        normed.weight = conv.weight
+        normed.train(conv.training)
+        object.__setattr__(deferred, "consumer", normed)  # links, not submodules: each has its own place
+        object.__setattr__(normed, "norm", deferred)
+        model.set_submodule(norm_name, deferred)
+        model.set_submodule(conv_name, normed)
+        swapped += 2
+    return swapped
+
+
+# The swaps by name, in the order the trainer's probe tries them (mobilenet.train.amp); bn_depthwise pairs
+# modules the first two swapped in.
+KERNELS = {"bn_act": fuse_bn_act, "depthwise": fuse_depthwise, "pointwise": fuse_pointwise,
+           "bn_depthwise": fuse_bn_depthwise}
 
 
 def fuse(model: nn.Module, kernels: tuple[str, ...] = tuple(KERNELS)) -> int:
