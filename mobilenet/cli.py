@@ -37,6 +37,7 @@ from mobilenet.optional import MissingPackage
 from mobilenet.paper import comparison_tables
 from mobilenet.study import check_study, run_study, write_report
 from mobilenet.train import TrainConfig, train
+from mobilenet.train.qat import RUNTIMES as QAT_RUNTIMES
 from mobilenet.train.qat import QatOptions, quantization_aware
 
 # mobilenet.plots is imported where a command draws: it imports matplotlib (0.4 s), which most commands never need
@@ -357,13 +358,15 @@ def cmd_qat(args: argparse.Namespace) -> int:
     options = QatOptions(**{f.name: getattr(args, f.name) for f in fields(QatOptions)})
     say = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
     report = quantization_aware(args.checkpoint, args.out, options, data=args.data, data_root=args.data_root,
-                                min_agreement=args.min_agreement, force=args.force, progress=not args.json, say=say)
+                                min_agreement=args.min_agreement, force=args.force, progress=not args.json,
+                                runtime=args.runtime, pte_batch=args.pte_batch, say=say)
     if args.json:
         print(json.dumps(report))
         return 0
     ir = any(row["runtime"] == "openvino" for row in report["rows"])
-    print(f"wrote {args.out}: int8.onnx{', int8.xml/.bin' if ir else ''}, qat.safetensors "
-          f"(the fine-tuned float weights), report.json")
+    files = (f"int8.pte (batch {args.pte_batch})" if args.runtime == "executorch"
+             else f"int8.onnx{', int8.xml/.bin' if ir else ''}")
+    print(f"wrote {args.out}: {files}, qat.safetensors (the fine-tuned float weights), report.json")
     return 0
 
 
@@ -498,10 +501,11 @@ def build_parser() -> Parser:
 
     qat = QatOptions()
     p = sub.add_parser("qat", help="quantization-aware training: fine-tune a checkpoint with INT8 simulated, write "
-                                   "its INT8 ONNX (and OpenVINO) files, and compare with post-training INT8")
+                                   "its INT8 ONNX (and OpenVINO) files or ExecuTorch program, and compare with "
+                                   "post-training INT8")
     p.add_argument("checkpoint", help="a trained checkpoint (.safetensors)")
-    p.add_argument("--out", required=True, help="a new folder (or one without QAT files) for int8.onnx, int8.xml/.bin, "
-                                                "qat.safetensors and report.json")
+    p.add_argument("--out", required=True, help="a new folder (or one without QAT files) for int8.onnx and int8.xml/.bin "
+                                                "(or int8.pte), qat.safetensors and report.json")
     p.add_argument("--epochs", type=_positive_int("--epochs"), default=qat.epochs,
                    help=f"fine-tuning epochs (default {qat.epochs}; from 2, the last one freezes the observers "
                         "and BatchNorm)")
@@ -519,6 +523,12 @@ def build_parser() -> Parser:
     p.add_argument("--data-root", default=None, help="as for train")
     p.add_argument("--calibration-images", type=_positive_int("--calibration-images"), default=qat.calibration_images,
                    help=f"training images the post-training INT8 baseline is calibrated on (default {qat.calibration_images})")
+    p.add_argument("--runtime", choices=QAT_RUNTIMES, default=QAT_RUNTIMES[0],
+                   help="whose INT8 scheme the fine-tuning simulates and which files it writes: onnxruntime "
+                        "(int8.onnx, and int8.xml/.bin for OpenVINO when installed) or executorch (int8.pte, "
+                        "XNNPACK's quantizer; needs executorch)")
+    p.add_argument("--pte-batch", type=_positive_int("--pte-batch"), default=1,
+                   help="with --runtime executorch: the program's fixed batch, as export --batch-size (default 1)")
     p.add_argument("--min-agreement", type=agreement_arg, default=None, help=AGREEMENT_HELP)
     p.add_argument("--force", action="store_true", help="write the INT8 files below --min-agreement anyway, with a warning")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -40,7 +40,7 @@ def qat_run(digits_checkpoint, tmp_path_factory):
 
 def test_qat_writes_int8_files_that_compute_what_it_reports(qat_run):
     path, model, out, report = qat_run
-    assert sorted(p.name for p in out.iterdir()) == sorted(qat.OUTPUTS)
+    assert sorted(p.name for p in out.iterdir()) == sorted(qat.FILES["onnxruntime"])
     assert json.loads((out / qat.REPORT).read_text()) == json.loads(json.dumps(report))
     graph = onnx.load(str(out / qat.INT8_ONNX))
     ops = [node.op_type for node in graph.graph.node]
@@ -135,7 +135,7 @@ def test_a_qat_file_below_the_guard_is_not_written(digits_checkpoint, tmp_path, 
 
     monkeypatch.setattr(qat, "compare", compare)
     # not this test's subject: the float model stands for the PT2E program (torchao's conversion alone costs 17 s)
-    monkeypatch.setattr(qat, "prepare", lambda model, example: model)
+    monkeypatch.setattr(qat, "prepare", lambda model, example, quantizer=None: model)
     monkeypatch.setattr(qat, "fine_tune", lambda *args: [])
     monkeypatch.setattr(qat, "convert", lambda prepared: prepared)
     with pytest.raises(ValueError, match="below the 99.00% required"):

@@ -23,9 +23,18 @@ momentum 0.9, the trainer's weight-decay groups (none on depthwise filters), a c
 last, in which the observers are frozen and BatchNorm (and dropout) run in evaluation mode. With
 one epoch nothing is frozen.
 
+`--runtime executorch` trains for ExecuTorch instead: ExecuTorch's own PT2E quantizer (XNNPACK's:
+per-channel symmetric int8 weights, int8 activations) in its QAT configuration, so the fake
+quantization trained through is the one the phone runs, compared with that quantizer's PTQ `.pte`
+(as `mobilenet export --format executorch --int8` writes it); the programs run by ExecuTorch's own
+runtime. (LiteRT has no such option: litert-torch 0.10's QAT annotation hands torch.export a
+function, which this torch refuses; its PTQ works, `mobilenet export --format tflite --int8`.)
+
 What DIR (new, or empty) receives, all at once after every check has passed (`OUTPUTS`):
   int8.onnx           the QAT model as an INT8 QDQ file (dynamic batch, the checkpoint's metadata)
   int8.xml, int8.bin  the same model as an OpenVINO IR (when openvino is installed)
+  int8.pte            instead of those three with --runtime executorch: the QAT model as an
+                      ExecuTorch program, XNNPACK-delegated, at a fixed batch (--pte-batch)
   qat.safetensors     the fine-tuned float weights, a checkpoint like any other (`mobilenet export`
                       writes the phone formats from it, each calibrated after training)
   report.json         PTQ and QAT side by side on the test split: fp32 and INT8 top-1, top-1
@@ -70,7 +79,11 @@ from mobilenet.optional import available, require
 from mobilenet.train.optim import parameter_groups
 
 INT8_ONNX, IR_XML, IR_BIN, WEIGHTS, REPORT = "int8.onnx", "int8.xml", "int8.bin", "qat.safetensors", "report.json"
-OUTPUTS = (INT8_ONNX, IR_XML, IR_BIN, WEIGHTS, REPORT)
+INT8_PTE = "int8.pte"
+# whose quantizer the fake quantization is, and the files written for it (the IR where openvino is installed)
+FILES = {"onnxruntime": (INT8_ONNX, IR_XML, IR_BIN, WEIGHTS, REPORT), "executorch": (INT8_PTE, WEIGHTS, REPORT)}
+RUNTIMES = tuple(FILES)
+OUTPUTS = tuple(dict.fromkeys(name for files in FILES.values() for name in files))  # what a folder must not hold
 EVAL_BATCH = 64
 
 
@@ -303,16 +316,22 @@ def _qat_row(runtime: str, fp32_session, program_session, int8_session, loader, 
 
 def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, options: QatOptions = QatOptions(), *,
                        data: str | None = None, data_root: str | None = None, min_agreement: float | None = None,
-                       force: bool = False, progress: bool = True,
+                       force: bool = False, progress: bool = True, runtime: str = "onnxruntime", pte_batch: int = 1,
                        say: Callable[[str], None] = lambda line: None) -> dict:
     """Fine-tune `checkpoint` with QAT on its training data (or `data`) and write `OUTPUTS` into
-    `out`; returns the report (PTQ and QAT rows, the fine-tuning's epochs). The QAT INT8 file must
-    pass the accuracy guard (`mobilenet.export.guard`) or nothing is written. `progress`: a bar per
+    `out` for `runtime` (ONNX Runtime and OpenVINO files, or an ExecuTorch program at `pte_batch`
+    images a call); returns the report (PTQ and QAT rows, the fine-tuning's epochs). The QAT INT8 file
+    must pass the accuracy guard (`mobilenet.export.guard`) or nothing is written. `progress`: a bar per
     epoch on a terminal; `say`: a line at each stage (the fine-tuning takes minutes to hours)."""
     options.check()
     check_min_agreement(min_agreement)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    whole_number(pte_batch, "pte_batch")
     out = check_out(out)
     require("onnx", "onnxruntime", "onnxscript", "torchao", purpose="quantization-aware training")
+    if runtime == "executorch":
+        require("executorch", purpose="quantization-aware training for ExecuTorch")
     model, meta = load_checkpoint(checkpoint, with_meta=True)
     source = DataSource(data, data_root) if data else training_data(meta, checkpoint)
     if source is None:
@@ -324,11 +343,42 @@ def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, op
     test_loader = make_loader(test_set, EVAL_BATCH, train=False, **stats)
     check = sample_images(test_set, CHECK_IMAGES, meta=meta)
     calibration = sample_images(train_set, options.calibration_images, meta=meta)
-    describe = f"{len(check)} {source.data} test images"
-    report = {"checkpoint": str(checkpoint), "data": source.data, "resolution": meta.resolution,
+    report = {"checkpoint": str(checkpoint), "data": source.data, "resolution": meta.resolution, "runtime": runtime,
               "options": asdict(options), "machine": {"cpu": cpu_name(), "cpu_flags": cpu_flags(),
                                                       "threads": torch.get_num_threads()}}
-    rows = []
+    context = dict(model=model, meta=meta, options=options, train_loader=train_loader, test_loader=test_loader,
+                   check=check, calibration=calibration, data=source.data, report=report, progress=progress, say=say,
+                   checks=dict(min_agreement=min_agreement, force=force), checkpoint=checkpoint, out=out)
+    if runtime == "executorch":
+        _for_executorch(**context, batch=pte_batch)
+    else:
+        _for_onnx(**context)
+    return report
+
+
+def _fine_tuned(model: nn.Module, meta, options: QatOptions, train_loader, example: torch.Tensor, quantizer,
+                report: dict, progress: bool, say: Callable[[str], None], stage: Path) -> torch.fx.GraphModule:
+    """The QAT itself, for any runtime's quantizer: trace, fine-tune, keep the float weights in `stage`,
+    and return the converted INT8 program (PyTorch's arithmetic, which the files must compute)."""
+    torch.manual_seed(options.seed)
+    say("QAT: tracing the model and inserting fake quantization (torch.export, PT2E)")
+    traced = build_like(model, meta)
+    with quiet():
+        prepared = prepare(traced, example, quantizer)
+    report["epochs"] = fine_tune(prepared, traced, train_loader, options, progress, say)
+    say("QAT: converting to INT8, writing and checking the files")
+    save_model_state(stage / WEIGHTS, float_weights(prepared, model), meta)
+    with quiet():
+        program = convert(prepared)
+    program.eval()
+    return program
+
+
+def _for_onnx(*, model, meta, options, train_loader, test_loader, check, calibration, data, report, progress, say,
+              checks, checkpoint, out) -> None:
+    """int8.onnx (and the OpenVINO IR) by the x86 quantizer's QAT, against `export --int8`'s PTQ file."""
+    describe = f"{len(check)} {data} test images"
+    rows = report["rows"] = []
     with temporary_folder("qat") as work:
         # the baseline: the fp32 file and its post-training quantization, as `export --int8` makes them
         fp32_path, ptq_path = work / "fp32.onnx", work / "ptq.onnx"
@@ -337,22 +387,13 @@ def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, op
         report["fp32_check"] = check_against(fp32_session, model, check, describe).to_dict()
         reduced = report["seven_bits"] = quantize(fp32_path, ptq_path, calibration)
         rows.append(_row("PTQ", "onnxruntime", *compare(fp32_session, session(ptq_path), test_loader)))
-        say(_describe(rows[-1], source.data))
+        say(_describe(rows[-1], data))
 
         with atomic_folder(out) as stage:  # the QAT files, renamed to `out` once all checks have passed
             stage.mkdir()
-            torch.manual_seed(options.seed)
-            say("QAT: tracing the model and inserting fake quantization (torch.export, PT2E)")
-            traced = build_like(model, meta)
-            with quiet():
-                prepared = prepare(traced, check[:2])
-            report["epochs"] = fine_tune(prepared, traced, train_loader, options, progress, say)
-            say("QAT: converting to INT8, writing and checking the files")
-            save_model_state(stage / WEIGHTS, float_weights(prepared, model), meta)
+            program = _fine_tuned(model, meta, options, train_loader, check[:2], None, report, progress, say, stage)
             qat_path = stage / INT8_ONNX
             with quiet():  # the exporter's notes on operators of packages we do not use
-                program = convert(prepared)
-                program.eval()
                 to_onnx(program, qat_path, meta.resolution, dynamo=True, config=model.config)
             props = metadata(meta, model, meta.resolution)
             props["quantization"] = (f"int8 QDQ by quantization-aware training (PT2E, x86 quantizer): per-channel "
@@ -361,20 +402,52 @@ def quantization_aware(checkpoint: str | os.PathLike, out: str | os.PathLike, op
             add_metadata(qat_path, props)
             qat_session = session(qat_path)
             report["int8_check"] = check_against(qat_session, program, check, describe, tolerance=None).to_dict()
-            checks = dict(min_agreement=min_agreement, force=force)
             program_session = ProgramSession(program)
             rows.append(_qat_row("onnxruntime", fp32_session, program_session, qat_session, test_loader,
                                  what=f"the QAT INT8 file {out / INT8_ONNX}", **checks))
-            say(_describe(rows[-1], source.data))
+            say(_describe(rows[-1], data))
             if available("openvino"):
                 xml, bin_ = stage / IR_XML, stage / IR_BIN
                 openvino.write_ir(qat_path, xml, bin_, props)
                 rows.append(_qat_row("openvino", fp32_session, program_session, openvino.session(xml, weights=bin_),
                                      test_loader, what=f"the QAT INT8 IR {out / IR_XML}", **checks))
-                say(_describe(rows[-1], source.data))
-            report["rows"] = rows
+                say(_describe(rows[-1], data))
             write_json(stage / REPORT, report)
-    return report
+
+
+def _for_executorch(*, model, meta, options, train_loader, test_loader, check, calibration, data, report, progress,
+                    say, checks, checkpoint, out, batch: int) -> None:
+    """int8.pte by ExecuTorch's XNNPACK quantizer's QAT, against its PTQ program (`export --format
+    executorch --int8`); every program run by ExecuTorch's runtime."""
+    from mobilenet.export import pte
+
+    with quiet():
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                             get_symmetric_quantization_config)
+    rows = report["rows"] = []
+    report["pte_batch"] = batch
+    with temporary_folder("qat") as work:
+        fp32_path, ptq_path = work / "fp32.pte", work / "ptq.pte"
+        with quiet():
+            fp32_path.write_bytes(pte.lower(model, batch, meta.resolution))
+            ptq_path.write_bytes(pte.lower(model, batch, meta.resolution, calibration))
+        fp32_session = pte.PteSession(fp32_path)
+        rows.append(_row("PTQ", "executorch", *compare(fp32_session, pte.PteSession(ptq_path), test_loader)))
+        say(_describe(rows[-1], data))
+
+        with atomic_folder(out) as stage:
+            stage.mkdir()
+            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                        is_qat=True))
+            program = _fine_tuned(model, meta, options, train_loader, check[:2], quantizer, report, progress, say,
+                                  stage)
+            example = torch.zeros(model.config.input_shape(batch, meta.resolution))
+            with quiet():
+                (stage / INT8_PTE).write_bytes(pte.program_bytes(program, example))
+            rows.append(_qat_row("executorch", fp32_session, ProgramSession(program), pte.PteSession(stage / INT8_PTE),
+                                 test_loader, what=f"the QAT INT8 program {out / INT8_PTE}", **checks))
+            say(_describe(rows[-1], data))
+            write_json(stage / REPORT, report)
 
 
 def build_like(model: nn.Module, meta) -> nn.Module:
@@ -384,4 +457,4 @@ def build_like(model: nn.Module, meta) -> nn.Module:
     return copy
 
 
-__all__ = ["OUTPUTS", "QatOptions", "convert", "fine_tune", "prepare", "quantization_aware"]
+__all__ = ["FILES", "OUTPUTS", "RUNTIMES", "QatOptions", "convert", "fine_tune", "prepare", "quantization_aware"]

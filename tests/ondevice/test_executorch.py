@@ -117,3 +117,25 @@ def test_qat_prepares_with_executorchs_own_quantizer():
     prepared = qat.prepare(model, torch.randn(2, 3, 8, 8), quantizer)
     fake = {module.dtype for name, module in prepared.named_modules() if name.startswith("activation_post_process")}
     assert fake == {torch.int8} and torch.uint8 not in fake
+
+
+def test_qat_for_executorch_writes_the_program_of_its_int8_model(cli, checkpoint, model_and_meta, test_images, tmp_path):
+    """`mobilenet qat --runtime executorch`: XNNPACK's quantizer trained through; the folder holds the
+    program, the fine-tuned weights and the report, and the program, run by ExecuTorch's runtime at its
+    fixed batch, gives the checkpoint's classes (an independent oracle: the fp32 model in PyTorch)."""
+    out = tmp_path / "qat"
+    result = cli("qat", str(checkpoint), "--out", str(out), "--runtime", "executorch", "--pte-batch", "4",
+                 "--images", "128", "--calibration-images", "32", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert sorted(p.name for p in out.iterdir()) == ["int8.pte", "qat.safetensors", "report.json"]
+    assert [(row["method"], row["runtime"]) for row in report["rows"]] == [("PTQ", "executorch"), ("QAT", "executorch")]
+    assert report["rows"][1]["program_agreement"] >= 0.99 and report["pte_batch"] == 4
+    model, _ = model_and_meta
+    with torch.no_grad():
+        expected = model.eval()(test_images).argmax(1)
+    got = torch.cat([run_pte(out / "int8.pte", test_images[i:i + 4]) for i in range(0, len(test_images), 4)])
+    assert got.shape == (len(test_images), len(model_and_meta[1].classes))
+    assert (got.argmax(1) == expected).float().mean() >= 0.75
+    again = cli("qat", str(checkpoint), "--out", str(out), "--runtime", "executorch")  # nothing overwritten
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
