@@ -12,8 +12,9 @@ fp32 step is timed against the best bf16 step, and bf16 is chosen only if it is 
 faster. CUDA keeps bf16 on and PyTorch's own modules.
 
 A precision the CPU can only emulate is not probed kernel by kernel: before bf16's probes, one step
-with every kernel at bf16 is timed against the best fp32 step, and bf16 is dropped there if it runs
-at less than 1/`HOPELESS` of fp32's speed (bf16 emulated on AVX2 runs about 0.1x). The probes say
+with every kernel at bf16 is timed against the best fp32 step, on a quarter of the batch (emulated,
+a full batch's bf16 step takes seconds), and bf16 is dropped there if it runs at less than
+1/`HOPELESS` of fp32's speed (bf16 emulated on AVX2 runs about 0.1x). The probes say
 what they are doing as they go (`report`), and `$MOBILENET_STEP` forces a choice without probing
 (`fp32` or `bf16`, then `:` and the kernels, e.g. `fp32:bn_act,depthwise,pointwise`), where a
 benchmark or a test wants a fixed step; asked settings (`--amp on|off`, `--no-fused-bn`) still win.
@@ -49,6 +50,7 @@ CACHE_FILE = "amp-choices.json"
 MIN_GAIN = 1.05  # bf16 must make the step at least this much faster
 STEPS = 3  # timed steps of each, interleaved, after one untimed
 HOPELESS = 2.0  # bf16 whose step (every kernel) takes this many times fp32's best is not probed further
+GLANCE_SHARE = 4  # that first look at bf16 times steps on this fraction of the batch
 FORCE_VARIABLE = "MOBILENET_STEP"
 
 
@@ -178,8 +180,9 @@ def choose_step(amp: str, fused: bool, model: nn.Module, images: torch.Tensor, l
     else:
         fp32 = probed(False)
         tell("bf16 at a glance")  # one step each: is bf16 worth probing on this CPU at all?
-        glance = step_speedup(with_kernels(model, fp32), with_kernels(model, candidates), images, labels, criterion,
-                              (False, True), steps=1)
+        few = slice(0, max(1, len(images) // GLANCE_SHARE))  # an emulated bf16 step takes seconds at a full batch
+        glance = step_speedup(with_kernels(model, fp32), with_kernels(model, candidates), images[few], labels[few],
+                              criterion, (False, True), steps=1)
         probes["bf16 at a glance"] = glance
         if glance < 1 / HOPELESS:
             why = (f"probe: one bf16 step ran {glance:.2f}x as fast as fp32's (emulated on this CPU?), "
