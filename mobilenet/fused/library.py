@@ -123,12 +123,20 @@ def load() -> ctypes.CDLL | None:
         _why_not = "turned off by MOBILENET_FUSED=0"
         return None
     try:
-        library = ctypes.CDLL(str(build()))  # after torch: it shares torch's OpenMP runtime (libgomp.so.1)
+        library = opened(build())
     except (RuntimeError, OSError) as error:
         _why_not = str(error).splitlines()[0]
         print(f"note: training kernels unavailable ({_why_not}); using PyTorch's BatchNorm and convolutions",
               file=sys.stderr)
         return None
+    _library = library
+    return library
+
+
+def opened(path: str | os.PathLike) -> ctypes.CDLL:
+    """The kernel library at `path`, loaded (after torch: it shares torch's OpenMP runtime,
+    libgomp.so.1), its functions' argument types declared."""
+    library = ctypes.CDLL(str(path))
     pointer, size, number, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     for suffix in SUFFIX.values():
         getattr(library, f"bn_act_forward_{suffix}").argtypes = [
@@ -141,7 +149,6 @@ def load() -> ctypes.CDLL | None:
         for pass_ in ("forward", "backward_weight"):  # and the BatchNorm applied to x as it is read (or none)
             getattr(library, f"dw_{pass_}_{suffix}").argtypes = [pointer] * 3 + [size] * 12 + [pointer] * 2 + [number] * 2
     library.bn_scale_shift.argtypes = [size] + [pointer] * 6
-    _library = library
     return library
 
 
