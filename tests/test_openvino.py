@@ -112,7 +112,6 @@ def test_export_to_openvino_ir_round_trip(digits_checkpoint, cli, tmp_path):
 
 def test_openvino_int8_ir_reports_agreement(digits_checkpoint, cli, tmp_path):
     """The INT8 IR's reported figures are what OpenVINO's own Core computes from the written files."""
-    import numpy as np
     import openvino as ov
 
     from mobilenet.data import load_dataset

@@ -48,6 +48,7 @@ def test_v3_and_v4_convert_to_an_ml_program(cli, later_checkpoint, tmp_path):
     spec = spec_of(out)
     (inp,), (outp,) = spec.description.input, spec.description.output
     assert spec.WhichOneof("Type") == "mlProgram" and list(inp.type.multiArrayType.shape) == [1, 3, 64, 64]
+    assert outp.name == "logits"
     parameters = sum(p.numel() for p in model.parameters() if p.ndim > 1)
     assert 2 * parameters <= weight_bytes(out) <= 2.5 * parameters + 65536  # fp16: two bytes a weight
 
