@@ -75,16 +75,23 @@ class BatchNormAct2d(nn.BatchNorm2d):
                 and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > 0
                 and self.weight.dtype == torch.float32 and library.load() is not None)
 
+    def _count_batch(self) -> None:
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+
+    def _arguments(self) -> tuple:
+        """What the kernels take of this module: weight, bias, the running statistics (or None), whether
+        to normalise with batch statistics, momentum, eps and the clamp."""
+        tracked = self.track_running_stats
+        return (self.weight, self.bias, self.running_mean if tracked else None, self.running_var if tracked else None,
+                self.training or not tracked, self.momentum, self.eps, self.lo, self.hi)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fast(x):
             y = super().forward(x)
             return y if self.activation is nn.Identity else y.clamp(self.lo, self.hi)
-        training = self.training or not self.track_running_stats
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-        return _BatchNormActFunction.apply(x, self.weight, self.bias, self.running_mean if self.track_running_stats
-                                           else None, self.running_var if self.track_running_stats else None,
-                                           training, self.momentum, self.eps, self.lo, self.hi)
+        self._count_batch()
+        return _BatchNormActFunction.apply(x, *self._arguments())
 
 
 NO_NORM = (None, None, 0.0, 0.0)  # the depthwise kernels' last arguments where the input is read as it is
@@ -103,6 +110,22 @@ def _conv_shape(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> tuple
     return n, h, w, c, oh, ow, kh, kw, *stride, *padding
 
 
+def _conv_output(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty channels-last output of the depthwise layer of these shape arguments."""
+    n, _, _, c, oh, ow = shape[:6]
+    return torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
+
+
+def _weight_gradient(dy: torch.Tensor, x: torch.Tensor, shape: tuple[int, ...], norm: tuple,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """The depthwise weight's gradient from `dw_backward_weight` (x read through `norm`, the kernels'
+    last four arguments), shaped as the module's weight (c x 1 x kh x kw) in its `dtype`."""
+    c, kh, kw = shape[3], shape[6], shape[7]
+    dtaps = torch.empty(kh * kw, c)  # tap-major, as the kernel writes it
+    _kernel("dw_backward_weight", x.dtype)(_ptr(dy), _ptr(x), _ptr(dtaps), *shape, *norm)
+    return dtaps.t().reshape(c, 1, kh, kw).to(dtype)
+
+
 class _DepthwiseFunction(torch.autograd.Function):
     """A depthwise convolution (no bias) with `depthwise.c`'s forward and backward passes; x
     channels-last, float32 or bfloat16, the weight rounded to x's dtype as autocast would (so the
@@ -112,8 +135,7 @@ class _DepthwiseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, stride, padding):
         shape, taps = _conv_shape(x, weight, stride, padding), _taps(weight, x.dtype)
-        (n, h, w, c, oh, ow) = shape[:6]
-        y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
+        y = _conv_output(x, shape)
         _kernel("dw_forward", x.dtype)(_ptr(x), _ptr(taps), _ptr(y), *shape, *NO_NORM)
         ctx.save_for_backward(x, taps)
         ctx.shape, ctx.weight_dtype = shape, weight.dtype
@@ -122,15 +144,12 @@ class _DepthwiseFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, taps = ctx.saved_tensors
-        n, h, w, c, oh, ow, kh, kw = ctx.shape[:8]
         dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last)
         dx = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x, memory_format=torch.channels_last)
             _kernel("dw_backward_input", x.dtype)(_ptr(dy), _ptr(taps), _ptr(dx), *ctx.shape)
-        dtaps = torch.empty(kh * kw, c)
-        _kernel("dw_backward_weight", x.dtype)(_ptr(dy), _ptr(x), _ptr(dtaps), *ctx.shape, *NO_NORM)
-        return dx, dtaps.t().reshape(c, 1, kh, kw).to(ctx.weight_dtype), None, None
+        return dx, _weight_gradient(dy, x, ctx.shape, NO_NORM, ctx.weight_dtype), None, None
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -174,8 +193,7 @@ class _NormedDepthwiseFunction(torch.autograd.Function):
         library.load().bn_scale_shift(c, _ptr(bn_weight), _ptr(bn_bias), _ptr(mean), _ptr(invstd), _ptr(scale),
                                       _ptr(shift))
         shape, taps = _conv_shape(x, weight, stride, padding), _taps(weight, x.dtype)
-        n, oh, ow = shape[0], shape[4], shape[5]
-        y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
+        y = _conv_output(x, shape)
         _kernel("dw_forward", x.dtype)(_ptr(x), _ptr(taps), _ptr(y), *shape, _ptr(scale), _ptr(shift), lo, hi)
         ctx.save_for_backward(x, taps, bn_weight, bn_bias, mean, invstd, scale, shift)
         ctx.shape, ctx.weight_dtype, ctx.training, ctx.lo, ctx.hi = shape, weight.dtype, training, lo, hi
@@ -184,19 +202,16 @@ class _NormedDepthwiseFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, taps, bn_weight, bn_bias, mean, invstd, scale, shift = ctx.saved_tensors
-        c, kh, kw = x.shape[1], *ctx.shape[6:8]
+        c = x.shape[1]
         dy = dy.to(x.dtype).contiguous(memory_format=torch.channels_last)
         dz = torch.empty_like(x, memory_format=torch.channels_last)  # the gradient at the normalised activation
         _kernel("dw_backward_input", x.dtype)(_ptr(dy), _ptr(taps), _ptr(dz), *ctx.shape)
-        dtaps = torch.empty(kh * kw, c)
-        _kernel("dw_backward_weight", x.dtype)(_ptr(dy), _ptr(x), _ptr(dtaps), *ctx.shape, _ptr(scale), _ptr(shift),
-                                               ctx.lo, ctx.hi)
+        dweight = _weight_gradient(dy, x, ctx.shape, (_ptr(scale), _ptr(shift), ctx.lo, ctx.hi), ctx.weight_dtype)
         dx = torch.empty_like(x, memory_format=torch.channels_last) if ctx.needs_input_grad[0] else None
         dgamma, dbeta = torch.empty(c), torch.empty(c)
         _kernel("bn_act_backward", x.dtype)(
             _ptr(dz), _ptr(x), _ptr(dx), x.numel() // c, c, _ptr(bn_weight), _ptr(bn_bias), _ptr(mean), _ptr(invstd),
             int(ctx.training), ctx.lo, ctx.hi, _ptr(dgamma), _ptr(dbeta))
-        dweight = dtaps.t().reshape(c, 1, kh, kw).to(ctx.weight_dtype)
         return dx, dgamma, dbeta, None, None, None, None, None, None, None, dweight, None, None
 
 
@@ -213,8 +228,7 @@ class DeferredBatchNormAct2d(BatchNormAct2d):
         self.deferred = consumer is not None and self._fast(x) and consumer.normalises(x)
         if not self.deferred:
             return super().forward(x)
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
+        self._count_batch()
         return x
 
 
@@ -234,10 +248,7 @@ class NormedDepthwiseConv2d(DepthwiseConv2d):
             return super().forward(x)
         norm.deferred = False
         with torch.autocast("cpu", enabled=False):
-            return _NormedDepthwiseFunction.apply(
-                x, norm.weight, norm.bias, norm.running_mean if norm.track_running_stats else None,
-                norm.running_var if norm.track_running_stats else None, norm.training or not norm.track_running_stats,
-                norm.momentum, norm.eps, norm.lo, norm.hi, self.weight, self.stride, self.padding)
+            return _NormedDepthwiseFunction.apply(x, *norm._arguments(), self.weight, self.stride, self.padding)
 
 
 class PointwiseConv2d(nn.Conv2d):

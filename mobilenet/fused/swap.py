@@ -11,6 +11,26 @@ from mobilenet.fused.ops import (CLAMPS, BatchNormAct2d, DeferredBatchNormAct2d,
                                  PointwiseConv2d)
 from mobilenet.models.layers import ConvBNAct
 
+def _norm_like(kind: type[BatchNormAct2d], bn: nn.BatchNorm2d, activation: type[nn.Module]) -> BatchNormAct2d:
+    """A `kind` holding `bn`'s very parameters and buffers (an optimizer or EMA made before still sees
+    them), in `bn`'s mode."""
+    replacement = kind(bn.num_features, bn.eps, bn.momentum, activation)
+    replacement.weight, replacement.bias = bn.weight, bn.bias
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        setattr(replacement, name, getattr(bn, name))
+    return replacement.train(bn.training)
+
+
+def _conv_like(kind: type[nn.Conv2d], conv: nn.Conv2d) -> nn.Conv2d:
+    """A `kind` holding `conv`'s very parameters, in its mode: built without initialising (no random
+    numbers drawn), then given them."""
+    replacement = nn.utils.skip_init(kind, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                                     conv.padding_mode)
+    replacement.weight, replacement.bias = conv.weight, conv.bias
+    return replacement.train(conv.training)
+
+
 def fuse_bn_act(model: nn.Module) -> int:
     """Replace, in place, every BatchNorm2d directly followed by a ReLU, ReLU6 or Identity in a
     `ConvBNAct` by one `BatchNormAct2d` with the same parameters and buffers (state-dict keys
@@ -18,14 +38,7 @@ def fuse_bn_act(model: nn.Module) -> int:
     fused = 0
     for module in model.modules():
         if isinstance(module, ConvBNAct) and type(module.bn) is nn.BatchNorm2d and type(module.act) in CLAMPS:
-            bn = module.bn
-            replacement = BatchNormAct2d(bn.num_features, bn.eps, bn.momentum, type(module.act))
-            # the very same parameters and buffers: an optimizer or EMA made before still sees them
-            replacement.weight, replacement.bias = bn.weight, bn.bias
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                setattr(replacement, name, getattr(bn, name))
-            replacement.train(bn.training)
-            module.bn, module.act = replacement, nn.Identity()
+            module.bn, module.act = _norm_like(BatchNormAct2d, module.bn, type(module.act)), nn.Identity()
             fused += 1
     return fused
 
@@ -49,13 +62,7 @@ def _swap_convs(model: nn.Module, kind: type[nn.Conv2d], wanted) -> int:
     for parent in model.modules():
         for name, conv in parent.named_children():
             if type(conv) is nn.Conv2d and wanted(conv):
-                # built without initialising (no random numbers drawn), then given the same parameters
-                replacement = nn.utils.skip_init(kind, conv.in_channels, conv.out_channels, conv.kernel_size,
-                                                 conv.stride, conv.padding, conv.dilation, conv.groups,
-                                                 conv.bias is not None, conv.padding_mode)
-                replacement.weight, replacement.bias = conv.weight, conv.bias
-                replacement.train(conv.training)
-                setattr(parent, name, replacement)
+                setattr(parent, name, _conv_like(kind, conv))
                 swapped += 1
     return swapped
 
@@ -107,16 +114,9 @@ def fuse_bn_depthwise(model: nn.Module) -> int:
     parameters and buffers (state-dict keys unchanged). Returns how many modules were swapped."""
     swapped = 0
     for norm_name, conv_name in _norm_then_depthwise(model):
-        norm, conv = model.get_submodule(norm_name), model.get_submodule(conv_name)
-        deferred = DeferredBatchNormAct2d(norm.num_features, norm.eps, norm.momentum, norm.activation)
-        deferred.weight, deferred.bias = norm.weight, norm.bias
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            setattr(deferred, name, getattr(norm, name))
-        deferred.train(norm.training)
-        normed = nn.utils.skip_init(NormedDepthwiseConv2d, conv.in_channels, conv.out_channels, conv.kernel_size,
-                                    conv.stride, conv.padding, conv.dilation, conv.groups, False, conv.padding_mode)
-        normed.weight = conv.weight
-        normed.train(conv.training)
+        norm = model.get_submodule(norm_name)
+        deferred = _norm_like(DeferredBatchNormAct2d, norm, norm.activation)
+        normed = _conv_like(NormedDepthwiseConv2d, model.get_submodule(conv_name))
         object.__setattr__(deferred, "consumer", normed)  # links, not submodules: each has its own place
         object.__setattr__(normed, "norm", deferred)
         model.set_submodule(norm_name, deferred)

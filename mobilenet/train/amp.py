@@ -111,12 +111,13 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterio
     ratios = {}
     for kernel in kernels:
         name = f"{'bf16' if bf16 else 'fp32'} +{kernel}"
-        candidate = with_kernels(model, chosen)
+        baseline = with_kernels(model, chosen)
+        candidate = copy.deepcopy(baseline)
         if KERNELS[kernel](candidate) == 0:  # e.g. bn_depthwise without the two kernels it pairs
             report(f"{name}: nothing to swap")
             continue
         report(name)
-        ratio = step_speedup(with_kernels(model, chosen), candidate, images, labels, criterion, (bf16, bf16))
+        ratio = step_speedup(baseline, candidate, images, labels, criterion, (bf16, bf16))
         ratios[name] = ratio
         if ratio >= 1.0:
             chosen += (kernel,)
